@@ -1,0 +1,72 @@
+# facefleet: one entry point for setting up, running, testing and deploying.
+# Every target that needs Python packages depends on the virtualenv, so `make test` and
+# `make demo` work on a fresh machine (system packages: see `make system-deps`).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FACEFLEET_SHARED ?= ../shared
+export FACEFLEET_SHARED
+
+.PHONY: help venv system-deps demo test test-fast check lint typecheck ansible-lint \
+        lab lab-up lab-deploy lab-down bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[opencv,monitor,dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with facefleet and everything it needs
+
+system-deps: ## install the Debian packages the demo, tests and lab need (root)
+	@if command -v mosquitto >/dev/null && command -v debootstrap >/dev/null \
+	    && command -v systemd-nspawn >/dev/null && command -v ssh >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        mosquitto mosquitto-clients debootstrap systemd-container openssh-client iproute2 \
+	        python3-venv ca-certificates >/dev/null; \
+	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
+	else echo "missing system packages; run 'sudo make system-deps'" >&2; exit 1; fi
+
+demo: system-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
+	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
+
+test: system-deps venv ## the full test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv ## unit tests only
+	$(PY) -m pytest -m "not broker and not s3 and not fleet and not slow" $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check apps tui tests bench lab
+	$(VENV)/bin/ruff format --check apps tui tests bench lab
+
+typecheck: venv ## mypy (strict) on the packages
+	$(VENV)/bin/mypy
+
+ansible-lint: venv ## ansible-lint, production profile
+	$(VENV)/bin/ansible-lint --profile production site.yml playbooks roles
+
+check: lint typecheck ansible-lint ## all static checks
+
+lab: lab-up lab-deploy ## lab fleet up and deployed
+	@echo "watch it: $(VENV)/bin/facefleet monitor --inventory inventory/lab/hosts.yml"
+
+lab-up: system-deps venv ## start the lab hosts (systemd-nspawn), write inventory/lab/hosts.yml
+	$(PY) -m lab up $(LAB_ARGS)
+
+lab-deploy: venv ## run site.yml against the lab
+	$(VENV)/bin/ansible-playbook -i inventory/lab/hosts.yml site.yml $(DEPLOY_ARGS)
+
+lab-down: ## stop and remove the lab hosts
+	$(PY) -m lab down
+
+bench: system-deps venv ## run the benchmarks, write bench/results.json
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,180 @@
+"""Typed, immutable service configuration built once from a TOML file plus environment overrides.
+
+Every service has a frozen dataclass tree (see the `settings` classes in each service package).
+`load()` reads the TOML file Ansible renders, applies `FACEFLEET_<SECTION>__<KEY>` environment
+overrides (`FACEFLEET_<KEY>` for top-level keys), checks every value against the field's type
+and choices, and raises ConfigError with one line naming the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 hosts only
+    import tomli as tomllib
+
+ENV_PREFIX = "FACEFLEET_"
+SECRET_MARKERS = ("password", "secret", "token", "key_material")
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line an operator can act on."""
+
+
+def load(cls: type[T], path: str | Path | None, env: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from the TOML file at `path` (None: defaults only) and the environment."""
+    data: dict[str, Any] = {}
+    where = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{where}: permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    apply_env(cls, data, os.environ if env is None else env)
+    return build(cls, data, where)
+
+
+def apply_env(cls: type[Any], data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Overlay FACEFLEET_* variables onto the parsed file, in place."""
+    sections = {f.name for f in dataclasses.fields(cls) if _is_section(cls, f.name)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if "__" in key:
+            section, _, field = key.partition("__")
+            if section in sections:
+                data.setdefault(section, {})[field] = value
+        elif key in {f.name for f in dataclasses.fields(cls)} and key not in sections:
+            data[key] = value
+
+
+def _is_section(cls: type[Any], name: str) -> bool:
+    hint = typing.get_type_hints(cls)[name]
+    return dataclasses.is_dataclass(hint)
+
+
+def build(
+    cls: type[T], data: Mapping[str, Any], where: str, path: str = "", base: T | None = None
+) -> T:
+    """Check `data` against the dataclass `cls`; missing keys keep the values of `base` (or
+    the field defaults), so a section's own defaults (e.g. the cloud broker's TLS port) hold."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: {path or 'top level'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        dotted = ", ".join(f"{path}{name}" for name in unknown)
+        raise ConfigError(f"{where}: unknown setting {dotted}")
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            section_base = (
+                getattr(base, name)
+                if base is not None
+                else spec.default_factory()  # type: ignore[misc]
+                if spec.default_factory is not dataclasses.MISSING
+                else None
+            )
+            values[name] = build(
+                hint, data.get(name, {}), where, f"{path}{name}.", section_base  # type: ignore[arg-type]
+            )
+        elif name in data:
+            try:
+                values[name] = coerce(hint, data[name])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: {path}{name}: {exc}") from None
+        elif base is not None:
+            values[name] = getattr(base, name)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {path.rstrip('.') or 'config'}: {exc}") from None
+
+
+def coerce(hint: Any, value: Any) -> Any:
+    """Check (and, for strings from the environment, convert) one value against its type."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return coerce(args[0], value)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list (got {value!r})")
+        return tuple(coerce(item, v) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false (got {value!r})")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected an integer (got {value!r})")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected a number (got {value!r})")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string (got {value!r})")
+        return value
+    raise TypeError(f"unsupported setting type {hint!r}")
+
+
+def redacted(config: Any) -> dict[str, Any]:
+    """The config as a dict with secrets masked, for the start-up log line."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out[field.name] = redacted(value)
+        elif value and any(m in field.name for m in SECRET_MARKERS) and "file" not in field.name:
+            out[field.name] = "***"
+        else:
+            out[field.name] = value
+    return out
+
+
+def read_secret(path: str) -> str:
+    """Read a secret from a file (mode 0600, written by Ansible); strips the trailing newline."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret: {exc.strerror}") from None
+
+
+def positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive (got {value})")

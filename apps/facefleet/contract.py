@@ -1,0 +1,195 @@
+"""The wire and storage contract shared by every service, the monitor and outside checks.
+
+Topics, MQTT v5 user properties of a face message, the status heartbeat and the storage key
+are defined here once (see docs/architecture in the shared design notes). Everything in this
+module is pure: no broker, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+SCHEMA_VERSION = "1"
+DEFAULT_PREFIX = "facefleet"
+
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+
+#: User properties every face message carries, in the order they are sent.
+FACE_PROPERTIES = ("v", "id", "node", "track", "ts", "box", "score", "frame", "detector", "sha256")
+
+SERVICES = ("detector", "logger", "forwarder", "processor")
+STATES = ("online", "offline", "stopped")
+
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def valid_node(node: str) -> bool:
+    """Node names become topic levels and key segments: no wildcards, slashes or spaces."""
+    return bool(_NODE_RE.match(node))
+
+
+def faces_topic(prefix: str, node: str) -> str:
+    return f"{prefix}/{node}/faces"
+
+
+def status_topic(prefix: str, node: str, service: str) -> str:
+    return f"{prefix}/{node}/status/{service}"
+
+
+def all_faces_filter(prefix: str) -> str:
+    return f"{prefix}/+/faces"
+
+
+def all_status_filter(prefix: str) -> str:
+    return f"{prefix}/+/status/+"
+
+
+def parse_topic(prefix: str, topic: str) -> tuple[str, str, str | None] | None:
+    """Split a contract topic into (node, kind, service); kind is 'faces' or 'status'.
+
+    Returns None for topics outside the contract.
+    """
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != prefix:
+        return None
+    if len(parts) == 3 and parts[2] == "faces":
+        return parts[1], "faces", None
+    if len(parts) == 4 and parts[2] == "status":
+        return parts[1], "status", parts[3]
+    return None
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    """ISO 8601 UTC with milliseconds and a Z suffix: 2026-11-23T21:37:15.123Z."""
+    when = when or datetime.now(timezone.utc)
+    when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Inverse of utc_timestamp; raises ValueError on anything else."""
+    if not _TS_RE.match(text):
+        raise ValueError(f"not an ISO 8601 UTC timestamp with milliseconds: {text!r}")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def new_face_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class FaceMeta:
+    """The metadata of one published face: the user properties of a faces message."""
+
+    id: str
+    node: str
+    track: int
+    ts: str
+    box: tuple[int, int, int, int]
+    score: float
+    frame: tuple[int, int]
+    detector: str
+    sha256: str
+    content_type: str
+    v: str = SCHEMA_VERSION
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.content_type]
+
+    def user_properties(self) -> list[tuple[str, str]]:
+        values = {
+            "v": self.v,
+            "id": self.id,
+            "node": self.node,
+            "track": str(self.track),
+            "ts": self.ts,
+            "box": ",".join(str(n) for n in self.box),
+            "score": f"{self.score:.4f}",
+            "frame": f"{self.frame[0]}x{self.frame[1]}",
+            "detector": self.detector,
+            "sha256": self.sha256,
+        }
+        return [(name, values[name]) for name in FACE_PROPERTIES]
+
+    def as_dict(self) -> dict[str, str]:
+        """Flat string mapping used for object metadata and JSON sidecars."""
+        data = dict(self.user_properties())
+        data["content_type"] = self.content_type
+        return data
+
+
+class ContractError(ValueError):
+    """A message that does not follow the contract; the text is the dead-letter reason."""
+
+
+def parse_face_properties(
+    properties: dict[str, str], content_type: str | None, payload: bytes
+) -> FaceMeta:
+    """Check the properties of a faces message and build its FaceMeta.
+
+    Does not decode the image (see facefleet.processor.validation for that).
+    """
+    missing = [name for name in FACE_PROPERTIES if name not in properties]
+    if missing:
+        raise ContractError(f"missing properties: {', '.join(missing)}")
+    if content_type not in EXTENSIONS:
+        raise ContractError(f"unsupported content type: {content_type!r}")
+    if properties["v"] != SCHEMA_VERSION:
+        raise ContractError(f"unsupported schema version: {properties['v']!r}")
+    if not _ID_RE.match(properties["id"]):
+        raise ContractError(f"malformed id: {properties['id']!r}")
+    if not valid_node(properties["node"]):
+        raise ContractError(f"malformed node: {properties['node']!r}")
+    try:
+        parse_timestamp(properties["ts"])
+    except ValueError as exc:
+        raise ContractError(f"malformed ts: {exc}") from None
+    try:
+        track = int(properties["track"])
+        box_parts = [int(n) for n in properties["box"].split(",")]
+        score = float(properties["score"])
+        frame_parts = [int(n) for n in properties["frame"].lower().split("x")]
+    except ValueError:
+        raise ContractError("malformed track, box, score or frame") from None
+    if len(box_parts) != 4 or box_parts[2] <= 0 or box_parts[3] <= 0:
+        raise ContractError(f"malformed box: {properties['box']!r}")
+    if len(frame_parts) != 2 or min(frame_parts) <= 0:
+        raise ContractError(f"malformed frame: {properties['frame']!r}")
+    if not 0.0 <= score <= 1.0 or score != score:
+        raise ContractError(f"score out of range: {properties['score']!r}")
+    if not re.fullmatch(r"[0-9a-f]{64}", properties["sha256"]):
+        raise ContractError("malformed sha256")
+    if hashlib.sha256(payload).hexdigest() != properties["sha256"]:
+        raise ContractError("sha256 does not match the payload")
+    if not properties["detector"] or len(properties["detector"]) > 64:
+        raise ContractError("malformed detector")
+    return FaceMeta(
+        id=properties["id"],
+        node=properties["node"],
+        track=track,
+        ts=properties["ts"],
+        box=(box_parts[0], box_parts[1], box_parts[2], box_parts[3]),
+        score=score,
+        frame=(frame_parts[0], frame_parts[1]),
+        detector=properties["detector"],
+        sha256=properties["sha256"],
+        content_type=content_type,
+        v=properties["v"],
+    )
+
+
+def storage_key(meta: FaceMeta) -> str:
+    """faces/<node>/<YYYY>/<MM>/<DD>/<HH>/<ts>_<id>.<ext>: derived from the face id and its
+    capture time only, so a redelivered message lands on the same key."""
+    when = parse_timestamp(meta.ts)
+    return (
+        f"faces/{meta.node}/{when:%Y/%m/%d/%H}/{meta.ts}_{meta.id}.{meta.extension}"
+    )

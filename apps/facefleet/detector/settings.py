@@ -1,0 +1,88 @@
+"""Configuration of the detector service (`/etc/facefleet/detector.toml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from facefleet.mqtt import MqttSettings
+from facefleet.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """Where frames come from. `source` is a V4L2 device path or index, a GStreamer pipeline
+    (`gst:` prefix or containing `!`), an RTSP/HTTP URL, a video file, a folder of images, or
+    `synthetic:` (a generated scene with moving faces that needs nothing from outside)."""
+
+    source: str = "synthetic:"
+    width: int = 640
+    height: int = 480
+    fps: float = 0.0
+    realtime: bool = False
+    loop: bool = False
+    reopen_min_s: float = 1.0
+    reopen_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError("width and height must be positive")
+        if not 0 < self.reopen_min_s <= self.reopen_max_s:
+            raise ValueError("need 0 < reopen_min_s <= reopen_max_s")
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Face detection. `model` is the YuNet ONNX file (backend yunet) or a Haar cascade XML
+    (backend haar; empty: the cascade shipped with OpenCV)."""
+
+    backend: Literal["yunet", "haar"] = "yunet"
+    model: str = ""
+    score_threshold: float = 0.7
+    nms_threshold: float = 0.3
+    min_face_px: int = 20
+    detect_width: int = 640
+    haar_scale_factor: float = 1.1
+    haar_min_neighbors: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.score_threshold < 1:
+            raise ValueError("score_threshold must be between 0 and 1")
+        if self.haar_scale_factor <= 1.0:
+            raise ValueError("haar_scale_factor must be greater than 1")
+        if self.detect_width < 64:
+            raise ValueError("detect_width must be at least 64")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """A track ends after `max_missed` frames without a match; it is published only once it
+    has `min_hits` detections, and again at most every `republish_s` while it lasts."""
+
+    iou_threshold: float = 0.3
+    max_missed: int = 8
+    min_hits: int = 3
+    republish_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """`best`: one crop per track; `every-frame`: every face of every frame (the homework)."""
+
+    mode: Literal["best", "every-frame"] = "best"
+    encoding: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = 90
+    margin: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be 1..100")
+
+
+@dataclass(frozen=True)
+class DetectorConfig(ServiceSettings):
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)

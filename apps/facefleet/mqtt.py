@@ -1,0 +1,187 @@
+"""paho-mqtt client construction shared by the services, the demo and the monitor.
+
+Every client speaks MQTT v5, reconnects by itself with paho's backoff, and (for services)
+leaves a retained `offline` last will on its status topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from facefleet.config import read_secret
+
+log = logging.getLogger(__name__)
+
+#: How long a persistent session outlives a disconnect on the broker (MQTT v5 session expiry).
+PERSISTENT_SESSION_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach one broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str = ""
+    password_file: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+        if self.tls and bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.keepalive_s < 5:
+            raise ValueError("keepalive_s must be at least 5")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def make_client(
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    persistent: bool = False,
+    manual_ack: bool = False,
+    will: tuple[str, bytes] | None = None,
+) -> mqtt.Client:
+    """A configured but unconnected MQTT v5 client.
+
+    `persistent` keeps the broker session (subscriptions and queued QoS 1 messages) across
+    disconnects; `manual_ack` leaves PUBACKs of received messages to the caller, so nothing is
+    acknowledged before it is durable.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id or client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+    if settings.username:
+        password = read_secret(settings.password_file) if settings.password_file else None
+        client.username_pw_set(settings.username, password)
+    if settings.tls:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file or None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        client.tls_set_context(context)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    client.user_data_set({"persistent": persistent})
+    return client
+
+
+def connect_properties(*, persistent: bool, receive_maximum: int | None = None) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    if persistent:
+        props.SessionExpiryInterval = PERSISTENT_SESSION_S
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
+    return props
+
+
+def start(
+    client: mqtt.Client,
+    settings: MqttSettings,
+    *,
+    persistent: bool = False,
+    receive_maximum: int | None = None,
+) -> None:
+    """Connect in the background; paho's loop thread reconnects with backoff from then on."""
+    client.connect_async(
+        settings.host,
+        settings.port,
+        keepalive=settings.keepalive_s,
+        clean_start=not persistent,
+        properties=connect_properties(persistent=persistent, receive_maximum=receive_maximum),
+    )
+    client.loop_start()
+
+
+class ConnectionTracker:
+    """Connection state of a client, waited on by the service loops.
+
+    Installs on_connect/on_disconnect callbacks that log, flip an Event, and run the caller's
+    `on_up` hook (used to resubscribe and republish `online`, so a reconnect restores both).
+    """
+
+    def __init__(self, client: mqtt.Client, name: str, on_up: Callable[[], None]) -> None:
+        self.name = name
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._on_up = on_up
+        self._ever_connected = False
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("%s broker refused the connection: %s", self.name, reason)
+            return
+        if self._ever_connected:
+            self.reconnects += 1
+            log.warning("%s broker: reconnected", self.name)
+        else:
+            log.info("%s broker: connected", self.name)
+        self._ever_connected = True
+        self.connected.set()
+        self._on_up()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected:
+            log.warning("%s broker: disconnected (%s); reconnecting", self.name, reason)
+
+
+def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+    """The MQTT v5 user properties of a received message as a dict (last value wins)."""
+    props = getattr(message, "properties", None)
+    pairs = getattr(props, "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs}
+
+
+def content_type(message: mqtt.MQTTMessage) -> str | None:
+    props = getattr(message, "properties", None)
+    value = getattr(props, "ContentType", None)
+    return str(value) if value is not None else None
+
+
+def publish_properties(
+    content_type_value: str | None, user_props: list[tuple[str, str]] | None
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    if content_type_value:
+        props.ContentType = content_type_value
+    if user_props:
+        props.UserProperty = user_props
+    return props

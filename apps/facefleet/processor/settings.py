@@ -1,0 +1,57 @@
+"""Configuration of the processor (`/etc/facefleet/processor.toml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from facefleet.mqtt import MqttSettings
+from facefleet.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """`filesystem` writes image + `.json` sidecar under `path`; `s3` writes to `bucket`
+    with the default boto3 credential chain (instance profile on EC2) unless `endpoint_url`
+    points at an S3-compatible store. `checksums`: boto3's request/response checksum mode;
+    `when_required` works with stores that do not know the newer CRC checksums."""
+
+    kind: Literal["filesystem", "s3"] = "filesystem"
+    path: str = "/var/lib/facefleet/processor/store"
+    bucket: str = ""
+    region: str = ""
+    endpoint_url: str = ""
+    checksums: Literal["when_required", "when_supported"] = "when_required"
+    conditional_put: bool = True
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("kind = 's3' needs a bucket")
+        if not 0 < self.retry_min_s <= self.retry_max_s:
+            raise ValueError("need 0 < retry_min_s <= retry_max_s")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Limits a face message must meet; anything else is dead-lettered with its reason."""
+
+    max_bytes: int = 4 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class ProcessorConfig(ServiceSettings):
+    """`group` names the shared subscription; `workers` store in parallel."""
+
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    group: str = "processors"
+    workers: int = 4
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be 1..64")

@@ -1,0 +1,130 @@
+"""What every long-running service shares: logging, signals, and the retained status heartbeat."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from facefleet import __version__
+from facefleet.contract import status_topic, utc_timestamp, valid_node
+
+log = logging.getLogger(__name__)
+
+Figures = Callable[[], dict[str, Any]]
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr without timestamps when journald is the reader (it adds its own)."""
+    under_systemd = "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("facefleet.mqtt.paho").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def stop_event() -> threading.Event:
+    """An Event set by SIGTERM or SIGINT, so loops end and `finally` blocks run."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def resolve_node(node: str) -> str:
+    """The configured node name, or the short host name when none is set."""
+    name = node or socket.gethostname().split(".")[0]
+    if not valid_node(name):
+        raise ValueError(f"node name {name!r} is not usable as a topic level")
+    return name
+
+
+class Heartbeat:
+    """Retained JSON status on `<prefix>/<node>/status/<service>`, repeated every interval."""
+
+    def __init__(
+        self,
+        client: mqtt.Client,
+        prefix: str,
+        node: str,
+        service: str,
+        interval_s: float,
+        figures: Figures,
+    ) -> None:
+        self.client = client
+        self.topic = status_topic(prefix, node, service)
+        self.node = node
+        self.service = service
+        self.interval_s = interval_s
+        self.figures = figures
+        self.started = time.time()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def payload(self, state: str) -> bytes:
+        body: dict[str, Any] = {
+            "state": state,
+            "service": self.service,
+            "node": self.node,
+            "version": __version__,
+            "ts": utc_timestamp(),
+            "interval_s": self.interval_s,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+        try:
+            body.update(self.figures())
+        except Exception:  # a broken figure must not silence the heartbeat
+            log.exception("collecting status figures failed")
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def will(self) -> tuple[str, bytes]:
+        """The last will: this topic, `offline`, retained (set before connecting)."""
+        body = {
+            "state": "offline",
+            "service": self.service,
+            "node": self.node,
+            "version": __version__,
+            "ts": None,
+            "interval_s": self.interval_s,
+        }
+        return self.topic, json.dumps(body, separators=(",", ":")).encode()
+
+    def publish(self, state: str = "online") -> mqtt.MQTTMessageInfo:
+        return self.client.publish(self.topic, self.payload(state), qos=1, retain=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.service}-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.client.is_connected():
+                self.publish("online")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Publish `stopped` (retained) and wait, bounded, until the broker has it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        if self.client.is_connected():
+            info = self.publish("stopped")
+            try:
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish the stopped state")

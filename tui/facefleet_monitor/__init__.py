@@ -1,0 +1,1 @@
+"""facefleet monitor: the Textual terminal UI."""
