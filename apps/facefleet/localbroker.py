@@ -1,0 +1,226 @@
+"""Run a real `mosquitto` on a free loopback port: for the demo, the tests and the benchmarks.
+
+Two flavours, mirroring the deployed brokers: `edge` (plain MQTT on loopback, anonymous,
+persistent) and `cloud` (TLS only, client certificates required, CN as the username, an ACL
+that lets a device write only under its own node). The Ansible role renders the same settings
+for real hosts (roles/mosquitto).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facefleet import pki
+from facefleet.config import ConfigError
+from facefleet.mqtt import MqttSettings
+
+log = logging.getLogger(__name__)
+
+MONITOR_IDENTITY = "monitor"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
+    """The cloud ACL: devices write their own subtree, processors read faces and write their
+    status, monitors only read. Anything not granted is denied."""
+    lines = [
+        "# devices (CN = node name) write only under their own node",
+        f"pattern write {prefix}/%u/#",
+    ]
+    for name in processors:
+        lines += [f"user {name}", f"topic read {prefix}/+/faces"]
+    for name in monitors:
+        lines += [f"user {name}", f"topic read {prefix}/#"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LocalBroker:
+    """One mosquitto process. Use `start()`/`stop()` or as a context manager."""
+
+    flavour: str = "edge"
+    workdir: Path | None = None
+    port: int = 0
+    prefix: str = "facefleet"
+    processors: tuple[str, ...] = ("processor",)
+    monitors: tuple[str, ...] = (MONITOR_IDENTITY,)
+    pki_dir: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _own_dir: bool = field(default=False, init=False)
+
+    host = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.flavour not in ("edge", "cloud"):
+            raise ValueError(f"unknown broker flavour {self.flavour!r}")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"facefleet-{self.flavour}-broker-"))
+            self._own_dir = True
+        if not self.port:
+            self.port = free_port()
+        if self.flavour == "cloud" and self.pki_dir is None:
+            self.pki_dir = self.workdir / "pki"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "mosquitto.log"
+
+    def client_cert(self, identity: str) -> pki.Issued:
+        """Certificate and key for a client identity, issued by this broker's CA."""
+        assert self.pki_dir is not None
+        return pki.issue(self.pki_dir, identity)
+
+    def settings_for(self, identity: str = "") -> MqttSettings:
+        """How a client with this identity (a certificate CN; cloud only) reaches the broker."""
+        if self.flavour == "edge":
+            return MqttSettings(host=self.host, port=self.port)
+        cert = self.client_cert(identity)
+        return MqttSettings(
+            host=self.host,
+            port=self.port,
+            tls=True,
+            ca_file=str(self.ca_file),
+            cert_file=str(cert.cert),
+            key_file=str(cert.key),
+        )
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.pki_dir is not None
+        return self.pki_dir / "ca.crt"
+
+    def write_config(self) -> None:
+        assert self.workdir is not None
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        common = [
+            "per_listener_settings false",
+            "persistence true",
+            f"persistence_location {data}/",
+            "autosave_interval 5",
+            "max_queued_messages 100000",
+            "max_queued_bytes 0",
+            "max_inflight_messages 64",
+            "max_packet_size 16777216",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            # mosquitto started as root drops to user `mosquitto`, who cannot read our files
+            common.append("user root")
+        if self.flavour == "edge":
+            listener = [f"listener {self.port} {self.host}", "allow_anonymous true"]
+        else:
+            assert self.pki_dir is not None
+            server = pki.issue(self.pki_dir, "broker", server_names=("localhost", self.host))
+            acl = self.workdir / "acl"
+            acl.write_text(cloud_acl(self.prefix, self.processors, self.monitors))
+            listener = [
+                f"listener {self.port} {self.host}",
+                f"cafile {self.ca_file}",
+                f"certfile {server.cert}",
+                f"keyfile {server.key}",
+                "tls_version tlsv1.2",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "allow_anonymous false",
+                f"acl_file {acl}",
+            ]
+        self.config_path.write_text("\n".join(common + listener) + "\n")
+
+    def start(self, timeout_s: float = 10.0) -> LocalBroker:
+        binary = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+        )
+        if binary is None:
+            raise ConfigError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.write_config()
+        self.process = subprocess.Popen(
+            [binary, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        if not wait_for_port(self.host, self.port, timeout_s):
+            err = b""
+            if self.process.poll() is not None and self.process.stderr is not None:
+                err = self.process.stderr.read()
+            self.stop()
+            raise RuntimeError(
+                f"mosquitto ({self.flavour}) did not listen on {self.address}: "
+                f"{err.decode(errors='replace').strip()} (log: {self.log_path})"
+            )
+        log.info("%s broker listening on %s", self.flavour, self.address)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests. Persistence keeps what was saved."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self, timeout_s: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout_s)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
