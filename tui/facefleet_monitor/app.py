@@ -1,0 +1,396 @@
+"""The Textual app: wires the MQTT feed to the model and the model to the views.
+
+MQTT callbacks post one small message per event (thread safe); handlers only update the
+model. Views redraw on a timer (`refresh_hz`), never per message, so a burst of 1,000
+messages a second costs one redraw per tick.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from PIL import Image as PILImage
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+
+from facefleet_monitor.config import MonitorConfig
+from facefleet_monitor.feed import FlowGate, MonitorFeed
+from facefleet_monitor.model import (
+    ConnectionEvent,
+    FaceEvent,
+    FeedError,
+    FeedEvent,
+    FleetModel,
+    StatusEvent,
+)
+from facefleet_monitor.views import SORT_MODES, AlertsView, DetectionsView, FleetView, NodeView
+
+THUMBNAIL_PX = 320
+TABS = ("fleet", "detections", "node", "alerts")
+
+
+def image_widget_class(protocol: str) -> type[Widget]:
+    """The textual-image widget for a protocol; 'auto' lets textual-image query the terminal
+    (import this before the app starts: the query cannot run under Textual)."""
+    import textual_image.widget as images
+
+    classes: dict[str, type[Widget]] = {
+        "auto": images.Image,
+        "tgp": images.TGPImage,
+        "sixel": images.SixelImage,
+        "halfcell": images.HalfcellImage,
+        "unicode": images.UnicodeImage,
+    }
+    return classes[protocol]
+
+
+class StatusReceived(Message):
+    """A status heartbeat; a newer one for the same service supersedes it in the queue."""
+
+    def __init__(self, event: StatusEvent, gate: FlowGate) -> None:
+        super().__init__()
+        self.event = event
+        self.gate = gate
+
+    def can_replace(self, message: Message) -> bool:
+        if (
+            isinstance(message, StatusReceived)
+            and message.event.node == self.event.node
+            and message.event.service == self.event.service
+        ):
+            # this one is dropped unhandled: give its room in the gate back
+            self.gate.release(self.event)
+            return True
+        return False
+
+
+class FaceReceived(Message):
+    """One face message (metadata plus the raw image bytes)."""
+
+    def __init__(self, event: FaceEvent, gate: FlowGate) -> None:
+        super().__init__()
+        self.event = event
+        self.gate = gate
+
+
+class BadMessage(Message):
+    """A message that broke the contract."""
+
+    def __init__(self, event: FeedError, gate: FlowGate) -> None:
+        super().__init__()
+        self.event = event
+        self.gate = gate
+
+
+class ConnectionChanged(Message):
+    """The feed connected, lost the broker, or was refused."""
+
+    def __init__(self, event: ConnectionEvent) -> None:
+        super().__init__()
+        self.event = event
+
+
+class MonitorApp(App[int]):
+    """facefleet monitor: fleet health, live detections, node detail, alerts."""
+
+    CSS_PATH = "monitor.tcss"
+    TITLE = "facefleet monitor"
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave the monitor"),
+        Binding("1", "show_tab('fleet')", "Fleet", id="tab-fleet", tooltip="Fleet health"),
+        Binding(
+            "2",
+            "show_tab('detections')",
+            "Detections",
+            id="tab-detections",
+            tooltip="Live faces, thumbnail, faces per minute",
+        ),
+        Binding("3", "show_tab('node')", "Node", id="tab-node", tooltip="The selected node"),
+        Binding("4", "show_tab('alerts')", "Alerts", id="tab-alerts", tooltip="Problems"),
+        Binding(
+            "p",
+            "toggle_pause",
+            "Pause",
+            id="pause",
+            tooltip="Freeze/resume the detections feed (counting goes on)",
+        ),
+        Binding("slash", "focus_filter", "Filter", id="filter", tooltip="Filter the fleet"),
+        Binding("s", "cycle_sort", "Sort", id="sort", tooltip="Change the fleet sort order"),
+        Binding("escape", "leave_filter", "Back", show=False, id="leave-filter"),
+    ]
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        image_class: type[Widget] | None = None,
+        cursor_blink: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.model = FleetModel(
+            config.expected,
+            clock=clock,
+            max_detections=config.max_detections,
+            max_thumbnails=config.max_thumbnails,
+        )
+        self.feed = MonitorFeed(config.mqtt, config.prefix, self._sink)
+        self.image_class = image_class or image_widget_class("unicode")
+        self.cursor_blink = cursor_blink
+        self._drawn_version = -1
+        self._ticks = 0
+        self._thumbnail_for: str | None = None
+        self.redraws = 0
+        self.handled = 0
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def _sink(self, event: FeedEvent) -> bool:
+        """Runs on paho's thread: wrap and post (post_message is thread safe)."""
+        message: Message
+        if isinstance(event, StatusEvent):
+            message = StatusReceived(event, self.feed.gate)
+        elif isinstance(event, FaceEvent):
+            message = FaceReceived(event, self.feed.gate)
+        elif isinstance(event, FeedError):
+            message = BadMessage(event, self.feed.gate)
+        else:
+            message = ConnectionChanged(event)
+        return self.post_message(message)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="connection")
+        with TabbedContent(id="tabs", initial="fleet"):
+            with TabPane("Fleet [1]", id="fleet"):
+                yield FleetView(id="fleet-view", cursor_blink=self.cursor_blink)
+            with TabPane("Detections [2]", id="detections"):
+                yield DetectionsView(self.image_class(id="thumbnail"), id="detections-view")
+            with TabPane("Node [3]", id="node"):
+                yield NodeView(id="node-view")
+            with TabPane("Alerts [4]", id="alerts"):
+                yield AlertsView(id="alerts-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.config.broker_label
+        self.model.evaluate()
+        self.redraw(force=True)
+        self.set_interval(1 / self.config.refresh_hz, self._tick, name="redraw")
+        self.feed.start()
+
+    def on_unmount(self) -> None:
+        self.feed.stop()
+
+    # --- feed messages: update the model only ---------------------------------------------
+
+    def on_status_received(self, message: StatusReceived) -> None:
+        message.gate.release(message.event)
+        self.handled += 1
+        self.model.apply(message.event)
+
+    def on_face_received(self, message: FaceReceived) -> None:
+        message.gate.release(message.event)
+        self.handled += 1
+        self.model.apply(message.event)
+
+    def on_bad_message(self, message: BadMessage) -> None:
+        message.gate.release(message.event)
+        self.handled += 1
+        self.model.apply(message.event)
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        self.model.apply(message.event)
+        self._draw_connection()  # rare and important: show it now
+
+    # --- redraw on a timer ----------------------------------------------------------------
+
+    def _tick(self) -> None:
+        shed = self.feed.gate.take_shed()
+        if shed:
+            for status in shed.statuses.values():
+                self.model.apply(status)
+            self.model.apply_shed(shed.faces, shed.errors)
+        self._ticks += 1
+        self.model.evaluate()
+        # ages and staleness move with the clock: redraw once a second even when idle
+        self.redraw(force=self._ticks % max(1, round(self.config.refresh_hz)) == 0)
+
+    def redraw(self, *, force: bool = False) -> None:
+        if not force and self.model.version == self._drawn_version:
+            return
+        self._drawn_version = self.model.version
+        self.redraws += 1
+        now = self.clock()
+        self._draw_connection()
+        active = self.query_one("#tabs", TabbedContent).active
+        # the visible view redraws every time; hidden ones only on the once-a-second pass
+        if active == "fleet" or force:
+            self.query_one(FleetView).redraw(self.model, now)
+        if active == "detections" or force:
+            self.query_one(DetectionsView).redraw(self.model, now)
+            self._load_selected_thumbnail()
+        if active == "node" or force:
+            self.query_one(NodeView).redraw(self.model, now)
+        if active == "alerts" or force:
+            self.query_one(AlertsView).redraw(self.model, now)
+        alerts = len(self.model.active)
+        self.query_one("#tabs", TabbedContent).get_tab("alerts").label = (
+            f"Alerts ({alerts}) [4]" if alerts else "Alerts [4]"
+        )
+
+    def _draw_connection(self) -> None:
+        conn = self.model.connection
+        label = self.config.broker_label
+        texts = {
+            "connecting": f"◌ connecting to {label} …",
+            "connected": f"● connected to {label}",
+            "reconnecting": f"◌ broker {label} lost: reconnecting …",
+            "refused": f"✖ {label} refused the monitor: {conn.detail.split(': ', 1)[-1]}"
+            " (retrying)",
+            "closed": f"○ disconnected from {label}",
+        }
+        c = self.model.counters
+        text = (
+            f" {texts.get(conn.state, conn.state)} · {len(self.model.nodes)} nodes · "
+            f"{c.faces} faces · {c.statuses} heartbeats · {c.errors} bad"
+        )
+        if c.shed:
+            text += f" · {c.shed} counted only (UI behind)"
+        if self.model.paused:
+            text += " · ▌▌ PAUSED (p)"
+        widget = self.query_one("#connection", Static)
+        widget.update(text)
+        widget.set_class(conn.state != "connected", "trouble")
+        widget.set_class(self.model.paused, "paused")
+
+    # --- thumbnails -----------------------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#detections-table")
+    def _face_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._load_selected_thumbnail()
+
+    def _load_selected_thumbnail(self) -> None:
+        face_id = self.query_one(DetectionsView).selected_face()
+        if face_id is None or face_id == self._thumbnail_for:
+            return
+        self._thumbnail_for = face_id
+        detection = next((d for d in self.model.detections if d.id == face_id), None)
+        info = self.query_one("#face-info", Static)
+        image = self.query_one("#thumbnail")
+        if detection is None:
+            return
+        info.update(
+            f"{detection.node} · track {detection.track} · score {detection.score:.2f}\n"
+            f"box {','.join(map(str, detection.box))} in {detection.frame[0]}x"
+            f"{detection.frame[1]} · {detection.detector}\n{detection.ts}"
+        )
+        kept = self.model.thumbnail(face_id)
+        if detection.problem or kept is None:
+            image.image = None  # type: ignore[attr-defined]
+            reason = detection.problem or (
+                f"image not kept (only the last {self.model.max_thumbnails} faces are)"
+            )
+            info.update(f"{info.content}\n[b red]{reason}[/]")
+            return
+        self.decode_thumbnail(face_id, detection.node, kept[1])
+
+    @work(thread=True, exclusive=True, group="thumbnail")
+    def decode_thumbnail(self, face_id: str, node: str, payload: bytes) -> None:
+        """Decode off the UI thread; a payload Pillow cannot read becomes an alert entry."""
+        try:
+            with PILImage.open(io.BytesIO(payload)) as img:
+                img.load()
+                picture = img.convert("RGB")
+            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        except Exception as exc:  # Pillow raises many kinds on corrupt data
+            self.call_from_thread(self._thumbnail_failed, face_id, node, f"cannot decode: {exc}")
+            return
+        self.call_from_thread(self._show_thumbnail, face_id, picture)
+
+    def _show_thumbnail(self, face_id: str, picture: PILImage.Image) -> None:
+        if face_id == self._thumbnail_for:
+            self.query_one("#thumbnail").image = picture  # type: ignore[attr-defined]
+
+    def _thumbnail_failed(self, face_id: str, node: str, reason: str) -> None:
+        self.model.note_thumbnail_error(face_id, node, reason)
+        if face_id == self._thumbnail_for:
+            self.query_one("#thumbnail").image = None  # type: ignore[attr-defined]
+            info = self.query_one("#face-info", Static)
+            info.update(f"{info.content}\n[b red]{reason}[/]")
+
+    # --- actions --------------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+        self.redraw(force=True)
+
+    def action_toggle_pause(self) -> None:
+        self.model.set_paused(not self.model.paused)
+        self.notify(
+            "feed paused: the detections list is frozen" if self.model.paused else "feed resumed",
+            timeout=2,
+        )
+        self.redraw()
+
+    def action_focus_filter(self) -> None:
+        self.action_show_tab("fleet")
+        self.query_one("#fleet-filter", Input).focus()
+
+    def action_leave_filter(self) -> None:
+        self.query_one("#fleet-table", DataTable).focus()
+
+    def action_cycle_sort(self) -> None:
+        view = self.query_one(FleetView)
+        view.sort_mode = SORT_MODES[(SORT_MODES.index(view.sort_mode) + 1) % len(SORT_MODES)]
+        self.redraw(force=True)
+
+    def show_node(self, name: str) -> None:
+        self.query_one(NodeView).node = name
+        self.action_show_tab("node")
+
+    @on(Input.Changed, "#fleet-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(FleetView).filter_text = event.value
+        self.redraw(force=True)
+
+    @on(Input.Submitted, "#fleet-filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#fleet-table", DataTable).focus()
+
+    @on(DataTable.RowSelected, "#fleet-table")
+    def _node_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.show_node(str(event.row_key.value))
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.redraw(force=True)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for tab in TABS:
+            yield SystemCommand(
+                f"Show {tab}", f"Switch to the {tab} view", lambda t=tab: self.action_show_tab(t)
+            )
+        yield SystemCommand(
+            "Pause/resume feed", "Freeze or resume the detections list", self.action_toggle_pause
+        )
+        yield SystemCommand("Sort fleet", "Change the fleet sort order", self.action_cycle_sort)
+        for name in sorted(self.model.nodes):
+            yield SystemCommand(
+                f"Node {name}",
+                f"Show the detail of {name}",
+                lambda n=name: self.show_node(n),
+                discover=False,
+            )

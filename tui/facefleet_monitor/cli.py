@@ -1,0 +1,54 @@
+"""`facefleet monitor` options and entry point. Imports Textual only when the UI starts, so
+building the `facefleet` parser stays cheap."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from facefleet_monitor.config import IMAGE_PROTOCOLS, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    conn = parser.add_argument_group("connection (options win over --inventory)")
+    conn.add_argument(
+        "--broker", metavar="HOST:PORT", help="broker to watch (e.g. the cloud broker)"
+    )
+    conn.add_argument(
+        "--inventory",
+        metavar="PATH",
+        help="Ansible inventory: expected nodes, cloud broker, prefix and monitor certificate",
+    )
+    conn.add_argument("--ca", metavar="FILE", help="CA certificate (turns TLS on)")
+    conn.add_argument("--cert", metavar="FILE", help="client certificate (with --key)")
+    conn.add_argument("--key", metavar="FILE", help="client private key")
+    conn.add_argument("--tls", action="store_true", help="TLS with the system CA store")
+    conn.add_argument("--username", metavar="NAME")
+    conn.add_argument("--password-file", metavar="FILE", help="file holding the password")
+    conn.add_argument("--prefix", metavar="PREFIX", help="topic prefix (default: facefleet)")
+    parser.add_argument(
+        "--image",
+        choices=IMAGE_PROTOCOLS,
+        default="auto",
+        help="how thumbnails are drawn (auto: kitty/sixel when the terminal has it)",
+    )
+    parser.add_argument("--log-file", metavar="FILE", help="write the monitor's log here")
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # ConfigError -> exit 2 in facefleet.cli
+    root = logging.getLogger()
+    root.handlers.clear()
+    if args.log_file:
+        handler: logging.Handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()  # stderr belongs to the UI
+    root.addHandler(handler)
+    # textual_image asks the terminal what it can draw: it must happen before Textual starts
+    from facefleet_monitor.app import MonitorApp, image_widget_class
+
+    app = MonitorApp(config, image_class=image_widget_class(config.image_protocol))
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,179 @@
+"""Expected nodes and the cloud broker connection, taken from an Ansible inventory.
+
+`ansible-inventory -i PATH --list` resolves every inventory format and group/host variable
+file; we read its JSON. The variable names are the contract with the Ansible roles:
+`facefleet_cloud_broker_host` (default: `ansible_host` of the first host in `cloud`),
+`facefleet_cloud_broker_port` (8883), `facefleet_prefix` (facefleet), `facefleet_pki_dir`
+(a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`) and
+`facefleet_monitor_identity` (monitor). Expected nodes are the hosts of the groups `edge` and
+`cloud`, children included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facefleet.config import ConfigError
+from facefleet.contract import DEFAULT_PREFIX
+
+DEFAULT_BROKER_PORT = 8883
+DEFAULT_IDENTITY = "monitor"
+KINDS = ("edge", "cloud")
+_TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class InventoryInfo:
+    """What the monitor takes from an inventory."""
+
+    nodes: dict[str, str]  # node -> "edge" | "cloud"
+    broker_host: str
+    broker_port: int
+    prefix: str
+    identity: str
+    pki_dir: Path | None
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.pki_dir / "ca.crt" if self.pki_dir else None
+
+    @property
+    def cert_file(self) -> Path | None:
+        return self.pki_dir / f"{self.identity}.crt" if self.pki_dir else None
+
+    @property
+    def key_file(self) -> Path | None:
+        return self.pki_dir / f"{self.identity}.key" if self.pki_dir else None
+
+
+def ansible_inventory_binary() -> str:
+    """ansible-inventory on PATH or beside this Python (a virtualenv that was not activated)."""
+    found = shutil.which("ansible-inventory")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    if beside.exists():
+        return str(beside)
+    raise ConfigError(
+        "--inventory needs ansible-inventory (pip install 'ansible-core>=2.19'); "
+        "or give --broker and the certificate options instead"
+    )
+
+
+def run_ansible_inventory(path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: inventory not found")
+    command = [ansible_inventory_binary(), "-i", str(path), "--list"]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{path}: ansible-inventory did not answer in {timeout_s:.0f}s") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot run ansible-inventory: {exc.strerror}") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise ConfigError(f"{path}: ansible-inventory failed: {lines[-1] if lines else '?'}")
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path}: ansible-inventory printed no JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: unexpected ansible-inventory output")
+    return data
+
+
+def group_hosts(data: dict[str, Any], group: str, _seen: frozenset[str] = frozenset()) -> list[str]:
+    """Hosts of a group and of its children, in inventory order, without repeats."""
+    entry = data.get(group)
+    if not isinstance(entry, dict) or group in _seen:
+        return []
+    hosts = [str(h) for h in entry.get("hosts", [])]
+    for child in entry.get("children", []):
+        hosts += group_hosts(data, str(child), _seen | {group})
+    return list(dict.fromkeys(hosts))
+
+
+def _render(value: str, inventory: Path, name: str) -> str:
+    """Expand the two magic variables a path may use; anything else needs Ansible itself."""
+    base = inventory if inventory.is_dir() else inventory.parent
+    known = {"inventory_dir": str(base.resolve()), "playbook_dir": os.getcwd()}
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) not in known:
+            raise ConfigError(
+                f"{inventory}: {name} uses {{{{ {match.group(1)} }}}}, which the monitor cannot "
+                "template; use a plain path"
+            )
+        return known[match.group(1)]
+
+    rendered = _TEMPLATE.sub(replace, value)
+    if "{{" in rendered or "{%" in rendered:
+        raise ConfigError(f"{inventory}: {name} is a template the monitor cannot render")
+    return rendered
+
+
+def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
+    """The monitor's view of `ansible-inventory --list` output."""
+    hostvars: dict[str, dict[str, Any]] = data.get("_meta", {}).get("hostvars", {})
+    nodes: dict[str, str] = {}
+    for kind in KINDS:
+        for host in group_hosts(data, kind):
+            nodes.setdefault(host, kind)
+    cloud = group_hosts(data, "cloud")
+    if not nodes:
+        raise ConfigError(f"{inventory}: no hosts in the groups 'edge' or 'cloud'")
+    # Group variables land in every member's hostvars: look on the cloud hosts first.
+    order = cloud + [n for n in nodes if n not in cloud]
+
+    def var(name: str) -> Any:
+        for host in order:
+            value = hostvars.get(host, {}).get(name)
+            if value not in (None, ""):
+                return value
+        return None
+
+    host = var("facefleet_cloud_broker_host")
+    if host is None:
+        if not cloud:
+            raise ConfigError(
+                f"{inventory}: no 'cloud' host and no facefleet_cloud_broker_host: "
+                "cannot tell where the broker is"
+            )
+        host = hostvars.get(cloud[0], {}).get("ansible_host") or cloud[0]
+    port_value = var("facefleet_cloud_broker_port") or DEFAULT_BROKER_PORT
+    try:
+        port = int(port_value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{inventory}: facefleet_cloud_broker_port is not a number: {port_value!r}"
+        ) from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{inventory}: facefleet_cloud_broker_port out of range: {port}")
+    prefix = str(var("facefleet_prefix") or DEFAULT_PREFIX)
+    identity = str(var("facefleet_monitor_identity") or DEFAULT_IDENTITY)
+    pki_value = var("facefleet_pki_dir")
+    pki_dir = None
+    if pki_value is not None:
+        pki_dir = Path(_render(str(pki_value), inventory, "facefleet_pki_dir")).expanduser()
+    return InventoryInfo(
+        nodes=nodes,
+        broker_host=str(host),
+        broker_port=port,
+        prefix=prefix,
+        identity=identity,
+        pki_dir=pki_dir,
+    )
+
+
+def load_inventory(path: Path) -> InventoryInfo:
+    return parse_inventory(run_ansible_inventory(path), path)

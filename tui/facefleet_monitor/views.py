@@ -1,0 +1,395 @@
+"""The four views. Each one redraws from the FleetModel when the app's timer says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Label, Sparkline, Static
+
+from facefleet_monitor.model import (
+    ERROR,
+    NEVER,
+    OFFLINE,
+    ONLINE,
+    SERVICE_ORDER,
+    SERVICES_BY_KIND,
+    STALE,
+    STOPPED,
+    WARNING,
+    FleetModel,
+    NodeStatus,
+    format_age,
+    format_clock,
+    format_face_time,
+)
+
+STATE_STYLE = {
+    ONLINE: "green",
+    STOPPED: "yellow",
+    OFFLINE: "bold red",
+    STALE: "bold red",
+    NEVER: "red dim",
+}
+SEVERITY_STYLE = {ERROR: "bold red", WARNING: "yellow", "resolved": "green"}
+SORT_MODES = ("problems", "node", "last face")
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def _number(value: Any, fmt: str = "{}") -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return fmt.format(value)
+
+
+class FleetView(Vertical):
+    """One row per node: service states, version, key figures, last face."""
+
+    COLUMNS = (
+        ("node", "Node"),
+        ("kind", "Kind"),
+        *((s, s.capitalize()) for s in SERVICE_ORDER),
+        ("version", "Version"),
+        ("fps", "FPS"),
+        ("camera", "Camera"),
+        ("spool", "Spool"),
+        ("oldest", "Oldest"),
+        ("uploads", "Uploads"),
+        ("errors", "Errors"),
+        ("last_face", "Last face"),
+    )
+
+    def __init__(self, *, cursor_blink: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cursor_blink = cursor_blink
+        self.sort_mode = SORT_MODES[0]
+        self.filter_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Input(
+            placeholder="filter: node, kind or state  (/ to focus, esc to leave)",
+            id="fleet-filter",
+        )
+        yield DataTable(id="fleet-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="fleet-footer")
+
+    def on_mount(self) -> None:
+        self.query_one("#fleet-filter", Input).cursor_blink = self.cursor_blink
+        table = self.query_one("#fleet-table", DataTable)
+        for key, label in self.COLUMNS:
+            table.add_column(label, key=key)
+
+    def row_for(self, model: FleetModel, node: NodeStatus, now: float) -> tuple[list[Any], str]:
+        """Cells of a node's row and the text the filter matches against."""
+        severity = model.severity(node.name)
+        name_style = {2: "bold white on dark_red", 1: "bold black on yellow"}.get(severity, "bold")
+        kind = node.kind or "?"
+        if model.has_inventory and not node.expected:
+            kind += " (unlisted)"
+        cells: list[Any] = [Text(node.name, style=name_style), kind]
+        states = []
+        for service in SERVICE_ORDER:
+            status = node.services.get(service)
+            if status is None or (status.seen_at is None and not status.expected):
+                cells.append(Text("-", style="dim"))
+                continue
+            health = status.health(now)
+            states.append(health)
+            cells.append(state_text(health))
+        detector = node.services.get("detector")
+        forwarder = node.services.get("forwarder")
+        processor = node.services.get("processor")
+        camera = detector.figure("camera") if detector else None
+        cells += [
+            node.version() or "-",
+            _number(detector.figure("fps"), "{:.1f}") if detector else "-",
+            Text(
+                str(camera),
+                style="bold red"
+                if camera == "lost"
+                else ("yellow" if camera in ("reopening", "ended") else ""),
+            )
+            if camera
+            else "-",
+            _number(forwarder.figure("spool_depth")) if forwarder else "-",
+            format_age(forwarder.figure("spool_oldest_age_s"))
+            if forwarder and isinstance(forwarder.figure("spool_oldest_age_s"), int | float)
+            else "-",
+            _number(processor.figure("stored")) if processor else "-",
+            Text(str(node.errors()), style="bold red") if node.errors() else "0",
+            f"{format_face_time(node.last_face_ts)[:8]} ({format_age(now - node.last_face_at)})"
+            if node.last_face_at is not None
+            else "-",
+        ]
+        haystack = " ".join([node.name, kind, *states, str(camera or "")]).lower()
+        return cells, haystack
+
+    def redraw(self, model: FleetModel, now: float) -> None:
+        table = self.query_one("#fleet-table", DataTable)
+        rows = []
+        for node in model.nodes.values():
+            cells, haystack = self.row_for(model, node, now)
+            if self.filter_text and not all(
+                word in haystack for word in self.filter_text.lower().split()
+            ):
+                continue
+            rows.append((node, cells))
+        if self.sort_mode == "problems":
+            rows.sort(key=lambda r: (-model.severity(r[0].name), r[0].name))
+        elif self.sort_mode == "last face":
+            rows.sort(key=lambda r: (-(r[0].last_face_at or 0.0), r[0].name))
+        else:
+            rows.sort(key=lambda r: r[0].name)
+        selected = self.selected_node()
+        table.clear()
+        for node, cells in rows:
+            table.add_row(*cells, key=node.name)
+        shown = [node.name for node, _ in rows]
+        if selected is not None and selected in shown:
+            table.move_cursor(row=shown.index(selected), animate=False)
+        problems = sum(1 for n in model.nodes if model.severity(n))
+        self.query_one("#fleet-footer", Static).update(
+            f" {len(rows)} of {len(model.nodes)} nodes shown · {problems} with problems · "
+            f"sorted by {self.sort_mode} (s: change)"
+        )
+
+    def selected_node(self) -> str | None:
+        table = self.query_one("#fleet-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return str(key.value) if key.value is not None else None
+
+
+class DetectionsView(Horizontal):
+    """The live face feed, the selected face's thumbnail, faces per minute per node."""
+
+    SHOWN = 200
+
+    def __init__(self, image: Widget, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image = image
+        self._shown: list[str] = []
+        self._sparklines: dict[str, tuple[Sparkline, Label]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="detections-table", cursor_type="row", zebra_stripes=True)
+        with Vertical(id="face-pane"):
+            yield Static("no face selected", id="face-info")
+            yield self.image
+            yield Static("Faces per minute", classes="pane-title")
+            yield VerticalScroll(id="sparklines")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#detections-table", DataTable)
+        for key, label in (
+            ("time", "Time (UTC)"),
+            ("node", "Node"),
+            ("track", "Track"),
+            ("score", "Score"),
+            ("size", "Size"),
+            ("bytes", "Bytes"),
+            ("note", "Note"),
+        ):
+            table.add_column(label, key=key)
+
+    def redraw(self, model: FleetModel, now: float) -> None:
+        table = self.query_one("#detections-table", DataTable)
+        detections = list(model.detections)[: self.SHOWN]
+        ids = [d.id for d in detections]
+        if ids != self._shown:
+            selected = self.selected_face()
+            follow = selected is None or table.cursor_row == 0
+            table.clear()
+            for d in detections:
+                table.add_row(
+                    format_face_time(d.ts),
+                    d.node,
+                    str(d.track),
+                    f"{d.score:.2f}",
+                    f"{d.box[2]}x{d.box[3]}",
+                    str(d.size),
+                    Text(d.problem, style="bold red") if d.problem else "",
+                    key=d.id,
+                )
+            self._shown = ids
+            if ids and not follow and selected in ids:
+                table.move_cursor(row=ids.index(selected), animate=False)
+            elif ids:
+                table.move_cursor(row=0, animate=False)
+        self._redraw_sparklines(model, now)
+
+    def _redraw_sparklines(self, model: FleetModel, now: float) -> None:
+        box = self.query_one("#sparklines", VerticalScroll)
+        for name in sorted(model.nodes):
+            node = model.nodes[name]
+            if node.kind != "edge" and not node.faces_total:
+                continue
+            series = model.faces_per_minute(name, now)
+            if name not in self._sparklines:
+                spark = Sparkline(series, classes="rate")
+                label = Label("", classes="rate-now")
+                row = Horizontal(Label(name, classes="rate-node"), spark, label, classes="rate-row")
+                box.mount(row)
+                self._sparklines[name] = (spark, label)
+            spark, label = self._sparklines[name]
+            spark.data = series
+            label.update(f"{series[-1]:.0f}/min")
+
+    def selected_face(self) -> str | None:
+        table = self.query_one("#detections-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return str(key.value) if key.value is not None else None
+
+
+class NodeView(Vertical):
+    """One node: its services now and their recent heartbeats."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("no node selected: pick one in the fleet view (enter)", id="node-title")
+        yield DataTable(id="node-services", cursor_type="row")
+        yield Static("Recent heartbeats", classes="pane-title")
+        yield DataTable(id="node-history", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        services = self.query_one("#node-services", DataTable)
+        for key, label in (
+            ("service", "Service"),
+            ("state", "State"),
+            ("version", "Version"),
+            ("seen", "Last heartbeat"),
+            ("interval", "Interval"),
+            ("uptime", "Uptime"),
+            ("figures", "Figures"),
+        ):
+            services.add_column(label, key=key)
+        history = self.query_one("#node-history", DataTable)
+        for key, label in (
+            ("time", "Time (UTC)"),
+            ("service", "Service"),
+            ("state", "State"),
+            ("figures", "Figures"),
+        ):
+            history.add_column(label, key=key)
+
+    def redraw(self, model: FleetModel, now: float) -> None:
+        from facefleet_monitor.model import summarize
+
+        if self.node is None and model.nodes:
+            self.node = sorted(model.nodes)[0]
+        node = model.nodes.get(self.node or "")
+        services = self.query_one("#node-services", DataTable)
+        history = self.query_one("#node-history", DataTable)
+        services.clear()
+        history.clear()
+        if node is None:
+            return
+        expected = (
+            "in the inventory"
+            if node.expected
+            else ("not in the inventory" if model.has_inventory else "seen on the broker")
+        )
+        faces = f"{node.faces_total} faces"
+        if node.last_face_ts:
+            faces += f", last at {format_face_time(node.last_face_ts)}"
+        self.query_one("#node-title", Static).update(
+            Text.assemble(
+                (node.name, "bold"),
+                f"  {node.kind or 'unknown kind'} · {expected} · {faces}"
+                + (f" · {node.bad_messages} bad messages" if node.bad_messages else ""),
+            )
+        )
+        wanted = list(SERVICES_BY_KIND.get(node.kind, ()))
+        for status in node.ordered_services():
+            if status.seen_at is None and status.service not in wanted:
+                continue
+            body = status.body
+            uptime = body.get("uptime_s")
+            services.add_row(
+                status.service,
+                state_text(status.health(now)),
+                str(body.get("version") or "-"),
+                f"{format_clock(status.seen_at)} ({format_age(now - status.seen_at)} ago)"
+                if status.seen_at is not None
+                else "-",
+                f"{status.interval_s:g}s" if status.interval_s else "-",
+                format_age(uptime) if isinstance(uptime, int | float) else "-",
+                summarize(status.service, body) or "-",
+            )
+        entries = [
+            (entry, status.service) for status in node.services.values() for entry in status.history
+        ]
+        entries.sort(key=lambda e: e[0].at, reverse=True)
+        for entry, service in entries[:100]:
+            history.add_row(
+                format_clock(entry.at), service, state_text(entry.state), entry.summary or "-"
+            )
+
+
+class AlertsView(Vertical):
+    """Active problems, then the log of alerts raised, resolved and bad messages."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("Active", classes="pane-title")
+        yield DataTable(id="alerts-active", cursor_type="row")
+        yield Static("Log (newest first)", classes="pane-title")
+        yield DataTable(id="alerts-log", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        active = self.query_one("#alerts-active", DataTable)
+        for key, label in (
+            ("severity", "Severity"),
+            ("node", "Node"),
+            ("service", "Service"),
+            ("text", "Alert"),
+        ):
+            active.add_column(label, key=key)
+        log = self.query_one("#alerts-log", DataTable)
+        for key, label in (
+            ("time", "Time (UTC)"),
+            ("level", "Level"),
+            ("node", "Node"),
+            ("text", "What"),
+        ):
+            log.add_column(label, key=key)
+
+    def redraw(self, model: FleetModel, now: float) -> None:
+        active = self.query_one("#alerts-active", DataTable)
+        log = self.query_one("#alerts-log", DataTable)
+        active.clear()
+        alerts = sorted(
+            model.active.values(), key=lambda a: (a.severity != ERROR, a.node, a.service, a.key)
+        )
+        for alert in alerts:
+            active.add_row(
+                Text(alert.severity, style=SEVERITY_STYLE[alert.severity]),
+                alert.node,
+                alert.service or "-",
+                alert.text,
+            )
+        log.clear()
+        for entry in list(reversed(model.log))[:200]:
+            log.add_row(
+                format_clock(entry.at),
+                Text(entry.severity, style=SEVERITY_STYLE.get(entry.severity, "")),
+                entry.node or "-",
+                entry.text,
+            )
