@@ -64,19 +64,39 @@ class TrackingSettings:
     min_hits: int = 3
     republish_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.iou_threshold < 1:
+            raise ValueError("iou_threshold must be between 0 and 1")
+        if self.max_missed < 1 or self.min_hits < 1:
+            raise ValueError("max_missed and min_hits must be at least 1")
+        if self.republish_s <= 0:
+            raise ValueError("republish_s must be positive")
+
 
 @dataclass(frozen=True)
 class PublishSettings:
-    """`best`: one crop per track; `every-frame`: every face of every frame (the homework)."""
+    """`best`: one crop per track; `every-frame`: every face of every frame (the homework).
+
+    While the broker is unreachable up to `max_queued` messages wait in memory; beyond that new
+    faces are dropped and counted. On shutdown the detector waits at most `flush_timeout_s` for
+    the broker to acknowledge what is still in flight."""
 
     mode: Literal["best", "every-frame"] = "best"
     encoding: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = 90
     margin: float = 0.25
+    max_queued: int = 1000
+    flush_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be 1..100")
+        if not 0 <= self.margin <= 2:
+            raise ValueError("margin must be 0..2 (a fraction of the face size)")
+        if self.max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
+        if self.flush_timeout_s < 0:
+            raise ValueError("flush_timeout_s must not be negative")
 
 
 @dataclass(frozen=True)

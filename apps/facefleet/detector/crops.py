@@ -1,0 +1,48 @@
+"""Face crops and how good they are: pure functions on numpy images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from facefleet.detector.geometry import Box, Image, expand
+
+#: A face this many pixels across (geometric mean of w and h) counts as full size; the input
+#: size of common face-recognition models.
+FULL_SIZE_PX = 112.0
+#: Laplacian variance at which the sharpness term is 0.5 (in-focus webcam faces: 200..2000).
+SHARPNESS_HALF = 100.0
+#: Sharpness is measured on the face scaled down to at most this width, so it costs little and
+#: a large face is not favoured twice (it already wins on size).
+SHARPNESS_WIDTH = 128
+
+
+def crop(image: Image, box: Box, margin: float) -> Image:
+    """A copy of the face with `margin` around it (clipped), independent of the frame buffer."""
+    x, y, w, h = expand(box, margin, (image.shape[1], image.shape[0]))
+    return image[y : y + h, x : x + w].copy()
+
+
+def sharpness(image: Image, box: Box) -> float:
+    """Variance of the Laplacian of the grey face: high for crisp edges, low for blur."""
+    x, y, w, h = expand(box, 0.0, (image.shape[1], image.shape[0]))
+    if w < 3 or h < 3:
+        return 0.0
+    face = image[y : y + h, x : x + w]
+    if w > SHARPNESS_WIDTH:
+        size = (SHARPNESS_WIDTH, max(3, round(h * SHARPNESS_WIDTH / w)))
+        face = cv2.resize(face, size, interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.ndim == 3 else face
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def quality(score: float, box: Box, sharp: float) -> float:
+    """How good a view of a face is, in 0..1: detector score x size term x sharpness term.
+
+    size term = min(1, sqrt(w*h) / FULL_SIZE_PX); sharpness term = s / (s + SHARPNESS_HALF).
+    A product, so a crop must be good on all three: a big blurred face or a sharp but tiny
+    one both lose to a medium, crisp, confidently detected one.
+    """
+    size_term = min(1.0, float(np.sqrt(max(0, box[2]) * max(0, box[3]))) / FULL_SIZE_PX)
+    sharp_term = sharp / (sharp + SHARPNESS_HALF) if sharp > 0 else 0.0
+    return max(0.0, min(1.0, score)) * size_term * sharp_term

@@ -1,0 +1,297 @@
+"""The detector service: capture -> detect -> track -> encode -> publish to the edge broker.
+
+Faces go to `<prefix>/<node>/faces` at QoS 1 with the contract's MQTT v5 properties. Publishing
+never blocks capture: while the broker is away paho keeps up to `publish.max_queued` messages;
+beyond that faces are dropped and counted (`dropped`, `errors`). When a finite source ends, or
+on SIGTERM, every track is flushed and published, the detector waits (bounded) for the broker's
+acknowledgements, then reports `stopped` and exits 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import cv2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from facefleet import mqtt as mqtt_setup
+from facefleet.config import ConfigError, redacted
+from facefleet.contract import CONTENT_TYPES, FaceMeta, faces_topic, new_face_id
+from facefleet.detector.backends import FaceDetector, create_detector
+from facefleet.detector.settings import DetectorConfig, PublishSettings
+from facefleet.detector.sources import FrameSource, has_gstreamer, open_source, parse_source
+from facefleet.detector.sources import redact as redact_source
+from facefleet.detector.tracker import Publication, Tracker
+from facefleet.service import Heartbeat, resolve_node, stop_event
+
+log = logging.getLogger(__name__)
+
+CONFIG_CLASS = DetectorConfig
+SERVICE = "detector"
+#: The heartbeat's fps is the processing rate over this many recent seconds.
+FPS_WINDOW_S = 5.0
+READ_TIMEOUT_S = 0.5
+
+
+def check(cfg: DetectorConfig) -> None:
+    """The node name is usable, the model loads and the source parses."""
+    try:
+        resolve_node(cfg.node)
+        spec = parse_source(cfg.camera.source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if spec.kind == "gstreamer" and not has_gstreamer():
+        raise ConfigError(f"OpenCV {cv2.__version__} was built without GStreamer")
+    create_detector(cfg.detection)
+
+
+class Figures:
+    """The detector's counters; written by the capture loop, read by the heartbeat thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[float] = deque()
+        self._since = time.monotonic()
+        self.frames = 0
+        self.faces_detected = 0
+        self.tracks_active = 0
+        self.published = 0
+        self.published_bytes = 0
+        self.dropped = 0
+        self.unacked = 0
+        self.errors = 0
+
+    def frame_done(self, faces: int, tracks_active: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.frames += 1
+            self.faces_detected += faces
+            self.tracks_active = tracks_active
+            self._recent.append(now)
+            while self._recent and self._recent[0] < now - FPS_WINDOW_S:
+                self._recent.popleft()
+
+    def fps(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = sum(1 for t in self._recent if t >= now - FPS_WINDOW_S)
+        span = min(FPS_WINDOW_S, now - self._since)
+        return round(recent / span, 1) if span > 0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "fps": self.fps(),
+            "frames": self.frames,
+            "faces_detected": self.faces_detected,
+            "tracks_active": self.tracks_active,
+            "published": self.published,
+            "published_bytes": self.published_bytes,
+            "dropped": self.dropped,
+            "unacked": self.unacked,
+            "errors": self.errors,
+        }
+
+
+def encode(publication: Publication, settings: PublishSettings) -> bytes:
+    if settings.encoding == "png":
+        ok, data = cv2.imencode(".png", publication.crop, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+        ok, data = cv2.imencode(".jpg", publication.crop, params)
+    if not ok:
+        raise ValueError(f"cannot encode a {publication.crop.shape} crop as {settings.encoding}")
+    return bytes(data.tobytes())
+
+
+class FacePublisher:
+    """Publishes crops with the contract's properties; counts what the broker acknowledged.
+
+    Acknowledgements are polled from the message infos rather than taken in on_publish:
+    paho runs that callback under its own lock, which a publishing thread may be waiting on.
+    """
+
+    def __init__(
+        self,
+        client: mqtt.Client,
+        *,
+        topic: str,
+        node: str,
+        detector: str,
+        settings: PublishSettings,
+        figures: Figures,
+    ) -> None:
+        self.client = client
+        self.topic = topic
+        self.node = node
+        self.detector = detector
+        self.settings = settings
+        self.figures = figures
+        self.content_type = CONTENT_TYPES[settings.encoding]
+        self._pending: list[tuple[mqtt.MQTTMessageInfo, int]] = []
+        self._dropping = 0
+
+    def publish(self, publication: Publication) -> None:
+        try:
+            payload = encode(publication, self.settings)
+        except (ValueError, cv2.error) as exc:
+            self.figures.errors += 1
+            log.warning("track %d: %s", publication.track, exc)
+            return
+        meta = FaceMeta(
+            id=new_face_id(),
+            node=self.node,
+            track=publication.track,
+            ts=publication.captured,
+            box=publication.box,
+            score=publication.score,
+            frame=publication.frame_size,
+            detector=self.detector,
+            sha256=hashlib.sha256(payload).hexdigest(),
+            content_type=self.content_type,
+        )
+        props = mqtt_setup.publish_properties(self.content_type, meta.user_properties())
+        info = self.client.publish(self.topic, payload, qos=1, properties=props)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self.figures.dropped += 1
+            self.figures.errors += 1
+            if not self._dropping:
+                log.warning(
+                    "publish queue full (%d messages, broker unreachable?): dropping faces",
+                    self.settings.max_queued,
+                )
+            self._dropping += 1
+            return
+        if self._dropping:
+            log.info("publishing again after dropping %d faces", self._dropping)
+            self._dropping = 0
+        self._pending.append((info, len(payload)))
+        self.poll()
+
+    def poll(self) -> None:
+        """Move acknowledged messages from pending to the published figures."""
+        still = []
+        for info, size in self._pending:
+            if info.is_published():
+                self.figures.published += 1
+                self.figures.published_bytes += size
+            else:
+                still.append((info, size))
+        self._pending = still
+        self.figures.unacked = len(still)
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait until the broker acknowledged every publish, or the timeout; returns how many
+        are still unacknowledged."""
+        deadline = time.monotonic() + timeout_s
+        self.poll()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.poll()
+        return len(self._pending)
+
+
+class Detector:
+    """One run of the service: the loop and its clean shutdown."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.node = resolve_node(cfg.node)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.backend: FaceDetector = create_detector(cfg.detection)
+        self.source: FrameSource = open_source(cfg.camera)
+        self.figures = Figures()
+        self.tracker = Tracker(cfg.tracking, cfg.publish.margin, cfg.publish.mode)
+        self.client = mqtt_setup.make_client(cfg.mqtt, f"facefleet-detector-{self.node}")
+        self.client.max_queued_messages_set(cfg.publish.max_queued)
+        self.heartbeat = Heartbeat(
+            self.client, cfg.prefix, self.node, SERVICE, cfg.heartbeat_s, self.status
+        )
+        mqtt_setup.ConnectionTracker(self.client, "edge", on_up=self._online)
+        self.publisher = FacePublisher(
+            self.client,
+            topic=faces_topic(cfg.prefix, self.node),
+            node=self.node,
+            detector=self.backend.name,
+            settings=cfg.publish,
+            figures=self.figures,
+        )
+
+    def _online(self) -> None:
+        """On every (re)connect: announce `online` at once, not only at the next beat."""
+        self.heartbeat.publish("online")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.figures.snapshot(),
+            "camera": self.source.state,
+            "camera_reopens": self.source.reopens,
+            "frames_dropped": self.source.dropped,
+            "source": redact_source(self.cfg.camera.source),
+            "backend": self.backend.name,
+        }
+
+    def run(self, stop: threading.Event) -> int:
+        log.info("detector starting: %s", redacted(self.cfg))
+        mqtt_setup.start(self.client, self.cfg.mqtt)
+        self.heartbeat.start()
+        try:
+            self._loop(stop)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            frame = self.source.read(READ_TIMEOUT_S)
+            if frame is None:
+                if self.source.state == "ended":
+                    return
+                continue
+            try:
+                detections = self.backend.detect(frame.image)
+            except cv2.error as exc:
+                self.figures.errors += 1
+                log.warning("detection failed on frame %d: %s", frame.index, exc)
+                continue
+            for publication in self.tracker.update(
+                frame.image, detections, frame.captured, frame.clock
+            ):
+                self.publisher.publish(publication)
+            self.publisher.poll()
+            self.figures.frame_done(len(detections), self.tracker.active)
+
+    def _shutdown(self) -> None:
+        for publication in self.tracker.flush():
+            self.publisher.publish(publication)
+        self.figures.tracks_active = 0
+        self.source.close()
+        unacked = self.publisher.drain(self.cfg.publish.flush_timeout_s)
+        if unacked:
+            self.figures.errors += unacked
+            log.error(
+                "%d faces not acknowledged by the broker within %.0f s; they are lost",
+                unacked,
+                self.cfg.publish.flush_timeout_s,
+            )
+        log.info(
+            "detector stopping: %d frames, %d faces detected, %d published",
+            self.figures.frames,
+            self.figures.faces_detected,
+            self.figures.published,
+        )
+        self.heartbeat.stop()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run(cfg: DetectorConfig) -> int:
+    stop = stop_event()
+    return Detector(cfg).run(stop)

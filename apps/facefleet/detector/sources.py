@@ -1,0 +1,327 @@
+"""Where frames come from: `camera.source` parsed into a source, read one frame at a time.
+
+Live sources (V4L2 camera, GStreamer pipeline, RTSP/HTTP stream) are read by a grabber thread
+that keeps only the newest frame: a slow consumer skips frames (counted in `dropped`) instead of
+falling behind. A live source that fails is reopened with exponential backoff; its `state` goes
+open -> reopening -> lost (backoff at its maximum) -> open, logged once per transition.
+
+Finite sources (video file, folder of images, `synthetic:`) are read as fast as the consumer
+asks unless `realtime` paces them at their frame rate; `loop` restarts them, otherwise the end
+of the source sets `state` to "ended".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+
+from facefleet.config import ConfigError
+from facefleet.contract import utc_timestamp
+from facefleet.detector.geometry import Image
+from facefleet.detector.settings import CameraSettings
+from facefleet.detector.synthetic import SCHEME as SYNTHETIC_SCHEME
+from facefleet.detector.synthetic import SceneParams, SyntheticScene
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["v4l2", "gstreamer", "stream", "file", "folder", "synthetic"]
+CameraState = Literal["open", "reopening", "lost", "ended"]
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+#: Pace of a folder of images under `realtime` when `camera.fps` is 0.
+FOLDER_FPS = 10.0
+GST_SINK = " ! videoconvert ! appsink drop=true max-buffers=1 sync=false"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed `camera.source`: its kind and what to open (device index, path, URL, ...)."""
+
+    kind: Kind
+    target: str | int
+    scene: SceneParams | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("v4l2", "gstreamer", "stream")
+
+
+def parse_source(uri: str) -> SourceSpec:
+    """Classify a source URI; raises ValueError with a one-line reason."""
+    text = uri.strip()
+    if not text:
+        raise ValueError("camera.source is empty")
+    if text.startswith(SYNTHETIC_SCHEME):
+        return SourceSpec("synthetic", text, SceneParams.from_uri(text))
+    if text.startswith("gst:"):
+        return SourceSpec("gstreamer", text[4:].strip())
+    if " ! " in text:
+        return SourceSpec("gstreamer", text)
+    if text.isdigit():
+        return SourceSpec("v4l2", int(text))
+    if text.startswith("/dev/"):
+        return SourceSpec("v4l2", text)
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in STREAM_SCHEMES:
+        return SourceSpec("stream", text)
+    if scheme == "file":
+        text = urlsplit(text).path
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+        raise ValueError(f"unsupported source scheme {scheme!r}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return SourceSpec("folder", str(path))
+    if path.is_file():
+        return SourceSpec("file", str(path))
+    raise ValueError(f"{text}: no such video file or image folder")
+
+
+def redact(uri: str) -> str:
+    """The source as it may appear in logs and heartbeats: no password of a stream URL."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: Image
+    index: int
+    captured: str
+    clock: float
+
+
+class FrameSource(Protocol):
+    state: CameraState
+    reopens: int
+    dropped: int
+
+    def read(self, timeout_s: float) -> Frame | None:
+        """The next frame; None when none arrived within the timeout or the source ended."""
+        ...
+
+    def close(self) -> None:
+        """Release the source; its state becomes "ended"."""
+        ...
+
+
+def open_source(camera: CameraSettings) -> FrameSource:
+    """Open `camera.source`; ConfigError when it cannot be parsed or opened at all."""
+    try:
+        spec = parse_source(camera.source)
+    except ValueError as exc:
+        raise ConfigError(f"camera.source: {exc}") from None
+    if spec.kind == "gstreamer" and not has_gstreamer():
+        raise ConfigError(
+            f"camera.source is a GStreamer pipeline but OpenCV {cv2.__version__} was built "
+            "without GStreamer (use the system OpenCV, e.g. JetPack's)"
+        )
+    if spec.live:
+        return LiveSource(spec, camera)
+    return FiniteSource(spec, camera)
+
+
+def has_gstreamer() -> bool:
+    return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
+
+
+def open_capture(spec: SourceSpec, camera: CameraSettings) -> cv2.VideoCapture:
+    """A VideoCapture for a live source (may be unopened: the caller checks and retries)."""
+    if spec.kind == "gstreamer":
+        pipeline = str(spec.target)
+        if "appsink" not in pipeline:
+            pipeline += GST_SINK
+        return cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    if spec.kind == "stream":
+        return cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+    capture = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
+    if capture.isOpened():
+        capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, camera.width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, camera.height)
+        if camera.fps > 0:
+            capture.set(cv2.CAP_PROP_FPS, camera.fps)
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    return capture
+
+
+class LiveSource:
+    """A grabber thread that keeps only the newest frame and reopens a failed source."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        camera: CameraSettings,
+        opener: Callable[[SourceSpec, CameraSettings], cv2.VideoCapture] = open_capture,
+    ) -> None:
+        self.spec = spec
+        self.camera = camera
+        self.name = redact(str(spec.target))
+        self.state: CameraState = "reopening"
+        self.reopens = 0
+        self.dropped = 0
+        self._opener = opener
+        self._latest: Frame | None = None
+        self._ready = threading.Condition()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="frame-grabber", daemon=True)
+        self._thread.start()
+
+    def read(self, timeout_s: float) -> Frame | None:
+        with self._ready:
+            if self._latest is None:
+                self._ready.wait(timeout_s)
+            frame, self._latest = self._latest, None
+            return frame
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5.0)
+        self.state = "ended"
+
+    def _run(self) -> None:
+        delay = self.camera.reopen_min_s
+        ever_open = False
+        index = 0
+        while not self._closed.is_set():
+            capture = self._opener(self.spec, self.camera)
+            if not capture.isOpened():
+                capture.release()
+                self._transition("lost" if delay >= self.camera.reopen_max_s else "reopening")
+                self._closed.wait(delay)
+                delay = min(delay * 2, self.camera.reopen_max_s)
+                continue
+            if ever_open:
+                self.reopens += 1
+            ever_open = True
+            delay = self.camera.reopen_min_s
+            self._transition("open")
+            index = self._grab(capture, index)
+            capture.release()
+        log.debug("frame grabber for %s stopped", self.name)
+
+    def _grab(self, capture: cv2.VideoCapture, index: int) -> int:
+        """Read until the source fails or the source is closed; returns the next index."""
+        while not self._closed.is_set():
+            ok, image = capture.read()
+            if not ok or image is None:
+                self._transition("reopening")
+                break
+            frame = Frame(image, index, utc_timestamp(), time.monotonic())
+            index += 1
+            with self._ready:
+                if self._latest is not None:
+                    self.dropped += 1
+                self._latest = frame
+                self._ready.notify()
+        return index
+
+    def _transition(self, state: CameraState) -> None:
+        if state == self.state:
+            return
+        previous, self.state = self.state, state
+        if state == "open":
+            log.info("camera %s open (was %s)", self.name, previous)
+        elif state == "reopening":
+            log.warning("camera %s unavailable; reopening with backoff", self.name)
+        else:
+            log.error(
+                "camera %s lost; still retrying every %.0f s", self.name, self.camera.reopen_max_s
+            )
+
+
+class FiniteSource:
+    """A video file, a folder of images or the synthetic scene, optionally paced and looped."""
+
+    def __init__(self, spec: SourceSpec, camera: CameraSettings) -> None:
+        self.spec = spec
+        self.camera = camera
+        self.state: CameraState = "open"
+        self.reopens = 0
+        self.dropped = 0
+        self._native_fps = 0.0
+        self._images = self._start()
+        self._index = 0
+        self._paced_from = time.monotonic()
+
+    @property
+    def fps(self) -> float:
+        """The pace under `realtime`: `camera.fps` if set, else the source's own rate."""
+        if self.camera.fps > 0:
+            return self.camera.fps
+        return self._native_fps or FOLDER_FPS
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self.state == "ended":
+            return None
+        image = next(self._images, None)
+        if image is None and self.camera.loop:
+            self._images = self._start()
+            image = next(self._images, None)
+        if image is None:
+            self.state = "ended"
+            log.info("source %s ended after %d frames", self.spec.target, self._index)
+            return None
+        if self.camera.realtime:
+            due = self._paced_from + self._index / self.fps
+            time.sleep(max(0.0, due - time.monotonic()))
+        frame = Frame(image, self._index, utc_timestamp(), time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._images.close()
+        self.state = "ended"
+
+    def _start(self) -> Generator[Image, None, None]:
+        if self.spec.kind == "synthetic":
+            assert self.spec.scene is not None
+            self._native_fps = self.spec.scene.fps
+            return synthetic_frames(SyntheticScene(self.spec.scene))
+        if self.spec.kind == "folder":
+            return folder_frames(Path(str(self.spec.target)))
+        capture = cv2.VideoCapture(str(self.spec.target))
+        if not capture.isOpened():
+            raise ConfigError(f"camera.source: {self.spec.target}: cannot open as a video file")
+        self._native_fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        return video_frames(capture)
+
+
+def synthetic_frames(scene: SyntheticScene) -> Generator[Image, None, None]:
+    for index in range(scene.params.frame_count):
+        yield scene.frame(index)
+
+
+def folder_frames(folder: Path) -> Generator[Image, None, None]:
+    """Images of a folder in name order; unreadable ones are logged and skipped."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.warning("%s: not a readable image, skipped", path)
+            continue
+        yield image
+
+
+def video_frames(capture: cv2.VideoCapture) -> Generator[Image, None, None]:
+    try:
+        while True:
+            ok, image = capture.read()
+            if not ok or image is None:
+                return
+            yield image
+    finally:
+        capture.release()
