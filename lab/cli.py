@@ -1,0 +1,48 @@
+"""Command line of the lab: `python -m lab up [--edges N] [--subnet CIDR]`, `down`, `status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from lab import fleet
+from lab.image import LabError
+
+log = logging.getLogger("lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="boot the lab hosts and write inventory/lab/hosts.yml")
+    up.add_argument("--edges", type=int, default=2, help="number of edge hosts (default 2)")
+    up.add_argument("--subnet", default="10.77.0.0/24", help="private subnet of the lab bridge")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per host")
+    sub.add_parser("down", help="stop and remove every lab host, link, bridge and copy")
+    sub.add_parser("status", help="print the lab state (JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="lab: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "up":
+            hosts = fleet.up(args.edges, args.subnet, args.timeout)
+            print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in hosts)}")
+            print(f"inventory: {fleet.INVENTORY_DIR / 'hosts.yml'}; run `make lab-deploy`")
+        elif args.command == "down":
+            fleet.down()
+        else:
+            state = fleet.STATE_DIR / "state.json"
+            print(state.read_text() if state.exists() else json.dumps({"hosts": []}))
+    except LabError as exc:
+        print(f"lab {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lab {args.command}: interrupted; run `make lab-down` to clean up", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,305 @@
+"""Lab hosts as systemd-nspawn containers on a private bridge.
+
+Each host is a copy of the cached base image, booted with `systemd-nspawn --boot` in its own
+session (the controller is not booted with systemd, so there is no machined to register with).
+Everything made here is recorded in `.lab/state.json`; `down()` also finds leftovers by their
+names and paths, so it cleans up after a crashed or interrupted `up()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lab import image
+from lab.image import LabError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".lab"
+INVENTORY_DIR = ROOT / "inventory" / "lab"
+PKI_DIR = ROOT / ".pki" / "lab"
+MACHINES = Path(os.environ.get("FACEFLEET_LAB_ROOT", "/var/lib/facefleet-lab/machines"))
+BRIDGE = os.environ.get("FACEFLEET_LAB_BRIDGE", "ffbr0")
+MACHINE_PREFIX = "ff-"
+KEY = STATE_DIR / "id_ed25519"
+SSH_OPTIONS = (
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=5",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Host:
+    """One lab host: `name` is the inventory hostname (= node name)."""
+
+    name: str
+    group: str
+    address: str
+
+    @property
+    def machine(self) -> str:
+        return MACHINE_PREFIX + self.name
+
+    @property
+    def directory(self) -> Path:
+        return MACHINES / self.machine
+
+
+def plan(edges: int, subnet: str) -> tuple[str, list[Host]]:
+    """The bridge address (with prefix length) and the hosts: cloud-1, edge-1..N."""
+    net = ipaddress.ip_network(subnet)
+    if net.num_addresses < 64:
+        raise LabError(f"subnet {subnet} is too small (need a /26 or larger)")
+    if not 1 <= edges <= 30:
+        raise LabError("--edges must be 1..30")
+    base = net.network_address
+    hosts = [Host("cloud-1", "cloud", str(base + 10))]
+    hosts += [Host(f"edge-{i}", "edge", str(base + 20 + i)) for i in range(1, edges + 1)]
+    return f"{base + 1}/{net.prefixlen}", hosts
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One `up`/`down` at a time."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError("another `lab up` or `lab down` is running") from None
+        yield
+
+
+def _link_exists(name: str) -> bool:
+    return _run("ip", "link", "show", "dev", name, check=False).returncode == 0
+
+
+def _subnet_in_use(subnet: str) -> str | None:
+    """Another interface with an address in the lab subnet (we must not hijack its traffic)."""
+    net = ipaddress.ip_network(subnet)
+    out = _run("ip", "-o", "-4", "addr", "show").stdout
+    for line in out.splitlines():
+        fields = line.split()
+        iface, cidr = fields[1], fields[3]
+        if iface != BRIDGE and ipaddress.ip_interface(cidr).network.overlaps(net):
+            return iface
+    return None
+
+
+def _prepare_root(host: Host, hosts: list[Host], prefixlen: int, pubkey: str) -> None:
+    root = host.directory
+    _run("cp", "-a", "--reflink=auto", str(image.base_dir()), str(root))
+    (root / image.STAMP).unlink(missing_ok=True)
+    (root / "etc/hostname").write_text(host.name + "\n")
+    lines = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{host.name}", "::1\tlocalhost ip6-localhost"]
+    lines += [f"{h.address}\t{h.name}" for h in hosts]
+    (root / "etc/hosts").write_text("\n".join(lines) + "\n")
+    (root / "etc/systemd/network/10-facefleet-lab.network").write_text(
+        "[Match]\nName=host0\n\n[Network]\n"
+        f"Address={host.address}/{prefixlen}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+    )
+    ssh = root / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").write_text(pubkey)
+    (ssh / "authorized_keys").chmod(0o600)
+    _run("ssh-keygen", "-A", "-f", str(root))
+
+
+def _boot(host: Host) -> int:
+    logs = STATE_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{host.name}.console", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "-D",
+                str(host.directory),
+                "-M",
+                host.machine,
+                "--register=no",
+                "--keep-unit",
+                "--boot",
+                f"--network-bridge={BRIDGE}",
+                "--console=read-only",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def ssh_command(address: str, *command: str) -> list[str]:
+    return ["ssh", "-i", str(KEY), *SSH_OPTIONS, f"root@{address}", *command]
+
+
+def _wait_ssh(host: Host, pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            raise LabError(
+                f"{host.name}: systemd-nspawn exited (see {STATE_DIR}/logs/{host.name}.console)"
+            )
+        try:
+            with socket.create_connection((host.address, 22), timeout=1):
+                pass
+        except OSError:
+            time.sleep(0.5)
+            continue
+        probe = subprocess.run(
+            ssh_command(host.address, "systemctl", "is-system-running", "--wait"),
+            capture_output=True,
+            text=True,
+            timeout=max(5.0, deadline - time.monotonic()),
+            check=False,
+        )
+        state = probe.stdout.strip()
+        if state in ("running", "degraded"):
+            if state == "degraded":
+                failed = subprocess.run(
+                    ssh_command(host.address, "systemctl", "--failed", "--no-legend"),
+                    capture_output=True, text=True, timeout=15, check=False,
+                )  # fmt: skip
+                log.warning("%s booted degraded: %s", host.name, failed.stdout.strip())
+            return
+        time.sleep(1)
+    raise LabError(f"{host.name}: no SSH on {host.address} after {timeout_s:.0f} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _nspawn_pids() -> dict[int, str]:
+    """Our systemd-nspawn processes (pid -> machine dir), also those not in the state file."""
+    found: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"systemd-nspawn"):
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "-D" in args:
+            directory = args[args.index("-D") + 1]
+            if Path(directory).parent == MACHINES:
+                found[int(proc.name)] = directory
+    return found
+
+
+def _stop(pids: list[int], timeout_s: float = 30.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            log.warning("systemd-nspawn %d ignored SIGTERM; killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+
+
+def _down_unlocked() -> None:
+    pids = _nspawn_pids()
+    if pids:
+        log.info("stopping %d lab host(s)", len(pids))
+        _stop(list(pids))
+    for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(f"vb-{MACHINE_PREFIX}"):
+            _run("ip", "link", "del", name, check=False)
+    if _link_exists(BRIDGE):
+        _run("ip", "link", "del", BRIDGE)
+    if MACHINES.is_dir():
+        for directory in MACHINES.glob(f"{MACHINE_PREFIX}*"):
+            shutil.rmtree(directory)
+    for path in (INVENTORY_DIR, PKI_DIR, STATE_DIR / "hosts", STATE_DIR / "logs"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (STATE_DIR / "state.json", KEY, KEY.with_suffix(".pub")):
+        path.unlink(missing_ok=True)
+
+
+def down() -> None:
+    """Stop every lab host and remove links, bridge, copies and generated files."""
+    with _locked():
+        _down_unlocked()
+    log.info("lab is down")
+
+
+def up(edges: int = 2, subnet: str = "10.77.0.0/24", timeout_s: float = 120.0) -> list[Host]:
+    """Boot the lab (removing whatever a previous run left) and write its inventory."""
+    from lab.inventory import write_inventory
+
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (systemd-nspawn, bridges)")
+    for tool in ("systemd-nspawn", "ssh", "ssh-keygen", "ip"):
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} is not installed (make system-deps)")
+    bridge_cidr, hosts = plan(edges, subnet)
+    with _locked():
+        _down_unlocked()
+        other = _subnet_in_use(subnet)
+        if other:
+            raise LabError(f"{subnet} is already used by {other}; pass --subnet")
+        base = image.ensure_base()
+        log.info("base image %s, %d host(s)", base, len(hosts))
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "facefleet-lab", "-f", str(KEY))
+        pubkey = KEY.with_suffix(".pub").read_text()
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", bridge_cidr, "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        MACHINES.mkdir(parents=True, exist_ok=True)
+        prefixlen = ipaddress.ip_network(subnet).prefixlen
+        state: dict[str, object] = {"bridge": BRIDGE, "subnet": subnet, "hosts": []}
+        pids: dict[str, int] = {}
+        for host in hosts:
+            _prepare_root(host, hosts, prefixlen, pubkey)
+            pids[host.name] = _boot(host)
+            state["hosts"] = [{**asdict(h), "pid": pids.get(h.name)} for h in hosts]
+            (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        for host in hosts:
+            _wait_ssh(host, pids[host.name], timeout_s)
+            log.info("%s up at %s (machine %s)", host.name, host.address, host.machine)
+        addresses = STATE_DIR / "hosts"
+        addresses.mkdir(exist_ok=True)
+        for host in hosts:
+            (addresses / host.name).write_text(host.address + "\n")
+        write_inventory(hosts, KEY, PKI_DIR, INVENTORY_DIR / "hosts.yml")
+    return hosts

@@ -1,0 +1,105 @@
+"""`inventory/lab/hosts.yml`: the lab as an Ansible inventory (and for the monitor)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from lab.fleet import Host
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_BUCKET = "facefleet-lab"
+LAB_S3_PORT = 9000
+#: moto accepts any keys; these only exist so the processor's S3 path signs requests as on AWS.
+LAB_S3_KEY_ID = "facefleet-lab"
+LAB_S3_SECRET = "facefleet-lab-secret"  # noqa: S105 - not a secret: moto's lab endpoint
+MODEL = "face_detection_yunet_2023mar.onnx"
+CLIP = "short_hamilton_clip.mp4"
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def detector_vars() -> dict[str, Any]:
+    """YuNet with the shared model and the shared clip when present; else Haar + synthetic."""
+    shared = shared_dir()
+    model, clip = shared / "models" / MODEL, shared / "data" / "videos" / CLIP
+    out: dict[str, Any] = {"detector_camera_loop": True, "detector_camera_realtime": True}
+    if model.is_file():
+        out |= {"detector_backend": "yunet", "detector_model_src": str(model)}
+    else:
+        out |= {"detector_backend": "haar"}
+    if clip.is_file():
+        out |= {"detector_media_src": str(clip)}
+    else:
+        out |= {"detector_camera_source": "synthetic:"}
+    return out
+
+
+def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
+    cloud = [h for h in hosts if h.group == "cloud"]
+    edge = [h for h in hosts if h.group == "edge"]
+    return {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(key),
+                "ansible_ssh_common_args": (
+                    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+                ),
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "facefleet_pki_dir": str(pki_dir),
+                "facefleet_install_source": "wheelhouse",
+                "facefleet_bundle_extra_requirements": ["moto[server]"],
+            },
+            "children": {
+                "cloud": {
+                    "hosts": {h.name: {"ansible_host": h.address} for h in cloud},
+                    "vars": {
+                        "processor_storage_kind": "s3",
+                        "processor_s3_bucket": LAB_BUCKET,
+                        "processor_s3_region": "us-east-1",
+                        "processor_s3_endpoint_url": f"http://127.0.0.1:{LAB_S3_PORT}",
+                        "processor_environment": {
+                            "AWS_ACCESS_KEY_ID": LAB_S3_KEY_ID,
+                            "AWS_SECRET_ACCESS_KEY": LAB_S3_SECRET,
+                        },
+                        "processor_heartbeat_s": 5,
+                    },
+                },
+                "edge": {
+                    "hosts": {h.name: {"ansible_host": h.address} for h in edge},
+                    "vars": {
+                        **detector_vars(),
+                        "detector_heartbeat_s": 5,
+                        "logger_heartbeat_s": 5,
+                        "forwarder_heartbeat_s": 5,
+                    },
+                },
+                # lab-only: moto's S3 server on the cloud host (roles/lab_s3)
+                "lab_s3": {
+                    "hosts": {h.name: {} for h in cloud},
+                    "vars": {
+                        "lab_s3_bucket": LAB_BUCKET,
+                        "lab_s3_port": LAB_S3_PORT,
+                        "lab_s3_listen_address": "0.0.0.0",
+                    },
+                },
+            },
+        }
+    }
+
+
+def write_inventory(hosts: list[Host], key: Path, pki_dir: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# Written by `python -m lab up` (make lab-up); removed by `make lab-down`.\n"
+        "# ansible-playbook -i inventory/lab/hosts.yml site.yml\n"
+    )
+    body = yaml.safe_dump(inventory(hosts, key, pki_dir), sort_keys=False, width=100)
+    path.write_text(header + body)
