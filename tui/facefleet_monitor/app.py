@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image as PILImage
@@ -22,11 +23,9 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
 from facefleet_monitor.config import MonitorConfig
-from facefleet_monitor.feed import FlowGate, MonitorFeed
+from facefleet_monitor.feed import FlowGate, Inbox, MonitorFeed
 from facefleet_monitor.model import (
     ConnectionEvent,
-    FaceEvent,
-    FeedError,
     FeedEvent,
     FleetModel,
     StatusEvent,
@@ -52,13 +51,12 @@ def image_widget_class(protocol: str) -> type[Widget]:
     return classes[protocol]
 
 
+@dataclass
 class StatusReceived(Message):
     """A status heartbeat; a newer one for the same service supersedes it in the queue."""
 
-    def __init__(self, event: StatusEvent, gate: FlowGate) -> None:
-        super().__init__()
-        self.event = event
-        self.gate = gate
+    event: StatusEvent
+    gate: FlowGate
 
     def can_replace(self, message: Message) -> bool:
         if (
@@ -72,30 +70,20 @@ class StatusReceived(Message):
         return False
 
 
-class FaceReceived(Message):
-    """One face message (metadata plus the raw image bytes)."""
+@dataclass
+class FeedPending(Message):
+    """Faces or bad messages wait in the inbox. One notice stands for any number of them, so
+    a burst costs one handler call and keys never queue behind thousands of messages."""
 
-    def __init__(self, event: FaceEvent, gate: FlowGate) -> None:
-        super().__init__()
-        self.event = event
-        self.gate = gate
-
-
-class BadMessage(Message):
-    """A message that broke the contract."""
-
-    def __init__(self, event: FeedError, gate: FlowGate) -> None:
-        super().__init__()
-        self.event = event
-        self.gate = gate
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, FeedPending)
 
 
+@dataclass
 class ConnectionChanged(Message):
     """The feed connected, lost the broker, or was refused."""
 
-    def __init__(self, event: ConnectionEvent) -> None:
-        super().__init__()
-        self.event = event
+    event: ConnectionEvent
 
 
 class MonitorApp(App[int]):
@@ -145,6 +133,7 @@ class MonitorApp(App[int]):
             max_thumbnails=config.max_thumbnails,
         )
         self.feed = MonitorFeed(config.mqtt, config.prefix, self._sink)
+        self.inbox = Inbox()
         self.image_class = image_class or image_widget_class("unicode")
         self.cursor_blink = cursor_blink
         self._drawn_version = -1
@@ -156,17 +145,14 @@ class MonitorApp(App[int]):
     # --- wiring ---------------------------------------------------------------------------
 
     def _sink(self, event: FeedEvent) -> bool:
-        """Runs on paho's thread: wrap and post (post_message is thread safe)."""
-        message: Message
+        """Runs on paho's thread (post_message is thread safe)."""
         if isinstance(event, StatusEvent):
-            message = StatusReceived(event, self.feed.gate)
-        elif isinstance(event, FaceEvent):
-            message = FaceReceived(event, self.feed.gate)
-        elif isinstance(event, FeedError):
-            message = BadMessage(event, self.feed.gate)
-        else:
-            message = ConnectionChanged(event)
-        return self.post_message(message)
+            return self.post_message(StatusReceived(event, self.feed.gate))
+        if isinstance(event, ConnectionEvent):
+            return self.post_message(ConnectionChanged(event))
+        if self.inbox.put(event):
+            self.post_message(FeedPending())
+        return True
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -199,15 +185,12 @@ class MonitorApp(App[int]):
         self.handled += 1
         self.model.apply(message.event)
 
-    def on_face_received(self, message: FaceReceived) -> None:
-        message.gate.release(message.event)
-        self.handled += 1
-        self.model.apply(message.event)
-
-    def on_bad_message(self, message: BadMessage) -> None:
-        message.gate.release(message.event)
-        self.handled += 1
-        self.model.apply(message.event)
+    def on_feed_pending(self, message: FeedPending) -> None:
+        events = self.inbox.drain()
+        for event in events:
+            self.feed.gate.release(event)
+            self.model.apply(event)
+        self.handled += len(events)
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         self.model.apply(message.event)
@@ -233,17 +216,18 @@ class MonitorApp(App[int]):
         self.redraws += 1
         now = self.clock()
         self._draw_connection()
+        # only the visible view redraws; switching tabs redraws the new one at once
         active = self.query_one("#tabs", TabbedContent).active
-        # the visible view redraws every time; hidden ones only on the once-a-second pass
-        if active == "fleet" or force:
+        if active == "fleet":
             self.query_one(FleetView).redraw(self.model, now)
-        if active == "detections" or force:
+        elif active == "detections":
             self.query_one(DetectionsView).redraw(self.model, now)
-            self._load_selected_thumbnail()
-        if active == "node" or force:
+        elif active == "node":
             self.query_one(NodeView).redraw(self.model, now)
-        if active == "alerts" or force:
+        elif active == "alerts":
             self.query_one(AlertsView).redraw(self.model, now)
+        if active == "detections":
+            self._load_selected_thumbnail()
         alerts = len(self.model.active)
         self.query_one("#tabs", TabbedContent).get_tab("alerts").label = (
             f"Alerts ({alerts}) [4]" if alerts else "Alerts [4]"
@@ -281,7 +265,10 @@ class MonitorApp(App[int]):
         self._load_selected_thumbnail()
 
     def _load_selected_thumbnail(self) -> None:
-        face_id = self.query_one(DetectionsView).selected_face()
+        views = self.query(DetectionsView)
+        if not views:  # shutting down
+            return
+        face_id = views.first().selected_face()
         if face_id is None or face_id == self._thumbnail_for:
             return
         self._thumbnail_for = face_id
@@ -334,6 +321,14 @@ class MonitorApp(App[int]):
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
         self.redraw(force=True)
+        # keys go to the view's main table (up/down/enter work at once)
+        main = {
+            "fleet": "#fleet-table",
+            "detections": "#detections-table",
+            "node": "#node-history",
+            "alerts": "#alerts-active",
+        }[tab]
+        self.query_one(main, DataTable).focus()
 
     def action_toggle_pause(self) -> None:
         self.model.set_paused(not self.model.paused)

@@ -157,6 +157,25 @@ def _size(event: FeedEvent) -> int:
     return 0 if isinstance(event, ConnectionEvent) else event.size
 
 
+class Inbox:
+    """Events waiting for the UI thread. `put` says when the inbox just stopped being empty,
+    so the producer posts one wake-up for any number of events, not one per event."""
+
+    def __init__(self) -> None:
+        self._events: list[FeedEvent] = []
+        self._lock = threading.Lock()
+
+    def put(self, event: FeedEvent) -> bool:
+        with self._lock:
+            self._events.append(event)
+            return len(self._events) == 1
+
+    def drain(self) -> list[FeedEvent]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+
 class MonitorFeed:
     """Subscribes to every status and face topic under `prefix` and feeds `sink`.
 
@@ -199,7 +218,8 @@ class MonitorFeed:
     def stop(self) -> None:
         self._stopping = True
         if self.client is not None:
-            self.client.disconnect()
+            if self.client.is_connected():
+                self.client.disconnect()
             self.client.loop_stop()
             self.client = None
 

@@ -411,10 +411,10 @@ class FleetModel:
             active[alert.key] = alert
         # "never seen" is where every expected service starts, not an event: listed as
         # active, kept out of the log (else each start logs and resolves one per service)
-        for key, alert in active.items():
+        for key, alert in sorted(active.items()):
             if key not in self.active and not key.startswith("never:"):
                 self.log.append(AlertLogEntry(now, alert.severity, alert.node, alert.line))
-        for key, alert in self.active.items():
+        for key, alert in sorted(self.active.items()):
             if key not in active and not key.startswith("never:"):
                 self.log.append(AlertLogEntry(now, "resolved", alert.node, alert.line))
         if active != self.active:

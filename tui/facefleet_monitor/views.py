@@ -173,7 +173,8 @@ class FleetView(Vertical):
 class DetectionsView(Horizontal):
     """The live face feed, the selected face's thumbnail, faces per minute per node."""
 
-    SHOWN = 200
+    #: rows in the live table; at high rates every visible row changes each tick anyway
+    SHOWN = 100
 
     def __init__(self, image: Widget, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -337,7 +338,8 @@ class NodeView(Vertical):
         entries = [
             (entry, status.service) for status in node.services.values() for entry in status.history
         ]
-        entries.sort(key=lambda e: e[0].at, reverse=True)
+        rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
+        entries.sort(key=lambda e: (-e[0].at, rank.get(e[1], 99)))
         for entry, service in entries[:100]:
             history.add_row(
                 format_clock(entry.at), service, state_text(entry.state), entry.summary or "-"

@@ -34,16 +34,29 @@ def make_jpeg(seed: int = 0, size: int = 96) -> bytes:
     cv2.ellipse(img, centre, (size // 3, size * 2 // 5), 0, 0, 360, (150, 180, 225), -1)
     for dx in (-size // 7, size // 7):
         cv2.circle(img, (centre[0] + dx, centre[1] - size // 10), size // 16, (40, 30, 30), -1)
-    cv2.ellipse(img, (centre[0], centre[1] + size // 6), (size // 8, size // 20), 0, 0, 180,
-                (60, 60, 170), -1)
+    cv2.ellipse(
+        img,
+        (centre[0], centre[1] + size // 6),
+        (size // 8, size // 20),
+        0,
+        0,
+        180,
+        (60, 60, 170),
+        -1,
+    )
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return bytes(buf.tobytes())
 
 
 def face_meta(
-    node: str, track: int, payload: bytes, *, face_id: str | None = None,
-    ts: str = "2026-01-01T12:00:01.250Z", score: float = 0.93,
+    node: str,
+    track: int,
+    payload: bytes,
+    *,
+    face_id: str | None = None,
+    ts: str = "2026-01-01T12:00:01.250Z",
+    score: float = 0.93,
     content_type: str = "image/jpeg",
 ) -> FaceMeta:
     return FaceMeta(
@@ -62,8 +75,13 @@ def face_meta(
 
 def status_body(node: str, service: str, state: str = "online", **figures: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "state": state, "service": service, "node": node, "version": "0.1.0",
-        "ts": HEARTBEAT_TS, "interval_s": 5.0, "uptime_s": 120.0,
+        "state": state,
+        "service": service,
+        "node": node,
+        "version": "0.1.0",
+        "ts": HEARTBEAT_TS,
+        "interval_s": 5.0,
+        "uptime_s": 120.0,
     }
     body.update(figures)
     return body
@@ -82,8 +100,9 @@ class Publisher:
             time.sleep(0.02)
         self._pending: list[mqtt.MQTTMessageInfo] = []
 
-    def status(self, node: str, service: str, body: dict[str, Any] | bytes,
-               retain: bool = True) -> None:
+    def status(
+        self, node: str, service: str, body: dict[str, Any] | bytes, retain: bool = True
+    ) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         self._pending.append(
             self.client.publish(status_topic(PREFIX, node, service), payload, qos=1, retain=retain)
@@ -92,8 +111,7 @@ class Publisher:
     def face(self, meta: FaceMeta, payload: bytes, qos: int = 1) -> None:
         props = ffmqtt.publish_properties(meta.content_type, meta.user_properties())
         self._pending.append(
-            self.client.publish(faces_topic(PREFIX, meta.node), payload, qos=qos,
-                                properties=props)
+            self.client.publish(faces_topic(PREFIX, meta.node), payload, qos=qos, properties=props)
         )
 
     def raw(self, topic: str, payload: bytes, props: Any = None) -> None:
@@ -110,8 +128,9 @@ class Publisher:
         self.client.loop_stop()
 
 
-async def wait_until(pilot: Any, predicate: Callable[[], bool], timeout_s: float = 10.0,
-                     what: str = "condition") -> None:
+async def wait_until(
+    pilot: Any, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -126,7 +145,26 @@ def screen_text(app: Any) -> str:
     from rich.console import Console
 
     width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
-                      color_system="truecolor", record=True, legacy_windows=False)
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        record=True,
+        legacy_windows=False,
+    )
     console.print(app.screen._compositor.render_update(full=True))
     return str(console.export_text())
+
+
+def async_test(func: Callable[..., Any]) -> Callable[..., None]:
+    """Run an `async def` test in a fresh event loop (the venv has no asyncio pytest plugin)."""
+    import asyncio
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(func(*args, **kwargs))
+
+    return wrapper

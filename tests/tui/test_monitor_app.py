@@ -1,0 +1,387 @@
+"""Pilot tests of the monitor against a real mosquitto (edge flavour, and cloud with mTLS)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
+from tui_helpers import (
+    Publisher,
+    async_test,
+    face_meta,
+    frozen_clock,
+    make_jpeg,
+    screen_text,
+    status_body,
+    wait_until,
+)
+
+from facefleet.localbroker import LocalBroker
+from facefleet_monitor.app import MonitorApp, StatusReceived, image_widget_class
+from facefleet_monitor.cli import add_arguments
+from facefleet_monitor.config import MonitorConfig, config_from_args
+from facefleet_monitor.feed import FlowGate
+from facefleet_monitor.model import OFFLINE, StatusEvent
+
+pytestmark = pytest.mark.broker
+SIZE = (150, 40)
+
+
+def make_app(broker: LocalBroker, clock: object = time.time, **config: object) -> MonitorApp:
+    cfg = MonitorConfig(mqtt=broker.settings_for(), label="test broker", **config)  # type: ignore[arg-type]
+    return MonitorApp(
+        cfg,
+        clock=clock,
+        image_class=image_widget_class("halfcell"),  # type: ignore[arg-type]
+        cursor_blink=False,
+    )
+
+
+@async_test
+async def test_views_show_the_fleet_faces_and_errors(edge_broker: LocalBroker) -> None:
+    pub = Publisher(edge_broker.settings_for())
+    publish_retained(pub)
+    app = make_app(edge_broker, clock=frozen_clock, expected=EXPECTED)
+    async with app.run_test(size=SIZE) as pilot:
+        model = app.model
+
+        async def applied(n: int) -> None:
+            await wait_until(pilot, lambda: model.counters.statuses >= n, what=f"{n} statuses")
+
+        await publish_live(pub, applied)
+        await wait_until(
+            pilot,
+            lambda: model.counters.faces >= LISTED_FACES and model.counters.errors >= BAD,
+            what="faces and errors",
+        )
+        assert model.counters.statuses == STATUSES
+        app.redraw(force=True)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "connected to test broker" in text
+        fleet = app.query_one("#fleet-table")
+        assert fleet.row_count == 5  # 4 expected + the unlisted cam9
+        assert "never seen" in text  # cam3 was never seen
+        assert "cam9" in text
+        assert "(unlisted)" in text
+        active = set(model.active)
+        assert {
+            "camera:cam2:detector",
+            "spool:cam2:forwarder",
+            "dead:cloud1:processor",
+            "stopped:cam2:logger",
+            "never:cam3:detector",
+            "bad:cam2",
+        } <= active
+        # problems sort first: cam2 (camera lost) heads the table
+        assert str(fleet.coordinate_to_cell_key((0, 0)).row_key.value) == "cam2"
+
+        # detections: newest first, the thumbnail of the selected face decodes in a worker
+        await pilot.press("2")
+        table = app.query_one("#detections-table")
+        assert table.row_count == LISTED_FACES
+        thumbnail = app.query_one("#thumbnail")
+        await wait_until(pilot, lambda: thumbnail.image is not None, what="thumbnail")
+        assert thumbnail.image.size == (96, 96)
+        # the undecodable face is listed with its problem and selecting it does not crash
+        await pilot.press("ctrl+end")
+        await pilot.pause(0.2)
+        assert "payload is not image/jpeg" in screen_text(app)
+        assert thumbnail.image is None
+        assert any("oversized" in e.text for e in model.log)
+        assert any("malformed status JSON" in e.text for e in model.log)
+
+        # filter the fleet, then open a node with enter
+        await pilot.press("slash", *"cam1", "enter")
+        await pilot.pause(0.1)
+        assert fleet.row_count == 1
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.query_one("#tabs").active == "node"
+        assert "cam1" in screen_text(app)
+        assert "fps=9.8 camera=open" in screen_text(app)
+        await pilot.press("4")
+        await pilot.pause(0.1)
+        assert "camera lost" in screen_text(app)
+        # the command palette knows the nodes
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Node cam9" in titles
+        assert "Show alerts" in titles
+    pub.close()
+
+
+@async_test
+async def test_pause_freezes_the_detections_feed(edge_broker: LocalBroker) -> None:
+    pub = Publisher(edge_broker.settings_for())
+    app = make_app(edge_broker)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.model.connection.state == "connected")
+        jpeg = make_jpeg(1)
+        pub.face(face_meta("cam1", 1, jpeg), jpeg)
+        pub.flush()
+        await wait_until(pilot, lambda: app.model.counters.faces == 1)
+        await pilot.press("2", "p")
+        assert "PAUSED" in screen_text(app)
+        for track in (2, 3):
+            pub.face(face_meta("cam1", track, jpeg), jpeg)
+        pub.flush()
+        await wait_until(pilot, lambda: app.model.counters.faces == 3)
+        await pilot.pause(0.4)
+        assert app.query_one("#detections-table").row_count == 1
+        assert app.model.nodes["cam1"].faces_total == 3  # still counted
+        await pilot.press("p")
+        pub.face(face_meta("cam1", 4, jpeg), jpeg)
+        pub.flush()
+        await wait_until(
+            pilot, lambda: app.query_one("#detections-table").row_count == 2, what="feed resumed"
+        )
+        assert "PAUSED" not in screen_text(app)
+    pub.close()
+
+
+SERVICE_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from facefleet import mqtt
+    from facefleet.service import Heartbeat
+    settings = mqtt.MqttSettings(host="127.0.0.1", port=int(sys.argv[1]), keepalive_s=30)
+    client = mqtt.make_client(settings, "detector-cam5")
+    beat = Heartbeat(client, "facefleet", "cam5", "detector", 1.0, lambda: {"fps": 5.0})
+    client.will_set(*beat.will(), qos=1, retain=True)
+    client.connect(settings.host, settings.port, keepalive=30)
+    client.loop_start()
+    while not client.is_connected():
+        time.sleep(0.01)
+    beat.publish("online").wait_for_publish(5)
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+@async_test
+async def test_killed_service_turns_offline_by_its_last_will(edge_broker: LocalBroker) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVICE_SCRIPT, str(edge_broker.port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        app = make_app(edge_broker, expected={"cam5": "edge"})
+        async with app.run_test(size=SIZE) as pilot:
+            detector = app.model.nodes["cam5"].services["detector"]
+            await wait_until(pilot, lambda: detector.reported == "online", what="online")
+            os.killpg(proc.pid, signal.SIGKILL)  # no clean disconnect: the broker sends the will
+            proc.wait(timeout=10)
+            await wait_until(
+                pilot, lambda: detector.health(time.time()) == OFFLINE, what="offline via last will"
+            )
+            await pilot.pause(0.6)
+            assert "offline:cam5:detector" in app.model.active
+            assert "offline" in screen_text(app)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@async_test
+async def test_survives_a_broker_restart(edge_broker: LocalBroker) -> None:
+    app = make_app(edge_broker)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.model.connection.state == "connected")
+        edge_broker.stop()
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "reconnecting", what="reconnecting"
+        )
+        await pilot.pause(0.1)
+        assert "reconnecting" in screen_text(app)
+        edge_broker.start()
+        await wait_until(
+            pilot,
+            lambda: app.model.connection.state == "connected",
+            timeout_s=20,
+            what="reconnected",
+        )
+        # subscriptions were restored: a heartbeat after the restart arrives
+        pub = Publisher(edge_broker.settings_for())
+        pub.status("cam1", "detector", status_body("cam1", "detector"), retain=False)
+        pub.close()
+        await wait_until(pilot, lambda: "cam1" in app.model.nodes, what="heartbeat after restart")
+        await pilot.pause(0.3)
+        assert "connected to test broker" in screen_text(app)
+
+
+@async_test
+async def test_cloud_broker_with_mtls_from_an_inventory(
+    cloud_broker: LocalBroker, tmp_path: Path
+) -> None:
+    cloud_broker.settings_for("monitor")  # issues monitor.crt/key in the broker's PKI dir
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        textwrap.dedent(f"""
+        all:
+          vars:
+            facefleet_cloud_broker_host: 127.0.0.1
+            facefleet_cloud_broker_port: {cloud_broker.port}
+            facefleet_pki_dir: {cloud_broker.pki_dir}
+          children:
+            edge:
+              hosts:
+                cam1: {{}}
+                cam2: {{}}
+            cloud:
+              hosts:
+                cloud1: {{ansible_host: 127.0.0.1}}
+    """)
+    )
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--inventory", str(inventory)]))
+    assert config.mqtt.tls
+    assert config.mqtt.cert_file.endswith("monitor.crt")
+    app = MonitorApp(config, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    device = Publisher(cloud_broker.settings_for("cam1"), client_id="cam1")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "connected", what="TLS connection"
+        )
+        device.status("cam1", "forwarder", status_body("cam1", "forwarder", spool_depth=2))
+        jpeg = make_jpeg(5)
+        device.face(face_meta("cam1", 1, jpeg), jpeg)
+        device.flush()
+        await wait_until(
+            pilot,
+            lambda: app.model.counters.faces == 1 and app.model.counters.statuses == 1,
+            what="messages over mTLS",
+        )
+        await pilot.pause(0.3)
+        text = screen_text(app)
+        assert f"127.0.0.1:{cloud_broker.port}" in text
+        assert app.model.nodes["cam2"].services["detector"].seen_at is None  # never seen
+        assert set(app.model.nodes) == {"cam1", "cam2", "cloud1"}
+    device.close()
+
+
+def test_status_messages_supersede_each_other() -> None:
+    gate = FlowGate()
+    first = StatusEvent("cam1", "detector", {"state": "online"}, size=10)
+    second = StatusEvent("cam1", "detector", {"state": "stopped"}, size=12)
+    other = StatusEvent("cam1", "logger", {"state": "online"}, size=10)
+    for event in (first, second, other):
+        assert gate.admit(event)
+    assert not StatusReceived(first, gate).can_replace(StatusReceived(other, gate))
+    assert gate.events == 3
+    assert StatusReceived(first, gate).can_replace(StatusReceived(second, gate))
+    assert (gate.events, gate.bytes) == (2, 22)  # the superseded one gave its room back
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_load(broker: LocalBroker, rate: int, seconds: float) -> dict[str, float]:
+    """Publish at `rate` msg/s from another process; measure how the monitor copes."""
+    app = make_app(broker, max_detections=300, max_thumbnails=32)
+    ticks: list[float] = []
+    original_tick = app._tick
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        original_tick()
+
+    app._tick = tick  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.model.connection.state == "connected")
+        await pilot.press("2")  # the busiest view: live table, thumbnails, sparklines
+        rss_before = rss_mb()
+        publisher = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("load_publisher.py")),
+                str(broker.port),
+                str(rate),
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        start = time.monotonic()
+        key_latency: list[float] = []
+        rss_peak = rss_before
+        try:
+            while publisher.poll() is None:
+                # a key as the terminal would send it: time until the tab has switched
+                tabs = app.query_one("#tabs")
+                target = "fleet" if tabs.active == "detections" else "detections"
+                t0 = time.monotonic()
+                app.simulate_key("1" if target == "fleet" else "2")
+                await wait_until(pilot, lambda t=target, tc=tabs: tc.active == t, what="tab switch")
+                key_latency.append(time.monotonic() - t0)
+                rss_peak = max(rss_peak, rss_mb())
+                await pilot.pause(0.25)
+            out, _ = publisher.communicate(timeout=30)
+        finally:
+            if publisher.poll() is None:
+                publisher.kill()
+                publisher.communicate(timeout=10)
+        sent = json.loads(out)
+        await wait_until(
+            pilot,
+            lambda: app.model.counters.faces >= sent["faces"] and app.model.counters.statuses >= 1,
+            timeout_s=60,
+            what="every face counted",
+        )
+        drained = time.monotonic() - start
+        in_load = [t for t in ticks if start <= t <= start + sent["seconds"]]
+        gaps = [b - a for a, b in itertools.pairwise(in_load)]
+        result = {
+            "sent": sent["sent"],
+            "faces": sent["faces"],
+            "publish_s": sent["seconds"],
+            "rate": sent["sent"] / sent["seconds"],
+            "drained_s": drained,
+            "applied": app.handled,
+            "shed": app.model.counters.shed,
+            "max_tick_gap_s": max(gaps),
+            "max_key_latency_s": max(key_latency),
+            "rss_growth_mb": rss_peak - rss_before,
+            "redraws": app.redraws,
+            "detections_kept": len(app.model.detections),
+            "thumbnails_kept": len(app.model._thumbnails),
+        }
+        assert app.model.counters.faces == sent["faces"]
+    return result
+
+
+@pytest.mark.slow
+@async_test
+async def test_load_1000_messages_per_second_stays_responsive(edge_broker: LocalBroker) -> None:
+    """~1,000 msg/s (faces with real JPEGs plus heartbeats) for 4 s, from another process:
+    the UI keeps ticking and answering keys, every face is counted, memory stays bounded."""
+    result = await run_load(edge_broker, 1000, 4)
+    print("\nload:", json.dumps({k: round(v, 3) for k, v in result.items()}))
+    assert result["rate"] > 800
+    assert result["detections_kept"] <= 300
+    assert result["thumbnails_kept"] <= 32
+    assert result["max_tick_gap_s"] < 1.5, "the redraw timer stalled"
+    assert result["max_key_latency_s"] < 1.5, "keys were not answered in time"
+    assert result["drained_s"] < result["publish_s"] + 5, "the monitor fell behind"
+    assert result["rss_growth_mb"] < 150
