@@ -112,8 +112,9 @@ def encode(publication: Publication, settings: PublishSettings) -> bytes:
 class FacePublisher:
     """Publishes crops with the contract's properties; counts what the broker acknowledged.
 
-    Acknowledgements are polled from the message infos rather than taken in on_publish:
-    paho runs that callback under its own lock, which a publishing thread may be waiting on.
+    PUBACKs arrive in paho's on_publish, which runs under paho's own lock: the callback only
+    appends the mid to a deque, and the capture thread settles them in `poll()`. (The message
+    infos cannot be polled instead: paho marks one queued while offline as failed for good.)
     """
 
     def __init__(
@@ -133,8 +134,15 @@ class FacePublisher:
         self.settings = settings
         self.figures = figures
         self.content_type = CONTENT_TYPES[settings.encoding]
-        self._pending: list[tuple[mqtt.MQTTMessageInfo, int]] = []
+        self._pending: dict[int, int] = {}  # mid -> payload bytes
+        self._acks: deque[tuple[int, bool]] = deque()  # (mid, refused), from paho's thread
         self._dropping = 0
+        client.on_publish = self._on_publish
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self._acks.append((mid, bool(reason.is_failure)))
 
     def publish(self, publication: Publication) -> None:
         try:
@@ -170,20 +178,25 @@ class FacePublisher:
         if self._dropping:
             log.info("publishing again after dropping %d faces", self._dropping)
             self._dropping = 0
-        self._pending.append((info, len(payload)))
+        # queued (also while offline: paho sends it after reconnecting) until its PUBACK
+        self._pending[info.mid] = len(payload)
         self.poll()
 
     def poll(self) -> None:
-        """Move acknowledged messages from pending to the published figures."""
-        still = []
-        for info, size in self._pending:
-            if info.is_published():
+        """Settle the PUBACKs received so far. Acks of other messages (the heartbeat's) are
+        not in `_pending` and are ignored."""
+        while self._acks:
+            mid, refused = self._acks.popleft()
+            size = self._pending.pop(mid, None)
+            if size is None:
+                continue
+            if refused:
+                self.figures.errors += 1
+                log.warning("the broker refused face message %d", mid)
+            else:
                 self.figures.published += 1
                 self.figures.published_bytes += size
-            else:
-                still.append((info, size))
-        self._pending = still
-        self.figures.unacked = len(still)
+        self.figures.unacked = len(self._pending)
 
     def drain(self, timeout_s: float) -> int:
         """Wait until the broker acknowledged every publish, or the timeout; returns how many

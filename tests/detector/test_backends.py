@@ -1,0 +1,113 @@
+"""Both backends on the synthetic scene (ground truth known), and their load errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facefleet.config import ConfigError
+from facefleet.detector.backends import FaceDetector, create_detector
+from facefleet.detector.geometry import Box, iou
+from facefleet.detector.settings import DetectionSettings
+from facefleet.detector.synthetic import SceneParams, SyntheticScene
+from tests.conftest import require_shared
+
+
+def yunet(model: str = "face_detection_yunet_2023mar.onnx", **kw: Any) -> FaceDetector:
+    path = require_shared("models", model)
+    return create_detector(replace(DetectionSettings(model=str(path)), **kw))
+
+
+def haar(**kw: Any) -> FaceDetector:
+    return create_detector(replace(DetectionSettings(backend="haar"), **kw))
+
+
+def matches(found: list[Box], truth: list[Box]) -> tuple[int, int]:
+    """(true positives, false positives) at IoU 0.5, each truth box used once."""
+    free = list(truth)
+    tp = 0
+    for box in found:
+        best = max(free, key=lambda t: iou(t, box), default=None)
+        if best is not None and iou(best, box) >= 0.5:
+            free.remove(best)
+            tp += 1
+    return tp, len(found) - tp
+
+
+def scene_score(detector: FaceDetector, uri: str, step: int = 3) -> tuple[int, int, int]:
+    """(faces in the scene, found, false positives) over every `step`-th frame."""
+    scene = SyntheticScene(SceneParams.from_uri(uri))
+    total = found = false = 0
+    for index in range(0, scene.params.frame_count, step):
+        truth = scene.face_boxes(index)
+        faces = detector.detect(scene.frame(index))
+        assert all(0.0 <= f.score <= 1.0 for f in faces)
+        tp, fp = matches([f.box for f in faces], truth)
+        total, found, false = total + len(truth), found + tp, false + fp
+    return total, found, false
+
+
+SCENES = ["synthetic:", "synthetic:?persons=6&seconds=8&size=320x240&seed=3"]
+
+
+@pytest.mark.parametrize("uri", SCENES)
+def test_haar_finds_the_synthetic_persons(uri: str) -> None:
+    total, found, false = scene_score(haar(), uri)
+    assert total > 30
+    assert found >= 0.95 * total
+    assert false == 0
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("uri", SCENES)
+@pytest.mark.parametrize(
+    "model", ["face_detection_yunet_2023mar.onnx", "face_detection_yunet_2026may.onnx"]
+)
+def test_yunet_finds_the_synthetic_persons(model: str, uri: str) -> None:
+    total, found, false = scene_score(yunet(model), uri)
+    assert found >= 0.95 * total
+    assert false == 0
+
+
+@pytest.mark.shared
+def test_boxes_are_in_frame_pixels_when_detection_downscales() -> None:
+    detector = yunet(detect_width=320)
+    total, found, false = scene_score(detector, "synthetic:?size=1280x720&seconds=4", step=5)
+    assert found >= 0.95 * total
+    assert false == 0
+
+
+def test_haar_downscaled_boxes_are_in_frame_pixels() -> None:
+    total, found, _ = scene_score(haar(detect_width=480), "synthetic:?size=960x720&seconds=4")
+    assert found >= 0.9 * total
+
+
+def test_missing_model_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(ConfigError, match=str(missing)):
+        create_detector(DetectionSettings(model=str(missing)))
+    with pytest.raises(ConfigError, match=str(missing)):
+        create_detector(DetectionSettings(backend="haar", model=str(missing)))
+
+
+def test_garbage_model_is_a_config_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ConfigError, match="cannot load the YuNet model") as info:
+        create_detector(DetectionSettings(model=str(garbage)))
+    assert "\n" not in str(info.value)
+    cascade = tmp_path / "cascade.xml"
+    cascade.write_text("<opencv_storage></opencv_storage>")
+    with pytest.raises(ConfigError, match="not a loadable Haar cascade"):
+        create_detector(DetectionSettings(backend="haar", model=str(cascade)))
+
+
+def test_default_yunet_model_missing_points_to_the_alternatives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FACEFLEET_SHARED", str(tmp_path))
+    with pytest.raises(ConfigError, match="haar backend"):
+        create_detector(DetectionSettings())
