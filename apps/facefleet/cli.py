@@ -56,77 +56,66 @@ def _add_service_commands(sub: Any) -> None:
         p.set_defaults(func=_service_runner(service))
 
 
-def _run_detect(args: argparse.Namespace) -> int:
-    from facefleet.detector.detect_cli import run_detect
-
-    return run_detect(args)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from facefleet.demo import run_demo
-
-    return run_demo(args)
-
-
-def _run_pki(args: argparse.Namespace) -> int:
-    from facefleet.pki import run_pki
-
-    return run_pki(args)
+#: Commands whose arguments live in their own module, imported only when that command runs, so
+#: a service does not pay for OpenCV or Textual imports it does not use. Each module provides
+#: add_arguments(parser) and the named run function.
+TOOLS: dict[str, tuple[str, str, str]] = {
+    "detect": (
+        "facefleet.detector.detect_cli", "run_detect",
+        "detect faces in an image or a folder of images",
+    ),
+    "demo": ("facefleet.demo", "run_demo", "run the whole pipeline on this machine"),
+    "pki": ("facefleet.pki", "run_pki", "fleet CA and certificates for brokers and clients"),
+    "monitor": (
+        "facefleet_monitor.cli", "run_monitor", "terminal UI: fleet health and live detections",
+    ),
+}
 
 
-def _run_monitor(args: argparse.Namespace) -> int:
+def _tool_module(command: str) -> Any:
+    from importlib import import_module
+
+    module_name = TOOLS[command][0]
     try:
-        from facefleet_monitor.cli import run_monitor
+        return import_module(module_name)
     except ImportError as exc:
+        extra = "monitor" if command == "monitor" else "opencv"
         raise ConfigError(
-            f"the monitor needs the 'monitor' extra (pip install 'facefleet[monitor]'): {exc}"
+            f"'facefleet {command}' needs the '{extra}' extra "
+            f"(pip install 'facefleet[{extra}]'): {exc}"
         ) from None
-    return run_monitor(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _run_tool(args: argparse.Namespace) -> int:
+    module = _tool_module(args.command)
+    result: int = getattr(module, TOOLS[args.command][1])(args)
+    return result
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s own module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="facefleet", description="Face capture on a fleet of edge cameras."
     )
     parser.add_argument("--version", action="version", version=f"facefleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
-
-    from facefleet.detector.detect_cli import add_arguments as add_detect_arguments
-
-    detect = sub.add_parser("detect", help="detect faces in an image or a folder of images")
-    add_detect_arguments(detect)
-    detect.set_defaults(func=_run_detect)
-
-    from facefleet.demo import add_arguments as add_demo_arguments
-
-    demo = sub.add_parser("demo", help="run the whole pipeline on this machine")
-    add_demo_arguments(demo)
-    demo.set_defaults(func=_run_demo)
-
-    from facefleet.pki import add_arguments as add_pki_arguments
-
-    pki = sub.add_parser("pki", help="fleet CA and certificates for brokers and clients")
-    add_pki_arguments(pki)
-    pki.set_defaults(func=_run_pki)
-
-    monitor = sub.add_parser("monitor", help="terminal UI: fleet health and live detections")
-    try:
-        from facefleet_monitor.cli import add_arguments as add_monitor_arguments
-    except ImportError:
-        monitor.add_argument("rest", nargs=argparse.REMAINDER)
-    else:
-        add_monitor_arguments(monitor)
-    monitor.set_defaults(func=_run_monitor)
+    for name, (_module, _func, text) in TOOLS.items():
+        tool = sub.add_parser(name, help=text, description=text)
+        if name == command:
+            _tool_module(name).add_arguments(tool)
+        tool.set_defaults(func=_run_tool)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        args = build_parser(command if command in TOOLS else None).parse_args(argv)
         result: int = args.func(args)
     except ConfigError as exc:
-        print(f"facefleet {args.command}: config error: {exc}", file=sys.stderr)
+        print(f"facefleet {command or ''}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -9,6 +9,7 @@ and choices, and raises ConfigError with one line naming the file, the key and t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -178,3 +179,27 @@ def read_secret(path: str) -> str:
 def positive(name: str, value: float) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be positive (got {value})")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """Render a config mapping (scalars and one level of tables) as TOML, for the demo and
+    tests; Ansible renders the same files from templates."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        raise TypeError(f"cannot write {value!r} as TOML")
+
+    top = [f"{k} = {scalar(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    tables = [
+        f"\n[{name}]\n" + "\n".join(f"{k} = {scalar(v)}" for k, v in table.items())
+        for name, table in data.items()
+        if isinstance(table, Mapping)
+    ]
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"

@@ -61,14 +61,11 @@ def make_client(
     settings: MqttSettings,
     client_id: str,
     *,
-    persistent: bool = False,
     manual_ack: bool = False,
-    will: tuple[str, bytes] | None = None,
 ) -> mqtt.Client:
     """A configured but unconnected MQTT v5 client.
 
-    `persistent` keeps the broker session (subscriptions and queued QoS 1 messages) across
-    disconnects; `manual_ack` leaves PUBACKs of received messages to the caller, so nothing is
+    `manual_ack` leaves PUBACKs of received messages to the caller, so nothing is
     acknowledged before it is durable.
     """
     client = mqtt.Client(
@@ -90,9 +87,6 @@ def make_client(
         if settings.cert_file:
             context.load_cert_chain(settings.cert_file, settings.key_file)
         client.tls_set_context(context)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
-    client.user_data_set({"persistent": persistent})
     return client
 
 
@@ -112,7 +106,11 @@ def start(
     persistent: bool = False,
     receive_maximum: int | None = None,
 ) -> None:
-    """Connect in the background; paho's loop thread reconnects with backoff from then on."""
+    """Connect in the background; paho's loop thread reconnects with backoff from then on.
+
+    `persistent` keeps the broker session (subscriptions and queued QoS 1 messages) across
+    disconnects; `receive_maximum` bounds the unacknowledged messages the broker sends us.
+    """
     client.connect_async(
         settings.host,
         settings.port,
@@ -136,8 +134,10 @@ class ConnectionTracker:
         self.reconnects = 0
         self._on_up = on_up
         self._ever_connected = False
+        self._failing = False
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -151,8 +151,14 @@ class ConnectionTracker:
         else:
             log.info("%s broker: connected", self.name)
         self._ever_connected = True
+        self._failing = False
         self.connected.set()
         self._on_up()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._failing:  # once per outage, not once per attempt
+            log.warning("%s broker unreachable; retrying with backoff", self.name)
+            self._failing = True
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -184,4 +190,35 @@ def publish_properties(
         props.ContentType = content_type_value
     if user_props:
         props.UserProperty = user_props
+    return props
+
+
+#: MQTT v5 publish properties the forwarder carries from the edge to the cloud unchanged.
+_RELAYED_PROPERTIES = ("ContentType", "PayloadFormatIndicator", "ResponseTopic", "CorrelationData")
+
+
+def properties_to_dict(message: mqtt.MQTTMessage) -> dict[str, Any]:
+    """The relayable v5 properties of a received message as JSON-safe data."""
+    props = getattr(message, "properties", None)
+    out: dict[str, Any] = {}
+    if props is None:
+        return out
+    for name in _RELAYED_PROPERTIES:
+        value = getattr(props, name, None)
+        if value is not None:
+            out[name] = value.hex() if isinstance(value, bytes) else value
+    pairs = getattr(props, "UserProperty", None)
+    if pairs:
+        out["UserProperty"] = [[str(k), str(v)] for k, v in pairs]
+    return out
+
+
+def properties_from_dict(data: dict[str, Any]) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for name in _RELAYED_PROPERTIES:
+        if name in data:
+            value = data[name]
+            setattr(props, name, bytes.fromhex(value) if name == "CorrelationData" else value)
+    if data.get("UserProperty"):
+        props.UserProperty = [(k, v) for k, v in data["UserProperty"]]
     return props

@@ -30,7 +30,8 @@ def setup_logging(level: str = "INFO") -> None:
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    logging.getLogger("facefleet.mqtt.paho").setLevel(logging.WARNING)
+    # paho logs every failed reconnect attempt as an error; ConnectionTracker reports outages
+    logging.getLogger("facefleet.mqtt.paho").setLevel(logging.CRITICAL)
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
@@ -76,6 +77,8 @@ class Heartbeat:
         self.started = time.time()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        topic, payload = self.will()
+        client.will_set(topic, payload, qos=1, retain=True)
 
     def payload(self, state: str) -> bytes:
         body: dict[str, Any] = {
@@ -94,7 +97,8 @@ class Heartbeat:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def will(self) -> tuple[str, bytes]:
-        """The last will: this topic, `offline`, retained (set before connecting)."""
+        """The last will: this topic, `offline`, retained (installed on the client here, before
+        it connects)."""
         body = {
             "state": "offline",
             "service": self.service,

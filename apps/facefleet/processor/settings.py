@@ -14,7 +14,9 @@ class StorageSettings:
     """`filesystem` writes image + `.json` sidecar under `path`; `s3` writes to `bucket`
     with the default boto3 credential chain (instance profile on EC2) unless `endpoint_url`
     points at an S3-compatible store. `checksums`: boto3's request/response checksum mode;
-    `when_required` works with stores that do not know the newer CRC checksums."""
+    `when_required` works with stores that do not know the newer CRC checksums.
+    `timeout_s` bounds one request; failed writes are retried with backoff between
+    `retry_min_s` and `retry_max_s` for as long as it takes."""
 
     kind: Literal["filesystem", "s3"] = "filesystem"
     path: str = "/var/lib/facefleet/processor/store"
@@ -23,6 +25,7 @@ class StorageSettings:
     endpoint_url: str = ""
     checksums: Literal["when_required", "when_supported"] = "when_required"
     conditional_put: bool = True
+    timeout_s: float = 30.0
     retry_min_s: float = 0.5
     retry_max_s: float = 30.0
 

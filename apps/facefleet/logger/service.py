@@ -1,0 +1,159 @@
+"""The audit logger: one JSON line per face event and per status change, never image bytes.
+
+Subscribes to everything under the prefix on the edge broker with a persistent session and
+acknowledges a message only after its line is written, so a restart does not leave a gap in
+the trail. Lines go to a size-rotated file and (optionally) to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from facefleet.config import ConfigError
+from facefleet.contract import parse_topic, utc_timestamp
+from facefleet.logger.settings import AuditSettings, LoggerConfig
+from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
+from facefleet.service import Heartbeat, resolve_node, stop_event
+
+log = logging.getLogger(__name__)
+
+CONFIG_CLASS = LoggerConfig
+
+
+def check(cfg: LoggerConfig) -> None:
+    resolve_node(cfg.node)
+    parent = Path(cfg.audit.path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"audit.path: directory {parent} does not exist")
+
+
+def audit_writer(settings: AuditSettings) -> logging.Logger:
+    """A logger that writes bare JSON lines to the rotating audit file (and stderr)."""
+    writer = logging.getLogger("facefleet.audit")
+    writer.propagate = False
+    writer.setLevel(logging.INFO)
+    for handler in list(writer.handlers):
+        writer.removeHandler(handler)
+        handler.close()
+    handler = logging.handlers.RotatingFileHandler(
+        settings.path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    writer.addHandler(handler)
+    if settings.stderr:
+        echo = logging.StreamHandler()
+        echo.setFormatter(logging.Formatter("audit %(message)s"))
+        writer.addHandler(echo)
+    return writer
+
+
+def face_record(msg: mqtt.MQTTMessage, node: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"event": "face", "logged": utc_timestamp(), "topic": msg.topic}
+    record["node"] = node
+    record.update(user_properties(msg))
+    record["content_type"] = content_type(msg)
+    record["bytes"] = len(msg.payload)
+    return record
+
+
+class AuditLogger:
+    def __init__(self, cfg: LoggerConfig, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.node = resolve_node(cfg.node)
+        try:
+            self.writer = audit_writer(cfg.audit)
+        except OSError as exc:
+            raise ConfigError(f"audit.path: {cfg.audit.path}: {exc.strerror}") from None
+        self.states: dict[tuple[str, str], str] = {}
+        self.events = self.faces = self.status_changes = self.errors = 0
+        self.client = make_client(cfg.mqtt, f"facefleet-logger-{self.node}", manual_ack=True)
+        self.heartbeat = Heartbeat(
+            self.client, cfg.prefix, self.node, "logger", cfg.heartbeat_s, self.figures
+        )
+        self.link = ConnectionTracker(self.client, "edge", self._up)
+        self.client.on_message = self._on_message
+
+    def _up(self) -> None:
+        self.client.subscribe(f"{self.cfg.prefix}/#", qos=1)
+        self.heartbeat.publish("online")
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "faces": self.faces,
+            "status_changes": self.status_changes,
+            "errors": self.errors,
+            "audit_path": self.cfg.audit.path,
+        }
+
+    def record_for(self, msg: mqtt.MQTTMessage) -> dict[str, Any] | None:
+        """The audit line of a message, or None when it changes nothing worth a line."""
+        parsed = parse_topic(self.cfg.prefix, msg.topic)
+        if parsed is None:
+            return None
+        node, kind, service = parsed
+        if kind == "faces":
+            self.faces += 1
+            return face_record(msg, node)
+        assert service is not None
+        try:
+            status = json.loads(msg.payload)
+            state = str(status["state"])
+        except (ValueError, KeyError, TypeError):
+            self.errors += 1
+            return {"event": "status-malformed", "logged": utc_timestamp(), "topic": msg.topic}
+        previous = self.states.get((node, service))
+        if previous == state:
+            return None
+        self.states[(node, service)] = state
+        self.status_changes += 1
+        return {
+            "event": "status",
+            "logged": utc_timestamp(),
+            "node": node,
+            "service": service,
+            "state": state,
+            "previous": previous,
+            "version": status.get("version"),
+            "ts": status.get("ts"),
+        }
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            record = self.record_for(msg)
+            if record is not None:
+                self.writer.info("%s", json.dumps(record, separators=(",", ":")))
+                self.events += 1
+        except Exception:  # the trail must go on; the message is redelivered after a restart
+            self.errors += 1
+            log.exception("could not audit a message on %s", msg.topic)
+            return
+        client.ack(msg.mid, msg.qos)
+
+    def run(self) -> int:
+        log.info("auditing %s/# on %s into %s", self.cfg.prefix, self.cfg.mqtt.address,
+                 self.cfg.audit.path)
+        start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=256)
+        self.heartbeat.start()
+        try:
+            self.stop.wait()
+        finally:
+            self.heartbeat.stop()
+            self.client.disconnect()
+            self.client.loop_stop()
+            for handler in self.writer.handlers:
+                handler.close()
+        return 0
+
+
+def run(cfg: LoggerConfig) -> int:
+    check(cfg)
+    return AuditLogger(cfg, stop_event()).run()

@@ -1,0 +1,200 @@
+"""The processor: cloud broker (shared subscription) -> validation -> storage -> PUBACK.
+
+Messages arrive with manual acknowledgement on a persistent session. A worker validates each,
+stores it (or dead-letters it with the reason) and only then acknowledges it; while storage is
+unavailable the worker retries with backoff and the message stays unacknowledged, so a crash
+at any point means redelivery, never loss. The broker sends at most `workers * 4`
+unacknowledged messages (MQTT v5 Receive Maximum), which bounds memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from facefleet.config import ConfigError
+from facefleet.contract import ContractError, all_faces_filter
+from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
+from facefleet.processor.settings import ProcessorConfig
+from facefleet.processor.sinks import Sink, StorageUnavailable, make_sink
+from facefleet.processor.validation import validate
+from facefleet.service import Heartbeat, resolve_node, stop_event
+
+log = logging.getLogger(__name__)
+
+CONFIG_CLASS = ProcessorConfig
+
+
+def check(cfg: ProcessorConfig) -> None:
+    resolve_node(cfg.node)
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(cfg.mqtt, name)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"mqtt.{name}: {value} does not exist")
+    if not cfg.group or any(c in cfg.group for c in "+#/"):
+        raise ConfigError(f"group {cfg.group!r} must be one topic level")
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    storage_errors: int = 0
+    errors: int = 0
+    busy: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Processor:
+    def __init__(self, cfg: ProcessorConfig, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.node = resolve_node(cfg.node)
+        try:
+            self.sink: Sink = make_sink(cfg.storage)
+        except StorageUnavailable as exc:
+            raise ConfigError(f"storage: {exc}") from None
+        self.subscription = f"$share/{cfg.group}/{all_faces_filter(cfg.prefix)}"
+        self.receive_maximum = cfg.workers * 4
+        self.pending: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.counters = Counters()
+        self.client = make_client(cfg.mqtt, f"facefleet-processor-{self.node}", manual_ack=True)
+        self.heartbeat = Heartbeat(
+            self.client, cfg.prefix, self.node, "processor", cfg.heartbeat_s, self.figures
+        )
+        self.link = ConnectionTracker(self.client, "cloud", self._up)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def _up(self) -> None:
+        self.client.subscribe(self.subscription, qos=1)
+        self.heartbeat.publish("online")
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any
+    ) -> None:
+        for reason in reasons:
+            if reason.is_failure:
+                log.error("the broker refused the subscription %s: %s", self.subscription, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.counters.add("received")
+        self.pending.put(msg)
+
+    def figures(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "received": c.received,
+            "stored": c.stored,
+            "uploads": c.stored,
+            "duplicates": c.duplicates,
+            "dead_lettered": c.dead_lettered,
+            "storage_errors": c.storage_errors,
+            "inflight": self.pending.qsize() + c.busy,
+            "errors": c.errors,
+            "storage": self.sink.describe(),
+        }
+
+    def _with_retry(self, what: str, action: Any) -> Any:
+        """Run `action` until it succeeds or the service stops (then None)."""
+        delay = self.cfg.storage.retry_min_s
+        failing = False
+        while not self.stop.is_set():
+            try:
+                result = action()
+            except StorageUnavailable as exc:
+                self.counters.add("storage_errors")
+                if not failing:
+                    log.warning("storage unavailable (%s); retrying %s with backoff", exc, what)
+                    failing = True
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.cfg.storage.retry_max_s)
+                continue
+            if failing:
+                log.info("storage is back; %s done", what)
+            return result
+        return None
+
+    def handle(self, msg: mqtt.MQTTMessage) -> bool:
+        """Store or dead-letter one message; True when it may be acknowledged."""
+        payload = bytes(msg.payload)
+        props = user_properties(msg)
+        ctype = content_type(msg)
+        try:
+            meta = validate(self.cfg.prefix, msg.topic, props, ctype, payload, self.cfg.validation)
+        except ContractError as exc:
+            reason = str(exc)
+            details = {"properties": props, "content_type": ctype}
+            where = self._with_retry(
+                "dead-lettering",
+                lambda: self.sink.dead_letter(msg.topic, reason, payload, details),
+            )
+            if where is None:
+                return False
+            self.counters.add("dead_lettered")
+            log.warning("dead-lettered a message on %s: %s (%s)", msg.topic, reason, where)
+            return True
+        written = self._with_retry(f"storing face {meta.id}", lambda: self.sink.store(meta, payload))
+        if written is None:
+            return False
+        self.counters.add("stored" if written else "duplicates")
+        return True
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                msg = self.pending.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.counters.add("busy")
+            try:
+                if self.handle(msg):
+                    self.client.ack(msg.mid, msg.qos)
+            except Exception:  # never die on one message; it stays unacknowledged
+                self.counters.add("errors")
+                log.exception("unexpected failure handling a message on %s", msg.topic)
+            finally:
+                self.counters.add("busy", -1)
+
+    def run(self) -> int:
+        log.info("storing faces from %s (%s) into %s with %d worker(s)",
+                 self.cfg.mqtt.address, self.subscription, self.sink.describe(), self.cfg.workers)
+        start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=self.receive_maximum)
+        workers = [
+            threading.Thread(target=self._work, name=f"store-{i}", daemon=True)
+            for i in range(self.cfg.workers)
+        ]
+        for worker in workers:
+            worker.start()
+        self.heartbeat.start()
+        try:
+            self.stop.wait()
+        finally:
+            for worker in workers:
+                worker.join(timeout=10)
+            self.heartbeat.stop()
+            self.client.disconnect()
+            self.client.loop_stop()
+            c = self.counters
+            log.info("stopped: %d stored, %d duplicates, %d dead-lettered",
+                     c.stored, c.duplicates, c.dead_lettered)
+        return 0
+
+
+def run(cfg: ProcessorConfig) -> int:
+    check(cfg)
+    return Processor(cfg, stop_event()).run()

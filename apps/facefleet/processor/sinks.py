@@ -1,0 +1,207 @@
+"""Where the processor puts faces: S3 (through boto3) or a local directory.
+
+`store` is idempotent per key: a redelivered message finds its object already there and is
+reported as a duplicate instead of being written twice. Both sinks raise StorageUnavailable
+for failures worth retrying (endpoint down, throttling, disk full); the processor then keeps
+the message unacknowledged and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from facefleet.contract import FaceMeta, storage_key
+from facefleet.processor.settings import StorageSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(Exception):
+    """The store could not take the write now; retrying later may succeed."""
+
+
+class Sink(Protocol):
+    def store(self, meta: FaceMeta, payload: bytes) -> bool:
+        """Write the face at its contract key; False if it was already there."""
+
+    def dead_letter(self, topic: str, reason: str, payload: bytes, details: dict[str, Any]) -> str:
+        """Keep a rejected message with its reason; returns where it went."""
+
+    def describe(self) -> str: ...
+
+
+def dead_letter_key(topic: str, payload: bytes) -> str:
+    """deadletter/<YYYY>/<MM>/<DD>/<time>_<sha256 prefix>: one place per distinct bad message."""
+    now = datetime.now(timezone.utc)
+    digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:16]
+    return f"deadletter/{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
+
+
+class FilesystemSink:
+    """Image plus `.json` sidecar under a root directory, each written atomically (temporary
+    file, fsync, rename). The image is renamed last, so its presence means complete."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self.root}: {exc.strerror}") from exc
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def store(self, meta: FaceMeta, payload: bytes) -> bool:
+        path = self.root / storage_key(meta)
+        if path.exists():
+            return False
+        try:
+            sidecar = json.dumps(meta.as_dict(), indent=1, sort_keys=True).encode()
+            self._write_atomic(path.with_suffix(".json"), sidecar)
+            self._write_atomic(path, payload)
+        except OSError as exc:
+            raise StorageUnavailable(f"{path}: {exc.strerror}") from exc
+        return True
+
+    def dead_letter(self, topic: str, reason: str, payload: bytes, details: dict[str, Any]) -> str:
+        path = self.root / dead_letter_key(topic, payload)
+        record = {"topic": topic, "reason": reason, "bytes": len(payload), **details}
+        try:
+            self._write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
+            self._write_atomic(path.with_suffix(".bin"), payload)
+        except OSError as exc:
+            raise StorageUnavailable(f"{path}: {exc.strerror}") from exc
+        return str(path.with_suffix(".bin"))
+
+
+class S3Sink:
+    """One object per face with the contract's user properties as object metadata.
+
+    With `conditional_put` the write is `If-None-Match: *`, so two replicas (or a redelivery)
+    racing on one key store it once; stores without conditional writes get a HEAD first.
+    """
+
+    def __init__(self, settings: StorageSettings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.bucket
+        self.conditional_put = settings.conditional_put
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 2},  # the processor retries on top
+            connect_timeout=min(5.0, settings.timeout_s),
+            read_timeout=settings.timeout_s,
+            request_checksum_calculation=settings.checksums,
+            response_checksum_validation=settings.checksums,
+        )
+        self.client: S3Client = boto3.client(
+            "s3",
+            region_name=settings.region or None,
+            endpoint_url=settings.endpoint_url or None,
+            config=config,
+        )
+        self.endpoint = settings.endpoint_url or "AWS"
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket} ({self.endpoint})"
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (BotoCoreError, ClientError)
+
+    def store(self, meta: FaceMeta, payload: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        key = storage_key(meta)
+        extra: dict[str, Any] = {}
+        try:
+            if self.conditional_put:
+                extra["IfNoneMatch"] = "*"
+            elif self._exists(key):
+                return False
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=payload,
+                ContentType=meta.content_type,
+                Metadata=meta.as_dict(),
+                **extra,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                return False
+            if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId"):
+                log.error("S3 refused the write of %s: %s", key, code)
+            raise StorageUnavailable(f"put {key}: {code or exc}") from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"put {key}: {exc}") from exc
+        return True
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def dead_letter(self, topic: str, reason: str, payload: bytes, details: dict[str, Any]) -> str:
+        key = dead_letter_key(topic, payload) + ".bin"
+        metadata = {"topic": topic, "reason": reason[:1024]}
+        metadata = {k: v.encode("ascii", "replace").decode() for k, v in metadata.items()}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=payload,
+                ContentType="application/octet-stream",
+                Metadata=metadata,
+            )
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key[: -len(".bin")] + ".json",
+                Body=json.dumps({"topic": topic, "reason": reason, **details}).encode(),
+                ContentType="application/json",
+            )
+        except self._errors() as exc:
+            raise StorageUnavailable(f"dead-letter {key}: {exc}") from exc
+        return f"s3://{self.bucket}/{key}"
+
+
+def make_sink(settings: StorageSettings) -> Sink:
+    if settings.kind == "s3":
+        return S3Sink(settings)
+    return FilesystemSink(settings.path)

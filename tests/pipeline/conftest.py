@@ -1,0 +1,119 @@
+"""A relay on loopback: edge broker -> forwarder -> cloud broker (TLS) -> processor -> S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facefleet.localbroker import LocalBroker
+from tests.conftest import S3_ENV, S3Server
+from tests.helpers import Collector, ServiceProcess, wait_until
+
+BUCKET = "faces"
+EDGE_NODE = "edge1"
+CLOUD_NODE = "cloud1"
+
+
+def mqtt_table(broker: LocalBroker, identity: str = "") -> dict[str, Any]:
+    settings = broker.settings_for(identity)
+    return {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
+
+
+@dataclass
+class Relay:
+    edge: LocalBroker
+    cloud: LocalBroker
+    s3: S3Server
+    forwarder: ServiceProcess
+    processor: ServiceProcess
+    workdir: Path
+
+    def stored_keys(self) -> list[str]:
+        client = self.s3.client()
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        return keys
+
+    def face_keys(self) -> list[str]:
+        return [k for k in self.stored_keys() if k.startswith("faces/")]
+
+    def wait_stored(self, count: int, timeout_s: float = 60) -> list[str]:
+        try:
+            wait_until(lambda: len(self.face_keys()) >= count, timeout_s, f"{count} faces stored")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; {len(self.face_keys())} stored\n"
+                f"processor log:\n{self.processor.log()[-3000:]}\n"
+                f"forwarder log:\n{self.forwarder.log()[-3000:]}\n"
+                f"cloud broker log:\n{self.cloud.log_path.read_text()[-3000:]}"
+            ) from None
+        return self.face_keys()
+
+
+def forwarder_config(edge: LocalBroker, cloud: LocalBroker, spool: Path,
+                     **spool_overrides: Any) -> dict[str, Any]:
+    return {
+        "node": EDGE_NODE,
+        "heartbeat_s": 1.0,
+        "edge": mqtt_table(edge),
+        "cloud": {**mqtt_table(cloud, EDGE_NODE), "reconnect_max_s": 2},
+        "spool": {"path": str(spool), **spool_overrides},
+        "uplink": {"inflight": 16},
+    }
+
+
+def processor_config(cloud: LocalBroker, s3: S3Server, **storage: Any) -> dict[str, Any]:
+    return {
+        "node": CLOUD_NODE,
+        "heartbeat_s": 1.0,
+        "mqtt": {**mqtt_table(cloud, CLOUD_NODE), "reconnect_max_s": 2},
+        "workers": 4,
+        "storage": {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3.url,
+                    "region": "us-east-1", "timeout_s": 2.0, "retry_max_s": 2.0, **storage},
+    }
+
+
+def wait_online(broker: LocalBroker, service: str) -> None:
+    watcher = Collector(broker.settings_for("monitor"), f"facefleet/+/status/{service}")
+    try:
+        wait_until(
+            lambda: any(json.loads(m.payload)["state"] == "online" for m in watcher.snapshot()),
+            30, f"{service} online",
+        )
+    finally:
+        watcher.close()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, s3_server: S3Server) -> Iterator[Relay]:
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
+    cloud = LocalBroker("cloud", workdir=tmp_path / "cloud", processors=(CLOUD_NODE,)).start()
+    forwarder = ServiceProcess(
+        "forwarder", forwarder_config(edge, cloud, tmp_path / "spool" / "spool.sqlite"),
+        tmp_path / "forwarder",
+    )
+    processor = ServiceProcess(
+        "processor", processor_config(cloud, s3_server), tmp_path / "processor", env=S3_ENV
+    )
+    relay = Relay(edge, cloud, s3_server, forwarder, processor, tmp_path)
+    try:
+        processor.start()
+        forwarder.start()
+        # online is published after subscribing: from then on nothing published is missed
+        wait_online(edge, "forwarder")
+        wait_online(cloud, "processor")
+        yield relay
+    finally:
+        for service in (forwarder, processor):
+            if service.alive():
+                service.stop()
+        edge.cleanup()
+        cloud.cleanup()

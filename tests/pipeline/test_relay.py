@@ -1,0 +1,93 @@
+"""Forwarder and processor as real processes between real brokers and a real S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from facefleet.contract import FACE_PROPERTIES, all_status_filter
+from tests.helpers import Collector, Publisher, wait_until
+from tests.pipeline.conftest import BUCKET, EDGE_NODE, Relay
+
+pytestmark = [pytest.mark.broker, pytest.mark.s3]
+
+
+def assert_exactly_once(relay: Relay, ids: list[str]) -> None:
+    keys = relay.face_keys()
+    stored_ids = Counter(k.rsplit("_", 1)[1].split(".")[0] for k in keys)
+    missing = set(ids) - set(stored_ids)
+    assert not missing, f"{len(missing)} faces never stored"
+    assert all(n == 1 for n in stored_ids.values())
+    assert len(keys) == len(set(ids))
+
+
+def test_faces_flow_to_s3_with_metadata(relay: Relay) -> None:
+    publisher = Publisher(relay.edge.settings_for())
+    metas = [publisher.face(EDGE_NODE, seed=i) for i in range(30)]
+    keys = relay.wait_stored(30)
+    assert_exactly_once(relay, [m.id for m in metas])
+    head = relay.s3.client().head_object(Bucket=BUCKET, Key=keys[0])
+    assert head["ContentType"] == "image/jpeg"
+    assert set(FACE_PROPERTIES) <= set(head["Metadata"])
+    assert keys[0].startswith(f"faces/{EDGE_NODE}/")
+    publisher.close()
+
+
+def test_heartbeats_of_both_services_reach_the_cloud(relay: Relay) -> None:
+    monitor = Collector(relay.cloud.settings_for("monitor"), all_status_filter("facefleet"))
+
+    def seen() -> set[str]:
+        return {m.topic.rsplit("/", 1)[1] for m in monitor.snapshot()
+                if json.loads(m.payload)["state"] == "online"}
+
+    wait_until(lambda: {"forwarder", "processor"} <= seen(), 20, "both heartbeats")
+    status = json.loads(next(m.payload for m in monitor.snapshot()
+                             if m.topic.endswith("/forwarder")))
+    assert {"spool_depth", "uplink_bytes", "dropped", "interval_s"} <= set(status)
+    monitor.close()
+
+
+def test_kill_9_forwarder_mid_stream_loses_nothing(relay: Relay) -> None:
+    publisher = Publisher(relay.edge.settings_for())
+    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(40)]
+    relay.forwarder.kill()
+    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(40)]  # queued at the edge
+    relay.forwarder.start()
+    relay.wait_stored(80)
+    time.sleep(2)  # a late duplicate would show up now
+    assert_exactly_once(relay, ids)
+    publisher.close()
+
+
+def test_cloud_broker_restart_loses_nothing(relay: Relay) -> None:
+    publisher = Publisher(relay.edge.settings_for())
+    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(30)]
+    relay.cloud.stop()  # SIGTERM: mosquitto saves its queues; kill -9 is the fault suite's
+    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(30)]  # spooled meanwhile
+    time.sleep(2)
+    relay.cloud.start()
+    relay.wait_stored(60, timeout_s=90)
+    time.sleep(2)
+    assert_exactly_once(relay, ids)
+    publisher.close()
+
+
+def test_s3_outage_is_ridden_out(relay: Relay) -> None:
+    publisher = Publisher(relay.edge.settings_for())
+    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(10)]
+    relay.wait_stored(10)
+    relay.s3.freeze()
+    try:
+        ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(20)]
+        time.sleep(12)  # longer than boto3's own retries (2 attempts, 2 s timeout)
+        assert relay.processor.alive()
+    finally:
+        relay.s3.thaw()
+    relay.wait_stored(30, timeout_s=90)
+    time.sleep(2)
+    assert_exactly_once(relay, ids)
+    assert "storage unavailable" in relay.processor.log()
+    publisher.close()
