@@ -1,8 +1,9 @@
 """Accuracy of the default backend (YuNet 2023mar, default thresholds) on ../shared/data/faces.
 
-Measured with OpenCV 4.14 (9 images, 43 labelled faces): YuNet 42 found, 1 false
-positive (recall 0.977, precision 0.977); Haar 36 found, 4 false positives (0.837, 0.900).
-The thresholds sit a little below, so a real regression fails and noise does not.
+Measured with OpenCV 4.14 (9 images, 43 labelled faces, IoU 0.5), default detect_width 416:
+YuNet 43 found, 0 false positives (recall 1.000, precision 1.000; at detect_width 640:
+0.977 / 0.977); Haar 37 found, 1 false positive (0.860, 0.974). The thresholds sit a little
+below, so a real regression fails and a one-face wobble does not.
 """
 
 from __future__ import annotations
@@ -63,4 +64,4 @@ def test_default_backend_yunet_2023mar() -> None:
 def test_haar_fallback() -> None:
     recall, precision = recall_precision(replace(DetectionSettings(), backend="haar"))
     assert recall >= 0.80
-    assert precision >= 0.85
+    assert precision >= 0.90

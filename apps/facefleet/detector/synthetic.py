@@ -194,9 +194,13 @@ class SyntheticScene:
         self.params = params
         rng = np.random.default_rng(params.seed)
         self.persons = plan_persons(params, rng)
-        self._background = make_background(params.width, params.height, rng)
+        background = make_background(params.width, params.height, rng)
         noise = rng.normal(0.0, NOISE_SIGMA, size=(NOISE_FRAMES, params.height, params.width, 1))
-        self._noise: Image = noise.astype(np.int16)
+        self._noise: Image = noise.astype(np.float32)
+        self._backgrounds = [
+            np.clip(background + self._noise[k], 0, 255).astype(np.uint8)
+            for k in range(NOISE_FRAMES)
+        ]
 
     @cached_property
     def _tiles(self) -> list[tuple[Image, Image]]:
@@ -211,17 +215,19 @@ class SyntheticScene:
         return tiles
 
     def frame(self, index: int) -> Image:
-        image = self._background.copy()
+        """The noisy background with every visible person blended in (and noised alike)."""
+        k = index % NOISE_FRAMES
+        image: Image = self._backgrounds[k].copy()
         for person, (tile, alpha) in zip(self.persons, self._tiles, strict=True):
             if not person.visible(index):
                 continue
             x, y = person.origin(index)
             h, w = tile.shape[:2]
             region = image[y : y + h, x : x + w].astype(np.float32)
-            image[y : y + h, x : x + w] = (tile * alpha + region * (1 - alpha)).astype(np.uint8)
-        noisy = image.astype(np.int16) + self._noise[index % NOISE_FRAMES]
-        frame: Image = np.clip(noisy, 0, 255).astype(np.uint8)
-        return frame
+            noisy_tile = tile + self._noise[k, y : y + h, x : x + w]
+            blended = noisy_tile * alpha + region * (1 - alpha)
+            image[y : y + h, x : x + w] = np.clip(blended, 0, 255).astype(np.uint8)
+        return image
 
     def face_boxes(self, index: int) -> list[Box]:
         """Ground truth: the face box of every person visible in frame `index`."""
