@@ -381,7 +381,7 @@ async def test_load_1000_messages_per_second_stays_responsive(edge_broker: Local
     assert result["rate"] > 800
     assert result["detections_kept"] <= 300
     assert result["thumbnails_kept"] <= 32
-    assert result["max_tick_gap_s"] < 1.5, "the redraw timer stalled"
-    assert result["max_key_latency_s"] < 1.5, "keys were not answered in time"
-    assert result["drained_s"] < result["publish_s"] + 5, "the monitor fell behind"
+    assert result["max_tick_gap_s"] < 2.0, "the redraw timer stalled"
+    assert result["max_key_latency_s"] < 2.0, "keys were not answered in time"
+    assert result["drained_s"] < result["publish_s"] + 10, "the monitor fell behind"
     assert result["rss_growth_mb"] < 150

@@ -24,10 +24,12 @@ def fleet(edge_broker: LocalBroker) -> Iterator[tuple[MonitorApp, Publisher]]:
     publish_retained(pub)
     # no timer ticks during the test: alerts are evaluated once, after every message arrived,
     # so the alert log's order does not depend on how ticks fell between messages
-    config = MonitorConfig(mqtt=edge_broker.settings_for(), expected=EXPECTED,
-                           label="test broker", refresh_hz=0.01)
-    app = MonitorApp(config, clock=frozen_clock, image_class=image_widget_class("halfcell"),
-                     cursor_blink=False)
+    config = MonitorConfig(
+        mqtt=edge_broker.settings_for(), expected=EXPECTED, label="test broker", refresh_hz=0.01
+    )
+    app = MonitorApp(
+        config, clock=frozen_clock, image_class=image_widget_class("halfcell"), cursor_blink=False
+    )
     yield app, pub
     pub.close()
 
@@ -41,9 +43,15 @@ def before(app: MonitorApp, pub: Publisher, *keys: str, node: str | None = None)
 
         await wait_until(pilot, lambda: model.connection.state == "connected")
         await publish_live(pub, applied)
-        await wait_until(pilot, lambda: model.counters.faces >= LISTED_FACES
-                         and model.counters.errors >= BAD
-                         and model.counters.statuses >= STATUSES, what="the scenario")
+        await wait_until(
+            pilot,
+            lambda: (
+                model.counters.faces >= LISTED_FACES
+                and model.counters.errors >= BAD
+                and model.counters.statuses >= STATUSES
+            ),
+            what="the scenario",
+        )
         model.evaluate()
         if node:
             app.show_node(node)
