@@ -139,14 +139,15 @@ def coerce(hint: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
             return False
         raise ValueError(f"expected true or false (got {value!r})")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f"expected an integer (got {value!r})")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"expected a number (got {value!r})")
-        return float(value)
+    if hint in (int, float):
+        kind = "an integer" if hint is int else "a number"
+        allowed = (int, str) if hint is int else (int, float, str)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ValueError(f"expected {kind} (got {value!r})")
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"expected {kind} (got {value!r})") from None
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string (got {value!r})")

@@ -40,10 +40,13 @@ class Sink(Protocol):
     def describe(self) -> str: ...
 
 
-def dead_letter_key(topic: str, payload: bytes) -> str:
-    """deadletter/<YYYY>/<MM>/<DD>/<time>_<sha256 prefix>: one place per distinct bad message."""
+def dead_letter_key(topic: str, payload: bytes, details: dict[str, Any]) -> str:
+    """deadletter/<YYYY>/<MM>/<DD>/<time>_<digest>: the digest covers topic, properties and
+    payload, so distinct bad messages never share a place and a redelivery reuses its own."""
     now = datetime.now(timezone.utc)
-    digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:16]
+    digest = hashlib.sha256(
+        topic.encode() + b"\0" + json.dumps(details, sort_keys=True).encode() + b"\0" + payload
+    ).hexdigest()[:16]
     return f"deadletter/{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
 
 
@@ -92,7 +95,7 @@ class FilesystemSink:
         return True
 
     def dead_letter(self, topic: str, reason: str, payload: bytes, details: dict[str, Any]) -> str:
-        path = self.root / dead_letter_key(topic, payload)
+        path = self.root / dead_letter_key(topic, payload, details)
         record = {"topic": topic, "reason": reason, "bytes": len(payload), **details}
         try:
             self._write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
@@ -179,7 +182,7 @@ class S3Sink:
         return True
 
     def dead_letter(self, topic: str, reason: str, payload: bytes, details: dict[str, Any]) -> str:
-        key = dead_letter_key(topic, payload) + ".bin"
+        key = dead_letter_key(topic, payload, details) + ".bin"
         metadata = {"topic": topic, "reason": reason[:1024]}
         metadata = {k: v.encode("ascii", "replace").decode() for k, v in metadata.items()}
         try:
