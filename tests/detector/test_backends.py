@@ -111,3 +111,15 @@ def test_default_yunet_model_missing_points_to_the_alternatives(
     monkeypatch.setenv("FACEFLEET_SHARED", str(tmp_path))
     with pytest.raises(ConfigError, match="haar backend"):
         create_detector(DetectionSettings())
+
+
+def test_opencv_5_without_haar_support_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV 5.x wheels have neither cv2.data nor CascadeClassifier: simulate that build."""
+    import cv2
+
+    monkeypatch.delattr(cv2, "data", raising=False)
+    with pytest.raises(ConfigError, match="no Haar cascades"):
+        create_detector(DetectionSettings(backend="haar"))
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(ConfigError, match="no CascadeClassifier"):
+        create_detector(DetectionSettings(backend="haar", model="cascade.xml"))

@@ -209,3 +209,28 @@ def test_check_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "persons" in result.stderr
+
+
+def test_a_missing_camera_is_reported_lost_and_retried(
+    edge_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = detector_config(
+        edge_broker, "/dev/video-facefleet-test", camera={"reopen_min_s": 0.1, "reopen_max_s": 0.4}
+    )
+    collector = Collector(edge_broker.settings_for(), "facefleet/#")
+    service = ServiceProcess("detector", config, tmp_path / "detector").start()
+    try:
+        lost = wait_until(
+            lambda: [s for s in statuses(collector) if s["camera"] == "lost"], 30, "camera lost"
+        )
+        assert lost[-1]["state"] == "online"
+        assert lost[-1]["frames"] == 0
+        assert service.stop(timeout_s=30) == 0, service.log()
+    finally:
+        if service.alive():
+            service.kill()
+    wait_until(lambda: any(s["state"] == "stopped" for s in statuses(collector)), 10, "stopped")
+    collector.close()
+    log = service.log()
+    assert log.count("unavailable; reopening") == 1  # once per transition, not per attempt
+    assert log.count("lost; still retrying") == 1

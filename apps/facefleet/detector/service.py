@@ -305,6 +305,15 @@ class Detector:
         self.client.loop_stop()
 
 
+def quiet_opencv() -> None:
+    """OpenCV warns on stderr at every failed open; the camera state transitions are logged
+    instead (once each), so keep only its errors."""
+    opencv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if opencv_logging is not None:
+        opencv_logging.setLogLevel(opencv_logging.LOG_LEVEL_ERROR)
+
+
 def run(cfg: DetectorConfig) -> int:
     stop = stop_event()
+    quiet_opencv()
     return Detector(cfg).run(stop)

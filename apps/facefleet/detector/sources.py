@@ -173,6 +173,7 @@ class LiveSource:
         self.state: CameraState = "reopening"
         self.reopens = 0
         self.dropped = 0
+        self._logged_state = False
         self._opener = opener
         self._latest: Frame | None = None
         self._ready = threading.Condition()
@@ -230,16 +231,18 @@ class LiveSource:
         return index
 
     def _transition(self, state: CameraState) -> None:
-        if state == self.state:
+        """Log a state change once (the first state too), never each attempt."""
+        if state == self.state and self._logged_state:
             return
-        previous, self.state = self.state, state
+        self.state = state
+        self._logged_state = True
         if state == "open":
-            log.info("camera %s open (was %s)", self.name, previous)
+            log.info("camera %s open", self.name)
         elif state == "reopening":
             log.warning("camera %s unavailable; reopening with backoff", self.name)
         else:
             log.error(
-                "camera %s lost; still retrying every %.0f s", self.name, self.camera.reopen_max_s
+                "camera %s lost; still retrying every %g s", self.name, self.camera.reopen_max_s
             )
 
 
