@@ -165,8 +165,12 @@ class ConnectionTracker:
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
-            log.warning("%s broker: disconnected (%s); reconnecting", self.name, reason)
+        if not was_connected:
+            return
+        if getattr(reason, "is_failure", True):
+            log.warning("%s broker: connection lost (%s); reconnecting", self.name, reason)
+        else:
+            log.info("%s broker: disconnected", self.name)
 
 
 def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

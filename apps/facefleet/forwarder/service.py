@@ -68,6 +68,7 @@ class _Received:
 class _InFlight:
     seq: int
     size: int
+    is_face: bool
 
 
 class Forwarder:
@@ -84,6 +85,7 @@ class Forwarder:
         self.inflight: dict[int, _InFlight] = {}
         self.forwarded = 0
         self.uplink_bytes = 0
+        self.uplink_face_bytes = 0
         self.rejected = 0
         self.errors = 0
 
@@ -135,6 +137,7 @@ class Forwarder:
             "spool_oldest_age_s": self.spool.oldest_age_s(),
             "forwarded": self.forwarded,
             "uplink_bytes": self.uplink_bytes,
+            "uplink_face_bytes": self.uplink_face_bytes,
             "inflight": len(self.inflight),
             "dropped": self.spool.dropped,
             "rejected": self.rejected,
@@ -190,6 +193,8 @@ class Forwarder:
             done.append(entry.seq)
             self.forwarded += 1
             self.uplink_bytes += entry.size
+            if entry.is_face:
+                self.uplink_face_bytes += entry.size
         if done:
             self.spool.delete_many(done)
 
@@ -216,7 +221,9 @@ class Forwarder:
                         retain=row.retain,
                         properties=properties_from_dict(row.properties),
                     )
-                    self.inflight[info.mid] = _InFlight(row.seq, len(row.payload))
+                    self.inflight[info.mid] = _InFlight(
+                        row.seq, len(row.payload), row.topic.endswith("/faces")
+                    )
                     last_sent = row.seq
                     tokens -= 1
             self.wake.wait(0.05 if rate > 0 else 0.5)

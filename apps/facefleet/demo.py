@@ -1,0 +1,375 @@
+"""`facefleet demo`: the whole pipeline on one machine.
+
+Two real Mosquitto brokers on free loopback ports (edge: plain, local; cloud: TLS with client
+certificates and the fleet ACL), the four services as subprocesses with generated configs, the
+filesystem sink under --storage, and the monitor in the foreground (or progress lines with
+--headless). With --until-eof the demo stops once the source has ended and every published face
+is accounted for downstream, and prints a JSON summary as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from facefleet.config import ConfigError, dump_toml
+from facefleet.contract import DEFAULT_PREFIX, all_status_filter
+from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
+from facefleet.mqtt import MqttSettings, make_client, start
+
+log = logging.getLogger(__name__)
+
+EDGE_NODE = "demo-edge"
+CLOUD_NODE = "demo-cloud"
+HEARTBEAT_S = 1.0
+DEFAULT_MODEL = "models/face_detection_yunet_2023mar.onnx"
+
+
+def shared_dir() -> Path:
+    """Test and demo data (models, clips): FACEFLEET_SHARED, default ../shared."""
+    return Path(os.environ.get("FACEFLEET_SHARED", "../shared"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", default="synthetic:",
+        help="detector input: camera, video file, image folder, RTSP URL, GStreamer pipeline, "
+        "or synthetic: (default; generated, works offline)",
+    )
+    parser.add_argument(
+        "--storage", type=Path, default=Path(".demo/storage"),
+        help="where the processor stores faces (default .demo/storage)",
+    )
+    parser.add_argument(
+        "--until-eof", action="store_true",
+        help="stop once the source has ended and everything is drained (default: run until ^C)",
+    )
+    parser.add_argument("--headless", action="store_true", help="no monitor UI; progress lines")
+    parser.add_argument("--mode", choices=("best", "every-frame"), default="best",
+                        help="best: one crop per person (default); every-frame: the homework")
+    parser.add_argument("--encoding", choices=("jpeg", "png"), default="jpeg")
+    parser.add_argument(
+        "--backend", choices=("auto", "yunet", "haar"), default="auto",
+        help="auto: YuNet when its model is found (--model or $FACEFLEET_SHARED), else Haar",
+    )
+    parser.add_argument("--model", type=Path, help="YuNet ONNX file or Haar cascade XML")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="extra detector setting, e.g. detection.haar_scale_factor=1.3 (repeatable)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="--until-eof: give up draining after this many seconds (600)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (configs, logs, broker data)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    backend: str
+    model: str
+
+
+def choose_detection(args: argparse.Namespace) -> Detection:
+    if args.model is not None:
+        if not args.model.is_file():
+            raise ConfigError(f"--model: {args.model} does not exist")
+        backend = args.backend
+        if backend == "auto":
+            backend = "haar" if args.model.suffix == ".xml" else "yunet"
+        return Detection(backend, str(args.model.resolve()))
+    if args.backend == "haar":
+        return Detection("haar", "")
+    model = shared_dir() / DEFAULT_MODEL
+    if model.is_file():
+        return Detection("yunet", str(model.resolve()))
+    if args.backend == "yunet":
+        raise ConfigError(f"no YuNet model at {model}: pass --model FILE or --backend haar")
+    log.info("YuNet model not found at %s; using the Haar cascade", model)
+    return Detection("haar", "")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        tables.setdefault(section, {})[name] = value
+    return tables
+
+
+def mqtt_table(settings: MqttSettings) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
+
+
+class StatusBoard:
+    """Latest status of every service, as the cloud broker sees it (monitor identity)."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.client = make_client(settings, f"facefleet-demo-{os.getpid()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(all_status_filter(DEFAULT_PREFIX), 1)
+        self.client.on_message = self._on_message
+        start(self.client, settings)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            status = json.loads(msg.payload)
+            key = (str(status["node"]), str(status["service"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.lock:
+            self.latest[key] = status
+
+    def get(self, node: str, service: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.latest.get((node, service), {}))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.detection = choose_detection(args)
+        self.overrides = parse_overrides(args.overrides)
+        self.workdir = Path(tempfile.mkdtemp(prefix="facefleet-demo-"))
+        self.storage = args.storage.resolve()
+        self.edge = LocalBroker("edge", workdir=self.workdir / "edge-broker")
+        self.cloud = LocalBroker(
+            "cloud", workdir=self.workdir / "cloud-broker", processors=(CLOUD_NODE,)
+        )
+        self.services: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- configs -------------------------------------------------------------------
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        common = {"heartbeat_s": HEARTBEAT_S}
+        edge_mqtt = mqtt_table(self.edge.settings_for())
+        loop = not self.args.until_eof
+        detector: dict[str, Any] = {
+            **common, "node": EDGE_NODE, "mqtt": edge_mqtt,
+            "camera": {"source": self.args.source, "loop": loop, "realtime": loop},
+            "detection": {"backend": self.detection.backend, "model": self.detection.model},
+            "publish": {"mode": self.args.mode, "encoding": self.args.encoding},
+        }
+        for section, values in self.overrides.items():
+            detector.setdefault(section, {}).update(values)
+        return {
+            "processor": {
+                **common, "node": CLOUD_NODE,
+                "mqtt": mqtt_table(self.cloud.settings_for(CLOUD_NODE)),
+                "storage": {"kind": "filesystem", "path": str(self.storage)},
+            },
+            "forwarder": {
+                **common, "node": EDGE_NODE, "edge": edge_mqtt,
+                "cloud": {**mqtt_table(self.cloud.settings_for(EDGE_NODE)), "reconnect_max_s": 5},
+                "spool": {"path": str(self.workdir / "forwarder" / "spool.sqlite")},
+            },
+            "logger": {
+                **common, "node": EDGE_NODE, "mqtt": edge_mqtt,
+                "audit": {"path": str(self.workdir / "audit.jsonl"), "stderr": False},
+            },
+            "detector": detector,
+        }
+
+    # -- processes -----------------------------------------------------------------
+
+    def start_service(self, name: str, config: dict[str, Any]) -> None:
+        path = self.workdir / f"{name}.toml"
+        path.write_text(dump_toml(config))
+        check = subprocess.run(
+            [sys.executable, "-m", "facefleet", name, "--check", "--config", str(path)],
+            capture_output=True, text=True, check=False,
+        )
+        if check.returncode != 0:
+            raise ConfigError(check.stderr.strip().splitlines()[-1] if check.stderr else name)
+        with open(self.workdir / f"{name}.log", "ab") as logfile:
+            self.services[name] = subprocess.Popen(
+                [sys.executable, "-m", "facefleet", name, "--config", str(path)],
+                stdout=logfile, stderr=logfile, start_new_session=True,
+            )
+
+    def wait_online(self, board: StatusBoard, node: str, service: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while board.get(node, service).get("state") != "online":
+            process = self.services[service]
+            if process.poll() is not None:
+                raise RuntimeError(f"{service} exited with {process.returncode}: "
+                                   f"{self.log_tail(service)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{service} not online after {timeout_s:.0f}s: "
+                                   f"{self.log_tail(service)}")
+            time.sleep(0.1)
+
+    def log_tail(self, service: str, lines: int = 5) -> str:
+        path = self.workdir / f"{service}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    def stop_services(self) -> None:
+        for name in ("detector", "logger", "forwarder", "processor"):
+            process = self.services.get(name)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s ignored SIGTERM; killing it", name)
+                    process.kill()
+                    process.wait()
+
+    # -- progress and summary ------------------------------------------------------
+
+    def progress(self, board: StatusBoard) -> str:
+        det = board.get(EDGE_NODE, "detector")
+        fwd = board.get(EDGE_NODE, "forwarder")
+        pro = board.get(CLOUD_NODE, "processor")
+        return (
+            f"frames {det.get('frames', 0)}  fps {det.get('fps', 0):.1f}  "
+            f"faces {det.get('faces_detected', 0)}  published {det.get('published', 0)}  "
+            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded', 0)}  "
+            f"stored {pro.get('stored', 0)}  dead-lettered {pro.get('dead_lettered', 0)}"
+        )
+
+    def drained(self, board: StatusBoard) -> bool:
+        det = board.get(EDGE_NODE, "detector")
+        fwd = board.get(EDGE_NODE, "forwarder")
+        pro = board.get(CLOUD_NODE, "processor")
+        if det.get("state") != "stopped" or not fwd or not pro:
+            return False
+        accounted = pro.get("stored", 0) + pro.get("duplicates", 0) + pro.get("dead_lettered", 0)
+        return bool(
+            fwd.get("spool_depth", 1) == 0
+            and fwd.get("inflight", 1) == 0
+            and accounted >= det.get("published", 0)
+            and pro.get("inflight", 1) == 0
+        )
+
+    def summary(self, board: StatusBoard, started: float, drained: bool) -> dict[str, Any]:
+        det = board.get(EDGE_NODE, "detector")
+        fwd = board.get(EDGE_NODE, "forwarder")
+        pro = board.get(CLOUD_NODE, "processor")
+        return {
+            "source": self.args.source,
+            "mode": self.args.mode,
+            "encoding": self.args.encoding,
+            "backend": self.detection.backend,
+            "frames": det.get("frames", 0),
+            "fps": det.get("fps", 0),
+            "faces_detected": det.get("faces_detected", 0),
+            "tracks": det.get("tracks_total", det.get("tracks", None)),
+            "published": det.get("published", 0),
+            "published_bytes": det.get("published_bytes", 0),
+            "uplink_messages": fwd.get("forwarded", 0),
+            "uplink_bytes": fwd.get("uplink_bytes", 0),
+            "uplink_face_bytes": fwd.get("uplink_face_bytes", 0),
+            "spool_dropped": fwd.get("dropped", 0),
+            "stored": pro.get("stored", 0),
+            "duplicates": pro.get("duplicates", 0),
+            "dead_lettered": pro.get("dead_lettered", 0),
+            "drained": drained,
+            "wall_s": round(time.monotonic() - started, 1),
+            "storage": str(self.storage),
+        }
+
+    # -- main ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.monotonic()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.edge.start()
+        self.cloud.start()
+        board = StatusBoard(self.cloud.settings_for(MONITOR_IDENTITY))
+        drained = False
+        try:
+            configs = self.configs()
+            print(f"facefleet demo: brokers edge {self.edge.address}, cloud {self.cloud.address} "
+                  f"(TLS); detector {self.detection.backend} on {self.args.source}; "
+                  f"faces into {self.storage}; work dir {self.workdir}", flush=True)
+            for name in ("processor", "forwarder", "logger"):
+                self.start_service(name, configs[name])
+            self.wait_online(board, CLOUD_NODE, "processor", 30)
+            self.wait_online(board, EDGE_NODE, "forwarder", 30)
+            self.wait_online(board, EDGE_NODE, "logger", 30)
+            self.start_service("detector", configs["detector"])
+            if self.args.headless:
+                drained = self.watch(board, stop)
+            else:
+                self.run_monitor(stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop_services()
+            time.sleep(HEARTBEAT_S * 1.5)  # let the final `stopped` figures arrive
+            result = self.summary(board, started, drained)
+            board.close()
+            self.edge.cleanup()
+            self.cloud.cleanup()
+            if self.args.keep:
+                print(f"work directory kept: {self.workdir}", flush=True)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        print(json.dumps(result), flush=True)
+        return 0 if drained or not self.args.until_eof else 1
+
+    def watch(self, board: StatusBoard, stop: threading.Event) -> bool:
+        """Progress lines until ^C, or with --until-eof until the source ended and drained."""
+        deadline: float | None = None
+        while not stop.wait(2.0):
+            print(self.progress(board), flush=True)
+            detector = self.services["detector"]
+            if detector.poll() is not None and detector.returncode != 0:
+                raise RuntimeError(f"detector failed: {self.log_tail('detector')}")
+            if not self.args.until_eof:
+                continue
+            if detector.poll() is not None:
+                deadline = deadline or time.monotonic() + self.args.timeout
+                if self.drained(board):
+                    print("source ended and everything is stored", flush=True)
+                    return True
+                if time.monotonic() > deadline:
+                    print(f"gave up waiting for the drain after {self.args.timeout:.0f}s",
+                          file=sys.stderr, flush=True)
+                    return False
+        return False
+
+    def run_monitor(self, stop: threading.Event) -> None:
+        settings = self.cloud.settings_for(MONITOR_IDENTITY)
+        subprocess.run(
+            [sys.executable, "-m", "facefleet", "monitor", "--broker", settings.address,
+             "--ca", settings.ca_file, "--cert", settings.cert_file, "--key", settings.key_file],
+            check=False,
+        )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return Demo(args).run()
+    except RuntimeError as exc:
+        print(f"facefleet demo: {exc}", file=sys.stderr)
+        return 1

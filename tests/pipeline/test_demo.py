@@ -1,0 +1,52 @@
+"""`facefleet demo --headless --until-eof`: the whole pipeline, end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_shared
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def run_demo(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    storage = tmp_path / "storage"
+    result = subprocess.run(
+        [sys.executable, "-m", "facefleet", "demo", "--headless", "--until-eof",
+         "--storage", str(storage), *extra],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    images = [p for p in storage.rglob("faces/**/*") if p.suffix in (".jpg", ".png")]
+    assert len(images) == summary["stored"]
+    for image in images:
+        sidecar = json.loads(image.with_suffix(".json").read_text())
+        assert sidecar["node"] == "demo-edge"
+    return summary
+
+
+def test_default_demo_runs_offline_and_stores_every_published_face(tmp_path: Path) -> None:
+    summary = run_demo(tmp_path, "--backend", "haar")  # nothing from ../shared
+    assert summary["drained"] is True
+    assert summary["frames"] > 0 and summary["faces_detected"] > 0
+    assert summary["published"] > 0
+    assert summary["stored"] == summary["published"]
+    assert summary["dead_lettered"] == 0
+    assert summary["uplink_face_bytes"] == summary["published_bytes"]
+
+
+def test_best_crop_mode_sends_far_fewer_bytes_than_the_homework_mode(tmp_path: Path) -> None:
+    clip = require_shared("data", "videos", "short_hamilton_clip.mp4")
+    best = run_demo(tmp_path / "best", "--source", str(clip))
+    homework = run_demo(tmp_path / "homework", "--source", str(clip),
+                        "--mode", "every-frame", "--encoding", "png")
+    assert best["stored"] == best["published"] > 0
+    assert homework["stored"] == homework["published"] == homework["faces_detected"]
+    assert homework["uplink_face_bytes"] > 20 * best["uplink_face_bytes"]
