@@ -72,14 +72,16 @@ class Publisher:
     def face(self, node: str, payload: bytes | None = None, seed: int = 0) -> FaceMeta:
         payload = payload if payload is not None else jpeg_bytes(seed=seed)
         meta = face_meta(node, payload)
-        self.raw(faces_topic(self.prefix, node), payload, meta.content_type,
-                 meta.user_properties())
+        self.raw(faces_topic(self.prefix, node), payload, meta.content_type, meta.user_properties())
         self.sent.append(meta.id)
         return meta
 
-    def raw(self, topic: str, payload: bytes, ctype: str | None,
-            props: list[tuple[str, str]] | None) -> None:
-        info = self.client.publish(topic, payload, qos=1, properties=publish_properties(ctype, props))
+    def raw(
+        self, topic: str, payload: bytes, ctype: str | None, props: list[tuple[str, str]] | None
+    ) -> None:
+        info = self.client.publish(
+            topic, payload, qos=1, properties=publish_properties(ctype, props)
+        )
         info.wait_for_publish(timeout=10)
 
     def close(self) -> None:
@@ -129,8 +131,9 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
 class ServiceProcess:
     """`python -m facefleet <service> --config FILE` as a real subprocess."""
 
-    def __init__(self, service: str, config: dict[str, Any], workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, service: str, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.service = service
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{service}.toml"
@@ -142,9 +145,17 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "facefleet", self.service, "--config",
-                 str(self.config_path)],
-                stdout=log, stderr=log, env=self.env,
+                [
+                    sys.executable,
+                    "-m",
+                    "facefleet",
+                    self.service,
+                    "--config",
+                    str(self.config_path),
+                ],
+                stdout=log,
+                stderr=log,
+                env=self.env,
             )
         return self
 
@@ -168,7 +179,9 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"{self.service} ignored SIGTERM for {timeout_s}s:\n{self.log()}")
+            raise AssertionError(
+                f"{self.service} ignored SIGTERM for {timeout_s}s:\n{self.log()}"
+            ) from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

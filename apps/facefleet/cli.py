@@ -61,13 +61,16 @@ def _add_service_commands(sub: Any) -> None:
 #: add_arguments(parser) and the named run function.
 TOOLS: dict[str, tuple[str, str, str]] = {
     "detect": (
-        "facefleet.detector.detect_cli", "run_detect",
+        "facefleet.detector.detect_cli",
+        "run_detect",
         "detect faces in an image or a folder of images",
     ),
     "demo": ("facefleet.demo", "run_demo", "run the whole pipeline on this machine"),
     "pki": ("facefleet.pki", "run_pki", "fleet CA and certificates for brokers and clients"),
     "monitor": (
-        "facefleet_monitor.cli", "run_monitor", "terminal UI: fleet health and live detections",
+        "facefleet_monitor.cli",
+        "run_monitor",
+        "terminal UI: fleet health and live detections",
     ),
 }
 

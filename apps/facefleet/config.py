@@ -87,17 +87,13 @@ def build(
     values: dict[str, Any] = {}
     for name, spec in fields.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            section_base = (
-                getattr(base, name)
-                if base is not None
-                else spec.default_factory()  # type: ignore[misc]
-                if spec.default_factory is not dataclasses.MISSING
-                else None
-            )
-            values[name] = build(
-                hint, data.get(name, {}), where, f"{path}{name}.", section_base  # type: ignore[arg-type]
-            )
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            section_base: Any = None
+            if base is not None:
+                section_base = getattr(base, name)
+            elif spec.default_factory is not dataclasses.MISSING:
+                section_base = spec.default_factory()
+            values[name] = build(hint, data.get(name, {}), where, f"{path}{name}.", section_base)
         elif name in data:
             try:
                 values[name] = coerce(hint, data[name])

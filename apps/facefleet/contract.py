@@ -8,6 +8,7 @@ module is pure: no broker, no I/O.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ def parse_face_properties(
         raise ContractError(f"malformed box: {properties['box']!r}")
     if len(frame_parts) != 2 or min(frame_parts) <= 0:
         raise ContractError(f"malformed frame: {properties['frame']!r}")
-    if not 0.0 <= score <= 1.0 or score != score:
+    if math.isnan(score) or not 0.0 <= score <= 1.0:
         raise ContractError(f"score out of range: {properties['score']!r}")
     if not re.fullmatch(r"[0-9a-f]{64}", properties["sha256"]):
         raise ContractError("malformed sha256")
@@ -190,6 +191,4 @@ def storage_key(meta: FaceMeta) -> str:
     """faces/<node>/<YYYY>/<MM>/<DD>/<HH>/<ts>_<id>.<ext>: derived from the face id and its
     capture time only, so a redelivered message lands on the same key."""
     when = parse_timestamp(meta.ts)
-    return (
-        f"faces/{meta.node}/{when:%Y/%m/%d/%H}/{meta.ts}_{meta.id}.{meta.extension}"
-    )
+    return f"faces/{meta.node}/{when:%Y/%m/%d/%H}/{meta.ts}_{meta.id}.{meta.extension}"

@@ -46,35 +46,54 @@ def shared_dir() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", default="synthetic:",
+        "--source",
+        default="synthetic:",
         help="detector input: camera, video file, image folder, RTSP URL, GStreamer pipeline, "
         "or synthetic: (default; generated, works offline)",
     )
     parser.add_argument(
-        "--storage", type=Path, default=Path(".demo/storage"),
+        "--storage",
+        type=Path,
+        default=Path(".demo/storage"),
         help="where the processor stores faces (default .demo/storage)",
     )
     parser.add_argument(
-        "--until-eof", action="store_true",
+        "--until-eof",
+        action="store_true",
         help="stop once the source has ended and everything is drained (default: run until ^C)",
     )
     parser.add_argument("--headless", action="store_true", help="no monitor UI; progress lines")
-    parser.add_argument("--mode", choices=("best", "every-frame"), default="best",
-                        help="best: one crop per person (default); every-frame: the homework")
+    parser.add_argument(
+        "--mode",
+        choices=("best", "every-frame"),
+        default="best",
+        help="best: one crop per person (default); every-frame: the homework",
+    )
     parser.add_argument("--encoding", choices=("jpeg", "png"), default="jpeg")
     parser.add_argument(
-        "--backend", choices=("auto", "yunet", "haar"), default="auto",
+        "--backend",
+        choices=("auto", "yunet", "haar"),
+        default="auto",
         help="auto: YuNet when its model is found (--model or $FACEFLEET_SHARED), else Haar",
     )
     parser.add_argument("--model", type=Path, help="YuNet ONNX file or Haar cascade XML")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="extra detector setting, e.g. detection.haar_scale_factor=1.3 (repeatable)",
     )
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="--until-eof: give up draining after this many seconds (600)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (configs, logs, broker data)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="--until-eof: give up draining after this many seconds (600)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (configs, logs, broker data)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +189,9 @@ class Demo:
         edge_mqtt = mqtt_table(self.edge.settings_for())
         loop = not self.args.until_eof
         detector: dict[str, Any] = {
-            **common, "node": EDGE_NODE, "mqtt": edge_mqtt,
+            **common,
+            "node": EDGE_NODE,
+            "mqtt": edge_mqtt,
             "camera": {"source": self.args.source, "loop": loop, "realtime": loop},
             "detection": {"backend": self.detection.backend, "model": self.detection.model},
             "publish": {"mode": self.args.mode, "encoding": self.args.encoding},
@@ -179,17 +200,22 @@ class Demo:
             detector.setdefault(section, {}).update(values)
         return {
             "processor": {
-                **common, "node": CLOUD_NODE,
+                **common,
+                "node": CLOUD_NODE,
                 "mqtt": mqtt_table(self.cloud.settings_for(CLOUD_NODE)),
                 "storage": {"kind": "filesystem", "path": str(self.storage)},
             },
             "forwarder": {
-                **common, "node": EDGE_NODE, "edge": edge_mqtt,
+                **common,
+                "node": EDGE_NODE,
+                "edge": edge_mqtt,
                 "cloud": {**mqtt_table(self.cloud.settings_for(EDGE_NODE)), "reconnect_max_s": 5},
                 "spool": {"path": str(self.workdir / "forwarder" / "spool.sqlite")},
             },
             "logger": {
-                **common, "node": EDGE_NODE, "mqtt": edge_mqtt,
+                **common,
+                "node": EDGE_NODE,
+                "mqtt": edge_mqtt,
                 "audit": {"path": str(self.workdir / "audit.jsonl"), "stderr": False},
             },
             "detector": detector,
@@ -202,14 +228,18 @@ class Demo:
         path.write_text(dump_toml(config))
         check = subprocess.run(
             [sys.executable, "-m", "facefleet", name, "--check", "--config", str(path)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if check.returncode != 0:
             raise ConfigError(check.stderr.strip().splitlines()[-1] if check.stderr else name)
         with open(self.workdir / f"{name}.log", "ab") as logfile:
             self.services[name] = subprocess.Popen(
                 [sys.executable, "-m", "facefleet", name, "--config", str(path)],
-                stdout=logfile, stderr=logfile, start_new_session=True,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
             )
 
     def wait_online(self, board: StatusBoard, node: str, service: str, timeout_s: float) -> None:
@@ -217,11 +247,13 @@ class Demo:
         while board.get(node, service).get("state") != "online":
             process = self.services[service]
             if process.poll() is not None:
-                raise RuntimeError(f"{service} exited with {process.returncode}: "
-                                   f"{self.log_tail(service)}")
+                raise RuntimeError(
+                    f"{service} exited with {process.returncode}: {self.log_tail(service)}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{service} not online after {timeout_s:.0f}s: "
-                                   f"{self.log_tail(service)}")
+                raise RuntimeError(
+                    f"{service} not online after {timeout_s:.0f}s: {self.log_tail(service)}"
+                )
             time.sleep(0.1)
 
     def log_tail(self, service: str, lines: int = 5) -> str:
@@ -307,9 +339,12 @@ class Demo:
         drained = False
         try:
             configs = self.configs()
-            print(f"facefleet demo: brokers edge {self.edge.address}, cloud {self.cloud.address} "
-                  f"(TLS); detector {self.detection.backend} on {self.args.source}; "
-                  f"faces into {self.storage}; work dir {self.workdir}", flush=True)
+            print(
+                f"facefleet demo: brokers edge {self.edge.address}, cloud {self.cloud.address} "
+                f"(TLS); detector {self.detection.backend} on {self.args.source}; "
+                f"faces into {self.storage}; work dir {self.workdir}",
+                flush=True,
+            )
             for name in ("processor", "forwarder", "logger"):
                 self.start_service(name, configs[name])
             self.wait_online(board, CLOUD_NODE, "processor", 30)
@@ -352,16 +387,31 @@ class Demo:
                     print("source ended and everything is stored", flush=True)
                     return True
                 if time.monotonic() > deadline:
-                    print(f"gave up waiting for the drain after {self.args.timeout:.0f}s",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"gave up waiting for the drain after {self.args.timeout:.0f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return False
         return False
 
     def run_monitor(self, stop: threading.Event) -> None:
         settings = self.cloud.settings_for(MONITOR_IDENTITY)
         subprocess.run(
-            [sys.executable, "-m", "facefleet", "monitor", "--broker", settings.address,
-             "--ca", settings.ca_file, "--cert", settings.cert_file, "--key", settings.key_file],
+            [
+                sys.executable,
+                "-m",
+                "facefleet",
+                "monitor",
+                "--broker",
+                settings.address,
+                "--ca",
+                settings.ca_file,
+                "--cert",
+                settings.cert_file,
+                "--key",
+                settings.key_file,
+            ],
             check=False,
         )
 

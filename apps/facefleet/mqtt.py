@@ -91,7 +91,7 @@ def make_client(
 
 
 def connect_properties(*, persistent: bool, receive_maximum: int | None = None) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         props.SessionExpiryInterval = PERSISTENT_SESSION_S
     if receive_maximum:
@@ -189,7 +189,7 @@ def content_type(message: mqtt.MQTTMessage) -> str | None:
 def publish_properties(
     content_type_value: str | None, user_props: list[tuple[str, str]] | None
 ) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if content_type_value:
         props.ContentType = content_type_value
     if user_props:
@@ -218,7 +218,7 @@ def properties_to_dict(message: mqtt.MQTTMessage) -> dict[str, Any]:
 
 
 def properties_from_dict(data: dict[str, Any]) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     for name in _RELAYED_PROPERTIES:
         if name in data:
             value = data[name]

@@ -26,8 +26,10 @@ Figures = Callable[[], dict[str, Any]]
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr without timestamps when journald is the reader (it adds its own)."""
     under_systemd = "JOURNAL_STREAM" in os.environ
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else (
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_systemd
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     # paho logs every failed reconnect attempt as an error; ConnectionTracker reports outages
@@ -113,7 +115,9 @@ class Heartbeat:
         return self.client.publish(self.topic, self.payload(state), qos=1, retain=True)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"{self.service}-heartbeat", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.service}-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:

@@ -57,8 +57,9 @@ class Relay:
         return self.face_keys()
 
 
-def forwarder_config(edge: LocalBroker, cloud: LocalBroker, spool: Path,
-                     **spool_overrides: Any) -> dict[str, Any]:
+def forwarder_config(
+    edge: LocalBroker, cloud: LocalBroker, spool: Path, **spool_overrides: Any
+) -> dict[str, Any]:
     return {
         "node": EDGE_NODE,
         "heartbeat_s": 1.0,
@@ -75,8 +76,15 @@ def processor_config(cloud: LocalBroker, s3: S3Server, **storage: Any) -> dict[s
         "heartbeat_s": 1.0,
         "mqtt": {**mqtt_table(cloud, CLOUD_NODE), "reconnect_max_s": 2},
         "workers": 4,
-        "storage": {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3.url,
-                    "region": "us-east-1", "timeout_s": 2.0, "retry_max_s": 2.0, **storage},
+        "storage": {
+            "kind": "s3",
+            "bucket": BUCKET,
+            "endpoint_url": s3.url,
+            "region": "us-east-1",
+            "timeout_s": 2.0,
+            "retry_max_s": 2.0,
+            **storage,
+        },
     }
 
 
@@ -85,7 +93,8 @@ def wait_online(broker: LocalBroker, service: str) -> None:
     try:
         wait_until(
             lambda: any(json.loads(m.payload)["state"] == "online" for m in watcher.snapshot()),
-            30, f"{service} online",
+            30,
+            f"{service} online",
         )
     finally:
         watcher.close()
@@ -97,7 +106,8 @@ def relay(tmp_path: Path, s3_server: S3Server) -> Iterator[Relay]:
     edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
     cloud = LocalBroker("cloud", workdir=tmp_path / "cloud", processors=(CLOUD_NODE,)).start()
     forwarder = ServiceProcess(
-        "forwarder", forwarder_config(edge, cloud, tmp_path / "spool" / "spool.sqlite"),
+        "forwarder",
+        forwarder_config(edge, cloud, tmp_path / "spool" / "spool.sqlite"),
         tmp_path / "forwarder",
     )
     processor = ServiceProcess(

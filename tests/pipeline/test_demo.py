@@ -18,9 +18,21 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 def run_demo(tmp_path: Path, *extra: str) -> dict[str, Any]:
     storage = tmp_path / "storage"
     result = subprocess.run(
-        [sys.executable, "-m", "facefleet", "demo", "--headless", "--until-eof",
-         "--storage", str(storage), *extra],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "facefleet",
+            "demo",
+            "--headless",
+            "--until-eof",
+            "--storage",
+            str(storage),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
@@ -45,8 +57,9 @@ def test_default_demo_runs_offline_and_stores_every_published_face(tmp_path: Pat
 def test_best_crop_mode_sends_far_fewer_bytes_than_the_homework_mode(tmp_path: Path) -> None:
     clip = require_shared("data", "videos", "short_hamilton_clip.mp4")
     best = run_demo(tmp_path / "best", "--source", str(clip))
-    homework = run_demo(tmp_path / "homework", "--source", str(clip),
-                        "--mode", "every-frame", "--encoding", "png")
+    homework = run_demo(
+        tmp_path / "homework", "--source", str(clip), "--mode", "every-frame", "--encoding", "png"
+    )
     assert best["stored"] == best["published"] > 0
     assert homework["stored"] == homework["published"] == homework["faces_detected"]
     assert homework["uplink_face_bytes"] > 20 * best["uplink_face_bytes"]

@@ -15,14 +15,21 @@ pytestmark = pytest.mark.broker
 
 
 def test_audit_lines_for_faces_and_status_changes_without_image_bytes(
-    edge_broker, tmp_path: Path  # type: ignore[no-untyped-def]
+    edge_broker,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     audit = tmp_path / "audit" / "audit.jsonl"
     audit.parent.mkdir()
-    logger = ServiceProcess("logger", {
-        "node": "edge1", "heartbeat_s": 1.0, "mqtt": mqtt_table(edge_broker),
-        "audit": {"path": str(audit), "max_bytes": 4096, "backups": 3, "stderr": False},
-    }, tmp_path / "logger").start()
+    logger = ServiceProcess(
+        "logger",
+        {
+            "node": "edge1",
+            "heartbeat_s": 1.0,
+            "mqtt": mqtt_table(edge_broker),
+            "audit": {"path": str(audit), "max_bytes": 4096, "backups": 3, "stderr": False},
+        },
+        tmp_path / "logger",
+    ).start()
     try:
         wait_online(edge_broker, "logger")
         publisher = Publisher(edge_broker.settings_for())
@@ -40,8 +47,9 @@ def test_audit_lines_for_faces_and_status_changes_without_image_bytes(
         wait_until(lambda: any(r["event"] == "status-malformed" for r in lines()), 20, "bad")
         records = lines()
         assert {r["id"] for r in records if r["event"] == "face"} == set(ids)
-        detector = [r["state"] for r in records
-                    if r["event"] == "status" and r["service"] == "detector"]
+        detector = [
+            r["state"] for r in records if r["event"] == "status" and r["service"] == "detector"
+        ]
         assert detector == ["online", "stopped"]  # changes only, not every heartbeat
         assert len(list(audit.parent.glob("audit.jsonl.*"))) >= 1  # rotated
         assert max(len(json.dumps(r)) for r in records) < 1000  # never the image bytes

@@ -20,13 +20,17 @@ pytestmark = pytest.mark.broker
 def processor(tmp_path: Path) -> Iterator[tuple[LocalBroker, Path, ServiceProcess]]:
     cloud = LocalBroker("cloud", workdir=tmp_path / "cloud", processors=(CLOUD_NODE,)).start()
     store = tmp_path / "store"
-    service = ServiceProcess("processor", {
-        "node": CLOUD_NODE,
-        "heartbeat_s": 1.0,
-        "mqtt": mqtt_table(cloud, CLOUD_NODE),
-        "storage": {"kind": "filesystem", "path": str(store)},
-        "validation": {"max_bytes": 100_000},
-    }, tmp_path / "processor").start()
+    service = ServiceProcess(
+        "processor",
+        {
+            "node": CLOUD_NODE,
+            "heartbeat_s": 1.0,
+            "mqtt": mqtt_table(cloud, CLOUD_NODE),
+            "storage": {"kind": "filesystem", "path": str(store)},
+            "validation": {"max_bytes": 100_000},
+        },
+        tmp_path / "processor",
+    ).start()
     try:
         wait_online(cloud, "processor")
         yield cloud, store, service
@@ -55,9 +59,13 @@ def test_bad_input_is_dead_lettered_and_good_input_still_stored(
         "no properties": (good, "image/jpeg", None),
         "wrong node": (good, "image/jpeg", face_meta("edge2", good).user_properties()),
         "oversized": (b"\xff\xd8" + b"x" * 150_000, "image/jpeg", props),
-        "truncated": (truncated, "image/jpeg",
-                      face_meta("edge1", truncated,
-                                sha256=hashlib.sha256(truncated).hexdigest()).user_properties()),
+        "truncated": (
+            truncated,
+            "image/jpeg",
+            face_meta(
+                "edge1", truncated, sha256=hashlib.sha256(truncated).hexdigest()
+            ).user_properties(),
+        ),
         "wrong type": (good, "text/plain", props),
     }
     for payload, ctype, user_props in cases.values():
@@ -65,8 +73,14 @@ def test_bad_input_is_dead_lettered_and_good_input_still_stored(
     meta = device.face("edge1")  # a good one after all the bad ones
     wait_until(lambda: len(dead_letters(store)) >= len(cases), 30, "all dead letters")
     reasons = " | ".join(str(d["reason"]) for d in dead_letters(store))
-    for expected in ("sha256 does not match", "missing properties", "differs from the node",
-                     "exceeds", "truncated JPEG", "unsupported content type"):
+    for expected in (
+        "sha256 does not match",
+        "missing properties",
+        "differs from the node",
+        "exceeds",
+        "truncated JPEG",
+        "unsupported content type",
+    ):
         assert expected in reasons
     image = wait_until(lambda: list(store.glob(f"faces/edge1/**/*_{meta.id}.jpg")), 30, "stored")
     sidecar = json.loads(image[0].with_suffix(".json").read_text())
@@ -83,8 +97,7 @@ def test_redelivered_face_is_stored_once(
     payload = jpeg_bytes()
     meta = face_meta("edge1", payload)
     for _ in range(3):  # what a forwarder restart or a lost PUBACK produces
-        device.raw(faces_topic("facefleet", "edge1"), payload, "image/jpeg",
-                   meta.user_properties())
+        device.raw(faces_topic("facefleet", "edge1"), payload, "image/jpeg", meta.user_properties())
     wait_until(lambda: list(store.glob("faces/**/*.jpg")), 30, "stored")
     import time
 

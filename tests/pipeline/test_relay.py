@@ -40,12 +40,16 @@ def test_heartbeats_of_both_services_reach_the_cloud(relay: Relay) -> None:
     monitor = Collector(relay.cloud.settings_for("monitor"), all_status_filter("facefleet"))
 
     def seen() -> set[str]:
-        return {m.topic.rsplit("/", 1)[1] for m in monitor.snapshot()
-                if json.loads(m.payload)["state"] == "online"}
+        return {
+            m.topic.rsplit("/", 1)[1]
+            for m in monitor.snapshot()
+            if json.loads(m.payload)["state"] == "online"
+        }
 
     wait_until(lambda: {"forwarder", "processor"} <= seen(), 20, "both heartbeats")
-    status = json.loads(next(m.payload for m in monitor.snapshot()
-                             if m.topic.endswith("/forwarder")))
+    status = json.loads(
+        next(m.payload for m in monitor.snapshot() if m.topic.endswith("/forwarder"))
+    )
     assert {"spool_depth", "uplink_bytes", "dropped", "interval_s"} <= set(status)
     monitor.close()
 

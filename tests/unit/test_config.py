@@ -64,14 +64,20 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path: Path) -> No
     path.write_text("[spool]\nwhen_full = 'never'\n")
     result = subprocess.run(
         [sys.executable, "-m", "facefleet", "forwarder", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "config error" in result.stderr and "Traceback" not in result.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "facefleet", "processor", "--config", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert missing.returncode == 2
     assert "file not found" in missing.stderr

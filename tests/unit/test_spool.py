@@ -6,8 +6,12 @@ from facefleet.forwarder.spool import Incoming, Spool
 
 
 def message(n: int, size: int = 100) -> Incoming:
-    return Incoming(f"facefleet/e/faces", bytes([n % 256]) * size, False,
-                    {"ContentType": "image/jpeg", "UserProperty": [["id", str(n)]]})
+    return Incoming(
+        "facefleet/e/faces",
+        bytes([n % 256]) * size,
+        False,
+        {"ContentType": "image/jpeg", "UserProperty": [["id", str(n)]]},
+    )
 
 
 def test_messages_survive_reopening_in_order(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import pytest
@@ -34,7 +35,13 @@ def test_valid_jpeg_and_png_pass() -> None:
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
-        (lambda p, pr: (p[: len(p) // 2], {**pr, "sha256": hashlib.sha256(p[: len(p) // 2]).hexdigest()}), "truncated JPEG"),
+        (
+            lambda p, pr: (
+                p[: len(p) // 2],
+                {**pr, "sha256": hashlib.sha256(p[: len(p) // 2]).hexdigest()},
+            ),
+            "truncated JPEG",
+        ),
         (lambda p, pr: (p, {k: v for k, v in pr.items() if k != "ts"}), "missing properties: ts"),
         (lambda p, pr: (p, {**pr, "node": "edge2"}), "differs from the node property"),
         (lambda p, pr: (p, {**pr, "sha256": "0" * 64}), "sha256 does not match"),
@@ -83,18 +90,19 @@ def test_jpeg_with_a_corrupt_body_is_rejected() -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     payload=st.binary(max_size=4096),
-    props=st.dictionaries(st.sampled_from(["v", "id", "node", "track", "ts", "box", "score",
-                                           "frame", "detector", "sha256", "x"]),
-                          st.text(max_size=40)),
+    props=st.dictionaries(
+        st.sampled_from(
+            ["v", "id", "node", "track", "ts", "box", "score", "frame", "detector", "sha256", "x"]
+        ),
+        st.text(max_size=40),
+    ),
     ctype=st.one_of(st.none(), st.sampled_from(["image/jpeg", "image/png", "a/b"])),
 )
 def test_random_input_never_escapes_as_anything_but_contract_error(
     payload: bytes, props: dict[str, str], ctype: str | None
 ) -> None:
-    try:
+    with contextlib.suppress(ContractError):  # anything else fails the test
         validate("facefleet", TOPIC, props, ctype, payload, LIMITS)
-    except ContractError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -104,7 +112,5 @@ def test_damaged_real_jpegs_never_crash_validation(cut: int, flip: int) -> None:
     data[cut % len(data)] ^= flip
     payload = bytes(data[: max(2, len(data) - cut)])
     props = props_for(payload)
-    try:
+    with contextlib.suppress(ContractError):  # anything else fails the test
         validate("facefleet", TOPIC, props, "image/jpeg", payload, LIMITS)
-    except ContractError:
-        pass

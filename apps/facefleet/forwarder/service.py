@@ -119,7 +119,9 @@ class Forwarder:
         if msg.topic == self.own_status:  # our own heartbeat goes to the cloud directly
             client.ack(msg.mid, msg.qos)
             return
-        incoming = Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), properties_to_dict(msg))
+        incoming = Incoming(
+            msg.topic, bytes(msg.payload), bool(msg.retain), properties_to_dict(msg)
+        )
         self.received.put(_Received(msg.mid, msg.qos, incoming))
 
     def _on_cloud_puback(
@@ -187,8 +189,11 @@ class Forwarder:
             if failed:
                 # kept in the spool: sent again after a restart, once the ACL or identity is fixed
                 self.rejected += 1
-                log.error("cloud broker refused spooled message %d (check the ACL and the "
-                          "certificate CN); it stays in the spool", entry.seq)
+                log.error(
+                    "cloud broker refused spooled message %d (check the ACL and the "
+                    "certificate CN); it stays in the spool",
+                    entry.seq,
+                )
                 continue
             done.append(entry.seq)
             self.forwarded += 1
@@ -233,7 +238,10 @@ class Forwarder:
     def run(self) -> int:
         log.info(
             "forwarding %s from edge %s to cloud %s, spool %s",
-            self.subscription, self.cfg.edge.address, self.cfg.cloud.address, self.cfg.spool.path,
+            self.subscription,
+            self.cfg.edge.address,
+            self.cfg.cloud.address,
+            self.cfg.spool.path,
         )
         if self.spool.depth:
             log.info("spool holds %d message(s) from before; sending them first", self.spool.depth)
@@ -259,7 +267,9 @@ class Forwarder:
             self.edge.loop_stop()
             log.info(
                 "stopped: %d forwarded, %d still spooled, %d dropped",
-                self.forwarded, self.spool.depth, self.spool.dropped,
+                self.forwarded,
+                self.spool.depth,
+                self.spool.dropped,
             )
             self.spool.close()
         return 0

@@ -57,10 +57,6 @@ class Spooled:
     properties: dict[str, Any]
 
 
-class SpoolFull(Exception):
-    """Raised by `append` under the drop-newest policy: the message was not spooled."""
-
-
 class Spool:
     """Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
 
@@ -146,7 +142,10 @@ class Spool:
                 self.dropped += dropped
                 log.warning(
                     "spool full (%d bytes): %s dropped %d message(s), %d dropped in total",
-                    self.max_bytes, self.when_full, dropped, self.dropped,
+                    self.max_bytes,
+                    self.when_full,
+                    dropped,
+                    self.dropped,
                 )
         return kept
 
@@ -193,13 +192,12 @@ class Spool:
                 removed = freed = 0
                 for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
                     chunk = seqs[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
+                    where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
                     found = self._db.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages"
-                        f" WHERE seq IN ({marks})",  # noqa: S608 - placeholders only
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages {where}",  # noqa: S608
                         chunk,
                     ).fetchone()
-                    self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)  # noqa: S608
+                    self._db.execute(f"DELETE FROM messages {where}", chunk)  # noqa: S608
                     removed += int(found[0])
                     freed += int(found[1])
                 self._db.execute("COMMIT")

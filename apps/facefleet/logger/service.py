@@ -139,8 +139,12 @@ class AuditLogger:
         client.ack(msg.mid, msg.qos)
 
     def run(self) -> int:
-        log.info("auditing %s/# on %s into %s", self.cfg.prefix, self.cfg.mqtt.address,
-                 self.cfg.audit.path)
+        log.info(
+            "auditing %s/# on %s into %s",
+            self.cfg.prefix,
+            self.cfg.mqtt.address,
+            self.cfg.audit.path,
+        )
         start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=256)
         self.heartbeat.start()
         try:

@@ -148,7 +148,9 @@ class Processor:
             self.counters.add("dead_lettered")
             log.warning("dead-lettered a message on %s: %s (%s)", msg.topic, reason, where)
             return True
-        written = self._with_retry(f"storing face {meta.id}", lambda: self.sink.store(meta, payload))
+        written = self._with_retry(
+            f"storing face {meta.id}", lambda: self.sink.store(meta, payload)
+        )
         if written is None:
             return False
         self.counters.add("stored" if written else "duplicates")
@@ -171,8 +173,13 @@ class Processor:
                 self.counters.add("busy", -1)
 
     def run(self) -> int:
-        log.info("storing faces from %s (%s) into %s with %d worker(s)",
-                 self.cfg.mqtt.address, self.subscription, self.sink.describe(), self.cfg.workers)
+        log.info(
+            "storing faces from %s (%s) into %s with %d worker(s)",
+            self.cfg.mqtt.address,
+            self.subscription,
+            self.sink.describe(),
+            self.cfg.workers,
+        )
         start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=self.receive_maximum)
         workers = [
             threading.Thread(target=self._work, name=f"store-{i}", daemon=True)
@@ -190,8 +197,12 @@ class Processor:
             self.client.disconnect()
             self.client.loop_stop()
             c = self.counters
-            log.info("stopped: %d stored, %d duplicates, %d dead-lettered",
-                     c.stored, c.duplicates, c.dead_lettered)
+            log.info(
+                "stopped: %d stored, %d duplicates, %d dead-lettered",
+                c.stored,
+                c.duplicates,
+                c.dead_lettered,
+            )
         return 0
 
 

@@ -97,6 +97,8 @@ def validate(
         raise ContractError(f"payload of {len(payload)} bytes exceeds {limits.max_bytes}")
     meta = parse_face_properties(properties, content_type, payload)
     if meta.node != parsed[0]:
-        raise ContractError(f"topic node {parsed[0]!r} differs from the node property {meta.node!r}")
+        raise ContractError(
+            f"topic node {parsed[0]!r} differs from the node property {meta.node!r}"
+        )
     check_image(payload, meta.content_type, limits)
     return meta
