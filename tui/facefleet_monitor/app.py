@@ -199,6 +199,8 @@ class MonitorApp(App[int]):
     # --- redraw on a timer ----------------------------------------------------------------
 
     def _tick(self) -> None:
+        if not self.query("#tabs"):  # the screen is being torn down (quit) or not there yet
+            return
         shed = self.feed.gate.take_shed()
         if shed:
             for status in shed.statuses.values():
