@@ -95,3 +95,17 @@ def test_s3_outage_is_ridden_out(relay: Relay) -> None:
     assert_exactly_once(relay, ids)
     assert "storage unavailable" in relay.processor.log()
     publisher.close()
+
+
+def test_backlog_drains_in_publish_order(relay: Relay) -> None:
+    watcher = Collector(relay.cloud.settings_for("monitor"), "facefleet/+/faces")
+    relay.cloud.stop()
+    publisher = Publisher(relay.edge.settings_for())
+    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(60)]
+    relay.cloud.start()
+    wait_until(lambda: len(watcher.snapshot()) >= 60, 60, "backlog at the cloud broker")
+    arrived = [dict(m.properties.UserProperty)["id"] for m in watcher.snapshot()]
+    assert arrived[:60] == ids
+    relay.wait_stored(60)
+    watcher.close()
+    publisher.close()

@@ -1,0 +1,53 @@
+"""A full spool: the configured policy holds and every dropped face is counted and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from facefleet.localbroker import LocalBroker
+from tests.helpers import Collector, Publisher, ServiceProcess, wait_until
+from tests.pipeline.conftest import EDGE_NODE, forwarder_config, wait_online
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])
+def test_full_spool_drops_are_counted_in_the_heartbeat(tmp_path: Path, policy: str) -> None:
+    edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
+    cloud = LocalBroker("cloud", workdir=tmp_path / "cloud")  # never started: uplink down
+    config = forwarder_config(
+        edge, cloud, tmp_path / "spool.sqlite", max_bytes=65536, when_full=policy
+    )
+    forwarder = ServiceProcess("forwarder", config, tmp_path / "forwarder").start()
+    try:
+        wait_online(edge, "forwarder")
+        publisher = Publisher(edge.settings_for())
+        for i in range(40):  # ~6.6 KB each: about 260 KB into a 64 KB spool
+            publisher.face(EDGE_NODE, seed=i)
+        status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
+
+        def latest() -> dict[str, int]:
+            messages = status.snapshot()
+            return json.loads(messages[-1].payload) if messages else {}
+
+        wait_until(
+            lambda: (
+                latest().get("dropped", 0) > 0
+                and latest()["dropped"] + latest()["spool_depth"] >= 40
+            ),
+            20,
+            "drops counted",
+        )
+        figures = latest()
+        assert figures["spool_bytes"] <= 65536
+        assert figures["dropped"] + figures["spool_depth"] == 40
+        assert "spool full" in forwarder.log()
+        status.close()
+        publisher.close()
+    finally:
+        forwarder.stop()
+        edge.cleanup()
+        cloud.cleanup()
