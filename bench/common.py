@@ -1,0 +1,351 @@
+"""What every benchmark shares: progress lines, real processes on loopback, /proc sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from facefleet.config import dump_toml
+from facefleet.contract import FaceMeta, new_face_id, utc_timestamp
+from facefleet.localbroker import LocalBroker, free_port, wait_for_port
+from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
+
+ROOT = Path(__file__).resolve().parent.parent
+_STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One progress line on stdout, prefixed with the time since the run started."""
+    elapsed = time.monotonic() - _STARTED
+    print(f"[bench {int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {message}", flush=True)
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def machine() -> str:
+    """Where the numbers come from: CPU model and count, memory, kernel, Python, OpenCV."""
+    import cv2
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    mosquitto = subprocess.run(
+        ["mosquitto", "-h"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    version = mosquitto[0].replace("mosquitto version", "").strip() if mosquitto else "?"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {mem_gb:.0f} GB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, OpenCV {cv2.__version__}, mosquitto {version}"
+    )
+
+
+def mqtt_table(settings: MqttSettings, **extra: Any) -> dict[str, Any]:
+    table = {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
+    return {**table, **extra}
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class Service:
+    """`python -m facefleet <service> --config FILE` as a real subprocess."""
+
+    def __init__(
+        self,
+        service: str,
+        config: dict[str, Any],
+        workdir: Path,
+        *,
+        name: str = "",
+        env: dict[str, str] | None = None,
+        cpus: str = "",
+    ) -> None:
+        self.service = service
+        self.name = name or service
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / f"{self.name}.toml"
+        self.config_path.write_text(dump_toml(config))
+        self.log_path = workdir / f"{self.name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.cpus = cpus
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        command = [sys.executable, "-m", "facefleet", self.service, "--config"]
+        command.append(str(self.config_path))
+        if self.cpus:
+            command = ["taskset", "-c", self.cpus, *command]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=self.env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 8) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class S3Server:
+    """moto's S3-compatible server over real HTTP on a free loopback port (as in the tests)."""
+
+    ENV = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self, put_log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.put_log = put_log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> S3Server:
+        """`put_log`: serve through `bench.s3_timed`, which logs the time of every PUT."""
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        if self.put_log is not None:
+            command = [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        if not wait_for_port("127.0.0.1", self.port, 30):
+            self.stop()
+            raise RuntimeError("moto S3 server did not start")
+        return self
+
+    def freeze(self) -> None:
+        """SIGSTOP: requests hang until `thaw()`."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    def objects(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+        client = self.client()
+        out: list[dict[str, Any]] = []
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            out += page.get("Contents", [])
+        return out
+
+
+class StatusBoard:
+    """Latest retained heartbeat of every (node, service) on one broker."""
+
+    def __init__(self, settings: MqttSettings, prefix: str = "facefleet") -> None:
+        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self.first_online: dict[tuple[str, str], float] = {}
+        self.lock = threading.Lock()
+        self.client = make_client(settings, f"bench-status-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/+/status/+", 1)
+        self.client.on_message = self._on_message
+        start(self.client, settings)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            status = json.loads(msg.payload)
+            key = (str(status["node"]), str(status["service"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.lock:
+            self.latest[key] = status
+            if status.get("state") == "online":
+                self.first_online.setdefault(key, time.monotonic())
+
+    def get(self, node: str, service: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.latest.get((node, service), {}))
+
+    def online(self, node: str, service: str) -> bool:
+        return self.get(node, service).get("state") == "online"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextmanager
+def brokers(
+    workdir: Path, processors: tuple[str, ...] = ()
+) -> Iterator[tuple[LocalBroker, LocalBroker]]:
+    """An edge broker (plain) and a cloud broker (TLS, client certificates, ACL)."""
+    edge = LocalBroker("edge", workdir=workdir / "edge-broker")
+    cloud = LocalBroker("cloud", workdir=workdir / "cloud-broker", processors=processors)
+    try:
+        edge.start()
+        cloud.start()
+        yield edge, cloud
+    finally:
+        edge.cleanup()
+        cloud.cleanup()
+
+
+class ProcSample:
+    """CPU time and resident memory of one process, read from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def footprint(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
+    """Average CPU (% of one core) over `seconds` and peak RSS (MB) of each process."""
+    samples = {name: ProcSample(pid) for name, pid in pids.items()}
+    cpu0 = {name: s.cpu_s() for name, s in samples.items()}
+    peak = {name: s.rss_mb() for name, s in samples.items()}
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        time.sleep(0.5)
+        for name, s in samples.items():
+            peak[name] = max(peak[name], s.rss_mb())
+    wall = time.monotonic() - began
+    return {
+        name: {
+            "cpu_pct": round(100 * (s.cpu_s() - cpu0[name]) / wall, 1),
+            "rss_mb": round(peak[name], 1),
+        }
+        for name, s in samples.items()
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+def face_payload() -> bytes:
+    """A real face JPEG (the synthetic scene's asset, 12 KB)."""
+    from importlib import resources
+
+    return resources.files("facefleet").joinpath("assets", "astronaut_face.jpg").read_bytes()
+
+
+class FacePublisher:
+    """Publishes valid face messages (contract properties, ts = now) at QoS 1."""
+
+    def __init__(self, settings: MqttSettings, node: str, prefix: str = "facefleet") -> None:
+        self.node = node
+        self.topic = f"{prefix}/{node}/faces"
+        self.payload = face_payload()
+        self.sha = hashlib.sha256(self.payload).hexdigest()
+        self.client = make_client(settings, f"bench-faces-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+        self.sent: dict[str, str] = {}  # id -> ts
+        start(self.client, settings)
+        wait_until(self.client.is_connected, 15, "face publisher connected")
+
+    def publish(self, track: int = 1) -> str:
+        meta = FaceMeta(
+            id=new_face_id(),
+            node=self.node,
+            track=track,
+            ts=utc_timestamp(),
+            box=(100, 80, 120, 140),
+            score=0.95,
+            frame=(640, 480),
+            detector="bench",
+            sha256=self.sha,
+            content_type="image/jpeg",
+        )
+        props = publish_properties(meta.content_type, meta.user_properties())
+        self.infos.append(self.client.publish(self.topic, self.payload, qos=1, properties=props))
+        self.sent[meta.id] = meta.ts
+        return meta.id
+
+    def wait_acked(self, timeout_s: float) -> None:
+        wait_until(lambda: all(i.is_published() for i in self.infos), timeout_s, "PUBACKs")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,114 @@
+"""1. Detector speed and accuracy: yunet vs haar vs the homework's configuration.
+
+Each configuration runs the real detector service code (capture and decode, detection, tracking,
+encoding, QoS 1 publishing to a real mosquitto) in a child process pinned to one CPU with
+OpenCV limited to one thread; the broker is pinned to the other CPU. Accuracy is measured on the
+labelled photographs in ../shared/data/faces with the same detection settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.accuracy import recall_precision
+from bench.common import ROOT, mqtt_table, progress, shared_dir
+from facefleet.config import build
+from facefleet.detector.settings import DetectionSettings
+from facefleet.localbroker import LocalBroker
+
+MODEL = "models/face_detection_yunet_2023mar.onnx"
+CLIP = "data/videos/short_hamilton_clip.mp4"
+
+
+def configurations(model: str) -> dict[str, dict[str, Any]]:
+    """Detector settings per configuration. The homework ran Haar at scale 1.3 on the full
+    frame and published every face of every frame as PNG."""
+    return {
+        "yunet": {"detection": {"backend": "yunet", "model": model}},
+        "haar": {"detection": {"backend": "haar"}},
+        "homework": {
+            "detection": {"backend": "haar", "haar_scale_factor": 1.3, "detect_width": 4096},
+            "publish": {"mode": "every-frame", "encoding": "png"},
+        },
+    }
+
+
+def pin(pid: int, cpu: int) -> None:
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def run_one(
+    broker: LocalBroker, name: str, settings: dict[str, Any], source: str
+) -> dict[str, Any]:
+    config = {
+        "node": "bench-detector",
+        "heartbeat_s": 5.0,
+        "mqtt": mqtt_table(broker.settings_for()),
+        "camera": {"source": source, "loop": False, "realtime": False},
+        "publish": {"max_queued": 100000, "flush_timeout_s": 60.0},
+        **{k: v for k, v in settings.items() if k != "publish"},
+    }
+    config["publish"] = {**config["publish"], **settings.get("publish", {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
+    command = [sys.executable, "-m", "bench.detector_worker", json.dumps(config)]
+    if (os.cpu_count() or 1) > 1:
+        command = ["taskset", "-c", "0", *command]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"detector {name} on {source} failed: {result.stderr.strip()[-800:]}")
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def run(workdir: Path, quick: bool) -> dict[str, Any]:
+    shared = shared_dir()
+    model = shared / MODEL
+    clip = shared / CLIP
+    if not model.is_file() or not clip.is_file():
+        raise RuntimeError(f"shared data missing under {shared} (set FACEFLEET_SHARED)")
+    seconds = 4 if quick else 20
+    inputs = {"synthetic": f"synthetic:?persons=6&seconds={seconds}&fps=15&size=640x480&seed=1"}
+    if not quick:
+        inputs["clip"] = str(clip)
+    configs = configurations(str(model))
+    out: dict[str, Any] = {
+        "fps": {},
+        "fps_synthetic_640x480": {},
+        "fps_clip_640x360": {},
+        "runs": {},
+        "accuracy": {},
+        "inputs": inputs,
+        "configurations": configs,
+        "note": "fps: synthetic input at 640x480 (the clip is 640x360), one CPU, "
+        "capture + detection + tracking + encoding + QoS 1 publish to mosquitto",
+    }
+    with LocalBroker("edge", workdir=workdir / "detector-broker") as broker:
+        assert broker.process is not None
+        pin(broker.process.pid, 1)
+        for input_name, source in inputs.items():
+            for name, settings in configs.items():
+                figures = run_one(broker, name, settings, source)
+                out["runs"][f"{name}/{input_name}"] = figures
+                key = "fps_synthetic_640x480" if input_name == "synthetic" else "fps_clip_640x360"
+                out[key][name] = figures["fps"]
+                progress(
+                    f"detector {name:8s} on {input_name:9s}: {figures['fps']:6.1f} fps "
+                    f"({figures['frames']} frames, {figures['published']} published)"
+                )
+    out["fps"] = dict(out["fps_synthetic_640x480"])
+    faces = shared / "data" / "faces"
+    for name, settings in configs.items():
+        detection = build(DetectionSettings, settings["detection"], "<bench>")
+        out["accuracy"][name] = recall_precision(replace(detection), faces)
+        acc = out["accuracy"][name]
+        progress(f"accuracy {name:8s}: recall {acc['recall']:.3f} precision {acc['precision']:.3f}")
+    homework = out["fps"]["homework"] or 1.0
+    out["speedup_vs_homework"] = {k: round(v / homework, 2) for k, v in out["fps"].items()}
+    return out

@@ -1,0 +1,311 @@
+"""3. The facefleet forwarder vs a Mosquitto bridge, edge broker -> cloud broker.
+
+Both relay `facefleet/<node>/#` from a plain edge mosquitto to the cloud mosquitto (TLS, client
+certificate CN = node, the fleet ACL), QoS 1 on both hops, persistent sessions, persistence on:
+- forwarder: `facefleet forwarder` with its SQLite spool (fsync per batch), default settings;
+- bridge: a `connection` block in the edge broker's own config (MQTT v5, cleansession false,
+  QoS 1, TLS with the node's certificate), the edge broker's persistence on.
+Throughput: N messages of 32 KB published at QoS 1 to the edge broker as fast as the publisher
+goes; rate = N / (last arrival at a QoS 1 subscriber on the cloud broker - first publish). The
+harness ceiling (publisher straight to the cloud broker) is measured too.
+Outage: messages at a fixed rate before, during and after a cloud broker outage of fixed length
+(clean stop, restart on the same port with its persistence); lost = published - distinct
+arrived once the relay has drained (or a deadline passed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from bench.common import Service, StatusBoard, mqtt_table, progress, wait_until
+from facefleet.contract import faces_topic
+from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
+from facefleet.mqtt import MqttSettings, make_client, start
+
+NODE = "bench-edge"
+PAYLOAD_BYTES = 32 * 1024
+RECONNECT_MAX_S = 2
+
+
+@dataclass
+class BridgedEdge(LocalBroker):
+    """An edge broker whose config carries a bridge `connection` block to the cloud broker."""
+
+    cloud: LocalBroker | None = None
+    node: str = NODE
+
+    def write_config(self) -> None:
+        super().write_config()
+        assert self.cloud is not None
+        cert = self.cloud.client_cert(self.node)
+        bridge = [
+            "",
+            "connection cloud",
+            f"address {self.cloud.host}:{self.cloud.port}",
+            "bridge_protocol_version mqttv50",
+            "cleansession false",
+            "local_cleansession false",
+            f"remote_clientid facefleet-bridge-{self.node}",
+            f"local_clientid facefleet-bridge-local-{self.node}",
+            f"topic {self.prefix}/{self.node}/# out 1",
+            "try_private false",
+            f"restart_timeout 1 {RECONNECT_MAX_S}",
+            f"bridge_cafile {self.cloud.ca_file}",
+            f"bridge_certfile {cert.cert}",
+            f"bridge_keyfile {cert.key}",
+            "bridge_tls_version tlsv1.2",
+        ]
+        with open(self.config_path, "a") as handle:
+            handle.write("\n".join(bridge) + "\n")
+
+
+@dataclass
+class Subscriber:
+    """QoS 1 subscriber on the cloud broker with a persistent session; counts distinct
+    sequence numbers and the time of each first arrival."""
+
+    settings: MqttSettings
+    topic: str
+    arrivals: dict[int, float] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.client = make_client(self.settings, f"bench-sub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
+        self.client.on_message = self._on_message
+        start(self.client, self.settings, persistent=True)
+        wait_until(self.client.is_connected, 15, "subscriber connected")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if len(msg.payload) < 8:
+            return
+        (seq,) = struct.unpack_from(">Q", msg.payload)
+        now = time.monotonic()
+        with self.lock:
+            if seq in self.arrivals:
+                self.duplicates += 1
+            else:
+                self.arrivals[seq] = now
+
+    def count(self, seqs: range) -> int:
+        with self.lock:
+            return sum(1 for s in seqs if s in self.arrivals)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """QoS 1 publisher of numbered 32 KB messages on the faces topic of NODE."""
+
+    def __init__(self, settings: MqttSettings, prefix: str = "facefleet") -> None:
+        self.topic = faces_topic(prefix, NODE)
+        self.client = make_client(settings, f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.filler = os.urandom(PAYLOAD_BYTES - 8)
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+        start(self.client, settings)
+        wait_until(self.client.is_connected, 15, "publisher connected")
+
+    def publish(self, seq: int) -> None:
+        payload = struct.pack(">Q", seq) + self.filler
+        self.infos.append(self.client.publish(self.topic, payload, qos=1))
+
+    def wait_acked(self, timeout_s: float) -> None:
+        wait_until(lambda: all(i.is_published() for i in self.infos), timeout_s, "edge PUBACKs")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Relay:
+    """One relay under test between a fresh edge and cloud broker."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir / kind
+        self.cloud = LocalBroker("cloud", workdir=self.workdir / "cloud", processors=())
+        self.edge: LocalBroker
+        if kind == "bridge":
+            self.edge = BridgedEdge("edge", workdir=self.workdir / "edge", cloud=self.cloud)
+        else:
+            self.edge = LocalBroker("edge", workdir=self.workdir / "edge")
+        self.forwarder: Service | None = None
+
+    def start(self) -> None:
+        self.cloud.start()
+        self.edge.start()
+        if self.kind == "forwarder":
+            config = {
+                "node": NODE,
+                "heartbeat_s": 2.0,
+                "edge": mqtt_table(self.edge.settings_for()),
+                "cloud": mqtt_table(self.cloud.settings_for(NODE), reconnect_max_s=RECONNECT_MAX_S),
+                "spool": {"path": str(self.workdir / "spool" / "spool.sqlite")},
+            }
+            self.forwarder = Service("forwarder", config, self.workdir).start()
+            board = StatusBoard(self.cloud.settings_for(MONITOR_IDENTITY))
+            try:
+                wait_until(lambda: board.online(NODE, "forwarder"), 30, "forwarder online")
+            finally:
+                board.close()
+
+    def subscriber(self) -> Subscriber:
+        settings = self.cloud.settings_for(MONITOR_IDENTITY)
+        return Subscriber(
+            MqttSettings(**{**settings.__dict__, "reconnect_max_s": RECONNECT_MAX_S}),
+            faces_topic("facefleet", NODE),
+        )
+
+    def warm_up(self, sub: Subscriber, pub: Publisher) -> None:
+        """One message through, so the relay is connected end to end before timing."""
+        pub.publish(10**9)
+        wait_until(lambda: 10**9 in sub.arrivals, 30, f"{self.kind}: first message relayed")
+
+    def stop(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        self.edge.cleanup()
+        self.cloud.cleanup()
+
+
+def throughput(relay: Relay, count: int) -> dict[str, Any]:
+    sub = relay.subscriber()
+    pub = Publisher(relay.edge.settings_for())
+    try:
+        relay.warm_up(sub, pub)
+        began = time.monotonic()
+        for seq in range(count):
+            pub.publish(seq)
+        wait_until(lambda: sub.count(range(count)) == count, 300, f"{relay.kind}: {count} relayed")
+        seconds = max(sub.arrivals[s] for s in range(count)) - began
+    finally:
+        pub.close()
+        sub.close()
+    return {
+        "messages": count,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds, 1),
+        "mb_per_s": round(count * PAYLOAD_BYTES / seconds / 1e6, 2),
+    }
+
+
+def ceiling(workdir: Path, count: int) -> dict[str, Any]:
+    """The harness alone: publisher straight to the cloud broker, same subscriber."""
+    with LocalBroker("cloud", workdir=workdir / "ceiling", processors=()) as cloud:
+        settings = cloud.settings_for(MONITOR_IDENTITY)
+        sub = Subscriber(settings, faces_topic("facefleet", NODE))
+        pub = Publisher(cloud.settings_for(NODE))
+        try:
+            began = time.monotonic()
+            for seq in range(count):
+                pub.publish(seq)
+            wait_until(lambda: sub.count(range(count)) == count, 300, "ceiling")
+            seconds = max(sub.arrivals[s] for s in range(count)) - began
+        finally:
+            pub.close()
+            sub.close()
+    return {
+        "msgs_per_s": round(count / seconds, 1),
+        "mb_per_s": round(count * PAYLOAD_BYTES / seconds / 1e6, 2),
+    }
+
+
+def outage(
+    relay: Relay, rate: float, before_s: float, outage_s: float, after_s: float
+) -> dict[str, Any]:
+    sub = relay.subscriber()
+    pub = Publisher(relay.edge.settings_for())
+    seq = 0
+    period = 1.0 / rate
+
+    def publish_for(seconds: float) -> None:
+        nonlocal seq
+        end = time.monotonic() + seconds
+        next_at = time.monotonic()
+        while time.monotonic() < end:
+            pub.publish(seq)
+            seq += 1
+            next_at += period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    try:
+        relay.warm_up(sub, pub)
+        publish_for(before_s)
+        relay.cloud.stop()
+        down_at = time.monotonic()
+        publish_for(outage_s - 0.2)
+        time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
+        relay.cloud.start()
+        restored = time.monotonic()
+        publish_for(after_s)
+        pub.wait_acked(30)
+        published = seq
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: sub.count(range(published)) == published, 60, "drained")
+        arrived = sub.count(range(published))
+        caught_up = (
+            max(sub.arrivals[s] for s in range(published) if s in sub.arrivals) - restored
+            if arrived
+            else None
+        )
+    finally:
+        pub.close()
+        sub.close()
+    return {
+        "published": published,
+        "arrived": arrived,
+        "lost": published - arrived,
+        "duplicates": sub.duplicates,
+        "caught_up_s_after_restore": round(caught_up, 2) if caught_up is not None else None,
+    }
+
+
+def run(workdir: Path, quick: bool) -> dict[str, Any]:
+    count = 200 if quick else 2000
+    rate, before_s, outage_s, after_s = (50.0, 1.0, 3.0, 1.0) if quick else (50.0, 3.0, 10.0, 3.0)
+    out: dict[str, Any] = {}
+    for kind in ("forwarder", "bridge"):
+        relay = Relay(kind, workdir)
+        try:
+            relay.start()
+            figures = throughput(relay, count)
+            progress(
+                f"relay {kind:9s}: {figures['msgs_per_s']:7.1f} msgs/s "
+                f"{figures['mb_per_s']:6.2f} MB/s ({count} x 32 KB, QoS 1, TLS uplink)"
+            )
+            lost = outage(relay, rate, before_s, outage_s, after_s)
+            progress(
+                f"relay {kind:9s}: {outage_s:.0f} s cloud outage: {lost['published']} published, "
+                f"{lost['lost']} lost, {lost['duplicates']} duplicates"
+            )
+        finally:
+            relay.stop()
+        out[kind] = {**figures, "lost_in_outage": lost["lost"], "outage": lost}
+    harness = ceiling(workdir, count)
+    progress(f"relay harness ceiling (no relay): {harness['msgs_per_s']:.1f} msgs/s")
+    out["harness_ceiling"] = harness
+    out["outage_s"] = outage_s
+    out["conditions"] = (
+        f"loopback, edge mosquitto plain -> cloud mosquitto TLS 1.2 with client certificates; "
+        f"{PAYLOAD_BYTES // 1024} KB payloads, QoS 1; outage = cloud broker stopped cleanly "
+        f"for {outage_s:.0f} s while {rate:.0f} msgs/s are published, then restarted on the "
+        f"same port with its persistence; reconnect backoff 1..{RECONNECT_MAX_S} s for both"
+    )
+    out["forwarder_over_bridge"] = round(
+        out["forwarder"]["msgs_per_s"] / max(0.1, out["bridge"]["msgs_per_s"]), 2
+    )
+    return out

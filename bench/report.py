@@ -1,0 +1,253 @@
+"""The results as a Markdown table and PNG charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "detector": "yunet >= 60 fps",
+    "uplink": ">= 20x fewer bytes, 0 missed",
+    "relay": "forwarder >= bridge",
+    "processor": "2 replicas >= 1.7x",
+}
+
+
+def _get(results: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    value: Any = results
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def targets(results: dict[str, Any]) -> dict[str, bool | None]:
+    """Each target of the issue: met (True), missed (False) or not measured (None)."""
+
+    def check(*keys: str) -> list[Any] | None:
+        values = [_get(results, k) for k in keys]
+        return None if any(v is None for v in values) else values
+
+    out: dict[str, bool | None] = {}
+    v = check("detector.fps.yunet")
+    out["detector"] = None if v is None else v[0] >= 60
+    v = check(
+        "uplink.bytes_per_person.default",
+        "uplink.bytes_per_person.homework",
+        "uplink.persons_missed.default",
+    )
+    out["uplink"] = None if v is None else (v[1] >= 20 * v[0] and v[2] == 0)
+    v = check("forwarder.msgs_per_s", "bridge.msgs_per_s")
+    out["relay"] = None if v is None else v[0] >= v[1]
+    v = check("processor.faces_per_s.1", "processor.faces_per_s.2")
+    out["processor"] = None if v is None else v[1] >= 1.7 * v[0]
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    r = results
+    met = targets(r)
+
+    def mark(name: str) -> str:
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[met.get(name)]
+        return f"{TARGETS[name]}: {verdict}"
+
+    rows: list[tuple[str, str, str, str, str]] = []
+    for name in ("yunet", "haar"):
+        fps, base = _get(r, f"detector.fps.{name}"), _get(r, "detector.fps.homework")
+        rows.append(
+            (
+                f"detector fps, {name}, synthetic 640x480, 1 CPU",
+                _num(fps),
+                f"homework {_num(base)}",
+                _ratio(fps, base),
+                mark("detector") if name == "yunet" else "",
+            )
+        )
+        fps, base = (
+            _get(r, f"detector.fps_clip_640x360.{name}"),
+            _get(r, "detector.fps_clip_640x360.homework"),
+        )
+        rows.append(
+            (f"detector fps, {name}, clip 640x360", _num(fps), f"homework {_num(base)}",
+             _ratio(fps, base), "")
+        )  # fmt: skip
+    for name in ("yunet", "haar"):
+        acc, base = (
+            _get(r, f"detector.accuracy.{name}", {}),
+            _get(r, "detector.accuracy.homework", {}),
+        )
+        rows.append(
+            (
+                f"recall / precision, {name}, 43 labelled faces",
+                f"{_num(acc.get('recall'), 3)} / {_num(acc.get('precision'), 3)}",
+                f"homework {_num(base.get('recall'), 3)} / {_num(base.get('precision'), 3)}",
+                "",
+                "",
+            )
+        )
+    persons = _get(r, "uplink.inputs.synthetic.persons")
+    d, h = _get(r, "uplink.bytes_per_person.default"), _get(r, "uplink.bytes_per_person.homework")
+    rows.append(
+        (f"uplink bytes per person, synthetic ({persons} persons)", _num(d), f"homework {_num(h)}",
+         _ratio(h, d) + " fewer" if d else "-", mark("uplink"))
+    )  # fmt: skip
+    d, h = (
+        _get(r, "uplink.messages_per_person.default"),
+        _get(r, "uplink.messages_per_person.homework"),
+    )
+    rows.append(("uplink messages per person, synthetic", _num(d, 2), f"homework {_num(h, 2)}",
+                 _ratio(h, d) + " fewer" if d else "-", ""))  # fmt: skip
+    clip = _get(r, "uplink.inputs.clip.modes", {})
+    if clip:
+        d = clip.get("default", {}).get("bytes_per_person")
+        h = clip.get("homework", {}).get("bytes_per_person")
+        rows.append(("uplink bytes per track, clip", _num(d), f"homework {_num(h)}",
+                     _ratio(h, d) + " fewer" if d else "-", ""))  # fmt: skip
+    rows.append(
+        ("persons missed, synthetic", _num(_get(r, "uplink.persons_missed.default")),
+         f"homework {_num(_get(r, 'uplink.persons_missed.homework'))}", "", "")
+    )  # fmt: skip
+    f, b = _get(r, "forwarder.msgs_per_s"), _get(r, "bridge.msgs_per_s")
+    rows.append(("relay msgs/s, 32 KB QoS 1, edge -> cloud (TLS)", _num(f), f"bridge {_num(b)}",
+                 _ratio(f, b), mark("relay")))  # fmt: skip
+    f, b = _get(r, "forwarder.mb_per_s"), _get(r, "bridge.mb_per_s")
+    rows.append(("relay MB/s", _num(f, 2), f"bridge {_num(b, 2)}", _ratio(f, b), ""))
+    outage = _get(r, "relay.outage_s")
+    rows.append(
+        (f"messages lost in a {_num(outage, 0)} s cloud outage",
+         f"{_num(_get(r, 'forwarder.lost_in_outage'))} of "
+         f"{_num(_get(r, 'forwarder.outage.published'))}",
+         f"bridge {_num(_get(r, 'bridge.lost_in_outage'))} of "
+         f"{_num(_get(r, 'bridge.outage.published'))}", "", "")
+    )  # fmt: skip
+    lat = _get(r, "latency_ms", {})
+    rows.append(
+        (f"latency capture -> stored, ms, {_num(lat.get('rate_per_s'), 0)} faces/s (loopback)",
+         f"p50 {_num(lat.get('p50'), 0)} / p95 {_num(lat.get('p95'), 0)} / "
+         f"p99 {_num(lat.get('p99'), 0)}", "", "", "")
+    )  # fmt: skip
+    one = _get(r, "processor.faces_per_s.1")
+    for n in ("1", "2", "4"):
+        value = _get(r, f"processor.faces_per_s.{n}")
+        rows.append(
+            (f"processor faces/s, {n} replica(s), moto S3", _num(value), f"1 replica {_num(one)}",
+             _ratio(value, one), mark("processor") if n == "2" else "")
+        )  # fmt: skip
+    lines = [
+        "| measurement | facefleet | baseline | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    foot = _get(r, "footprint", {})
+    if foot.get("idle"):
+        lines += [
+            "",
+            "| service | idle CPU % | idle RSS MB | load CPU % | load RSS MB |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for service in ("detector", "logger", "forwarder", "processor"):
+            idle, load = foot["idle"].get(service, {}), foot.get("load", {}).get(service, {})
+            lines.append(
+                f"| {service} | {_num(idle.get('cpu_pct'))} | {_num(idle.get('rss_mb'))} | "
+                f"{_num(load.get('cpu_pct'))} | {_num(load.get('rss_mb'))} |"
+            )
+    lines += ["", f"Machine: {r.get('machine', '?')}."]
+    if r.get("load_average"):
+        lines.append(f"Load average (1 min) at start and end: {r['load_average']}.")
+    return "\n".join(lines) + "\n"
+
+
+def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """detector.png (speed and accuracy side by side), latency.png (distribution),
+    scaling.png (relay and processor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    det = results.get("detector") or {}
+    if det.get("fps"):
+        names = list(det["fps"])
+        fig, (speed, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
+        width = 0.38
+        xs = range(len(names))
+        speed.bar([x - width / 2 for x in xs], [det["fps"][n] for n in names], width,
+                  label="synthetic 640x480")  # fmt: skip
+        clip = det.get("fps_clip_640x360", {})
+        speed.bar([x + width / 2 for x in xs], [clip.get(n, 0) for n in names], width,
+                  label="clip 640x360")  # fmt: skip
+        speed.axhline(60, color="grey", linestyle="--", linewidth=1, label="target 60 fps")
+        speed.set_xticks(list(xs), names)
+        speed.set_ylabel("frames per second (1 CPU, incl. publish)")
+        speed.set_title("detector speed")
+        speed.legend(fontsize=8)
+        acc = det.get("accuracy", {})
+        accuracy.bar([x - width / 2 for x in xs], [acc.get(n, {}).get("recall", 0) for n in names],
+                     width, label="recall")  # fmt: skip
+        accuracy.bar([x + width / 2 for x in xs],
+                     [acc.get(n, {}).get("precision", 0) for n in names], width,
+                     label="precision")  # fmt: skip
+        accuracy.set_xticks(list(xs), names)
+        accuracy.set_ylim(0, 1.05)
+        accuracy.set_title("accuracy on 43 labelled faces")
+        accuracy.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        path = out_dir / "detector.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    lat = results.get("latency_ms") or {}
+    if lat.get("samples"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.hist(lat["samples"], bins=40, color="tab:blue")
+        for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+            ax.axvline(lat[q], color="black", linestyle=style, label=f"{q} {lat[q]:.0f} ms")
+        ax.set_xlabel("capture -> stored in S3, ms")
+        ax.set_ylabel("faces")
+        ax.set_title(f"end-to-end latency at {lat.get('rate_per_s', 0):.0f} faces/s (loopback)")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "latency.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    proc = _get(results, "processor.faces_per_s", {})
+    fwd, bridge = _get(results, "forwarder.msgs_per_s"), _get(results, "bridge.msgs_per_s")
+    if proc or fwd:
+        fig, (relay, scaling) = plt.subplots(1, 2, figsize=(10, 4))
+        if fwd is not None and bridge is not None:
+            relay.bar(["forwarder", "mosquitto bridge"], [fwd, bridge], color=["tab:blue", "grey"])
+            relay.set_ylabel("32 KB QoS 1 messages per second")
+            relay.set_title("edge -> cloud relay")
+        if proc:
+            scaling.plot([int(k) for k in proc], list(proc.values()), marker="o")
+            scaling.set_xticks([int(k) for k in proc])
+            scaling.set_xlabel("processor replicas")
+            scaling.set_ylabel("faces stored per second")
+            scaling.set_title("processor scaling (moto S3)")
+            scaling.set_ylim(bottom=0)
+        fig.tight_layout()
+        path = out_dir / "scaling.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

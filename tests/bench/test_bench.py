@@ -1,0 +1,77 @@
+"""Smoke test of the benchmark harness: `python -m bench --quick` with tiny sizes, so the
+harness cannot rot. It checks the outputs and the results interface, not the speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, require_shared
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.s3, pytest.mark.shared]
+
+KEYS = (
+    "detector.fps.yunet",
+    "detector.fps.haar",
+    "detector.fps.homework",
+    "uplink.bytes_per_person.default",
+    "uplink.bytes_per_person.homework",
+    "uplink.persons_missed.default",
+    "forwarder.msgs_per_s",
+    "bridge.msgs_per_s",
+    "forwarder.lost_in_outage",
+    "bridge.lost_in_outage",
+    "latency_ms.p50",
+    "latency_ms.p99",
+    "processor.faces_per_s.1",
+    "processor.faces_per_s.2",
+    "processor.faces_per_s.4",
+)
+
+
+def lookup(results: dict[str, object], dotted: str) -> object:
+    value: object = results
+    for part in dotted.split("."):
+        assert isinstance(value, dict) and part in value, f"results.json lacks {dotted}"
+        value = value[part]
+    return value
+
+
+def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
+    require_shared("models", "face_detection_yunet_2023mar.onnx")
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "[bench " in run.stdout  # progress lines while it runs
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in KEYS:
+        value = lookup(results, key)
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+    assert results["machine"] and isinstance(results["machine"], str)
+    assert results["errors"] == {}
+    # ground truth of the synthetic scene: the default mode misses nobody, and the homework's
+    # every-frame PNG mode costs more bytes per person
+    assert lookup(results, "uplink.persons_missed.default") == 0
+    assert lookup(results, "uplink.bytes_per_person.homework") > lookup(  # type: ignore[operator]
+        results, "uplink.bytes_per_person.default"
+    )
+    assert lookup(results, "forwarder.lost_in_outage") == 0
+    assert results["latency_ms"]["faces"] > 0
+    assert results["latency_ms"]["where"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| measurement |" in table
+    assert table.strip() in run.stdout  # the table is printed too
+    for chart in ("detector.png", "latency.png", "scaling.png"):
+        assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
