@@ -44,6 +44,9 @@ CONFIG_CLASS = ForwarderConfig
 #: Messages the edge broker may send before we acknowledge (MQTT v5 Receive Maximum).
 EDGE_RECEIVE_MAXIMUM = 256
 WRITE_BATCH = 256
+#: Acknowledged messages are deleted from the spool in batches of this size, or this often.
+DELETE_BATCH = 256
+DELETE_EVERY_S = 0.25
 
 
 def check(cfg: ForwarderConfig) -> None:
@@ -83,6 +86,8 @@ class Forwarder:
         self.pubacks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.inflight: dict[int, _InFlight] = {}
+        self._acked: list[int] = []  # acknowledged by the cloud, not yet deleted
+        self._deleted_at = time.monotonic()
         self.forwarded = 0
         self.uplink_bytes = 0
         self.uplink_face_bytes = 0
@@ -200,8 +205,22 @@ class Forwarder:
             self.uplink_bytes += entry.size
             if entry.is_face:
                 self.uplink_face_bytes += entry.size
-        if done:
-            self.spool.delete_many(done)
+        # Deletes are batched: each one waits for the writer's commit, and a delete that is
+        # late (or lost in a crash) only means the message is sent again, to the same key.
+        self._acked.extend(done)
+        now = time.monotonic()
+        if (
+            len(self._acked) >= DELETE_BATCH
+            or not self.inflight
+            or now - self._deleted_at >= DELETE_EVERY_S
+        ):
+            self._delete_acked()
+
+    def _delete_acked(self) -> None:
+        if self._acked:
+            self.spool.delete_many(self._acked)
+            self._acked = []
+        self._deleted_at = time.monotonic()
 
     def _send_loop(self) -> None:
         last_sent = 0
@@ -261,6 +280,7 @@ class Forwarder:
             self.edge.disconnect()  # anything not acknowledged stays queued at the broker
             sender.join(timeout=5)
             self._settle_pubacks()
+            self._delete_acked()
             self.cloud_heartbeat.stop()
             self.cloud.disconnect()
             self.cloud.loop_stop()
