@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.common import (
     FacePublisher,
+    ProcSample,
     S3Server,
     Service,
     StatusBoard,
@@ -81,8 +82,13 @@ def drain(workdir: Path, s3: S3Server, replicas: int, backlog: int) -> dict[str,
             finally:
                 s3.thaw()
             began = time.monotonic()
+            assert s3.process is not None
+            watched = {n: ProcSample(s.pid) for n, s in zip(nodes, services, strict=True)}
+            watched["s3"] = ProcSample(s3.process.pid)
+            cpu0 = {n: p.cpu_s() for n, p in watched.items()}
             wait_until(lambda: stored(board, nodes) >= backlog, 600, f"{backlog} stored")
             seconds = time.monotonic() - began
+            cpu = {n: round(100 * (p.cpu_s() - cpu0[n]) / seconds) for n, p in watched.items()}
             per_replica = {n: int(board.get(n, "processor").get("stored", 0)) for n in nodes}
         finally:
             for service in services:
@@ -94,6 +100,7 @@ def drain(workdir: Path, s3: S3Server, replicas: int, backlog: int) -> dict[str,
         "seconds": round(seconds, 2),
         "faces_per_s": round(backlog / seconds, 1),
         "stored_per_replica": per_replica,
+        "cpu_pct": cpu,
     }
 
 
@@ -108,7 +115,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
             out["runs"][str(replicas)] = figures
             progress(
                 f"processor x{replicas}: {figures['faces_per_s']:6.1f} faces/s "
-                f"({backlog} faces in {figures['seconds']:.1f} s; {figures['stored_per_replica']})"
+                f"({backlog} faces in {figures['seconds']:.1f} s; CPU % {figures['cpu_pct']})"
             )
     finally:
         s3.stop()
