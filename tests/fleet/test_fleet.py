@@ -1,0 +1,297 @@
+"""site.yml on the systemd-nspawn lab: deploy, idempotence, host state, and the fleet at work.
+
+Real hosts with systemd, real mosquitto (TLS + ACL), the real services from the offline
+wheelhouse, moto's S3 server on the cloud host. Traffic goes only to the lab hosts' addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+import uuid
+from typing import Any
+
+import boto3
+import paho.mqtt.client as mqtt
+import pytest
+from botocore.config import Config
+from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+
+from facefleet.contract import SERVICES
+from facefleet.mqtt import MqttSettings, make_client, start
+from tests.fleet.conftest import PKI_DIR, Lab
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+BROKER_PORT = 8883
+EDGE_SERVICES = ("detector", "logger", "forwarder")
+MAX_EXPOSURE = 3.0
+
+
+def settings(lab: Lab, identity: str) -> MqttSettings:
+    return MqttSettings(
+        host=lab.hosts[lab.cloud],
+        port=BROKER_PORT,
+        tls=True,
+        ca_file=str(PKI_DIR / "ca.crt"),
+        cert_file=str(PKI_DIR / f"{identity}.crt"),
+        key_file=str(PKI_DIR / f"{identity}.key"),
+    )
+
+
+class Collector:
+    """A client on the cloud broker that records what it receives on `topics`."""
+
+    def __init__(self, lab: Lab, identity: str, topics: list[str]) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._settings = settings(lab, identity)
+        self.client = make_client(self._settings, f"fleet-test-{uuid.uuid4().hex[:8]}")
+
+        def on_connect(client: mqtt.Client, *_: Any) -> None:
+            client.subscribe([(t, 1) for t in topics])
+
+        def on_subscribe(*_: Any) -> None:
+            self.subscribed.set()
+
+        def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+            with self._lock:
+                self.messages.append(message)
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+
+    def __enter__(self) -> Collector:
+        start(self.client, self._settings)
+        assert self.subscribed.wait(20), "no SUBACK from the cloud broker"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def topics(self) -> set[str]:
+        with self._lock:
+            return {m.topic for m in self.messages}
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {m.topic: json.loads(m.payload) for m in self.messages if m.payload}
+
+
+# --- deployment ------------------------------------------------------------------------------
+
+
+def test_first_deploy_succeeds(lab: Lab) -> None:
+    first = lab.deploys[0]
+    assert first.returncode == 0, first.tail()
+    recap = first.recap()
+    assert set(recap) == set(lab.hosts), first.tail()
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), recap
+
+
+def test_second_deploy_changes_nothing(lab: Lab) -> None:
+    assert len(lab.deploys) == 2, "the first deploy failed"
+    second = lab.deploys[1]
+    assert second.returncode == 0, second.tail()
+    recap = second.recap()
+    assert set(recap) == set(lab.hosts), second.tail()
+    changed = {host: r["changed"] for host, r in recap.items() if r["changed"]}
+    assert not changed, f"second run changed something: {changed}\n{second.tail(120)}"
+
+
+# --- host state ------------------------------------------------------------------------------
+
+
+def test_every_unit_active_on_every_host(lab: Lab) -> None:
+    for host in lab.hosts:
+        units = lab.units(host)
+        states = lab.ssh(host, "systemctl is-active " + " ".join(units)).stdout.split()
+        assert dict(zip(units, states, strict=True)) == dict.fromkeys(units, "active"), host
+
+
+def test_service_users_files_and_modes(lab: Lab) -> None:
+    for host in lab.hosts:
+        services = ("processor",) if host == lab.cloud else EDGE_SERVICES
+        for service in services:
+            user = f"facefleet-{service}"
+            entry = lab.out(host, f"getent passwd {user}").split(":")
+            assert entry[6] == "/usr/sbin/nologin", entry
+            assert int(entry[2]) < 1000, f"{user} is not a system user"
+            stat = lab.out(host, f"stat -c '%U %G %a' /etc/facefleet/{service}.toml")
+            assert stat == f"root {user} 640"
+            unit = lab.out(
+                host,
+                f"systemctl show -p User -p NoNewPrivileges -p ProtectSystem -p ProtectHome "
+                f"-p PrivateTmp -p Restart -p RestartPreventExitStatus facefleet-{service}",
+            )
+            props = dict(line.split("=", 1) for line in unit.splitlines())
+            assert props["User"] == user
+            assert props["NoNewPrivileges"] == "yes"
+            assert props["ProtectSystem"] == "strict"
+            assert props["ProtectHome"] == "yes"
+            assert props["PrivateTmp"] == "yes"
+            assert props["Restart"] == "on-failure"
+            assert "2" in props["RestartPreventExitStatus"].split()
+        assert lab.out(host, "readlink -f /opt/facefleet/current").startswith(
+            "/opt/facefleet/releases/"
+        )
+    for edge in lab.edges:
+        assert "video" in lab.out(edge, "id -nG facefleet-detector").split()
+        assert lab.out(edge, "stat -c '%U %G %a' /etc/facefleet/tls/forwarder.key") == (
+            "root facefleet-forwarder 640"
+        )
+        assert lab.out(edge, "stat -c %U /var/lib/facefleet/forwarder/spool.sqlite") == (
+            "facefleet-forwarder"
+        )
+        audit = lab.out(edge, "stat -c '%U %s' /var/log/facefleet/audit.jsonl").split()
+        assert audit[0] == "facefleet-logger" and int(audit[1]) > 0
+    cloud = lab.cloud
+    assert lab.out(cloud, "stat -c '%U %G %a' /etc/facefleet/processor.env") == "root root 600"
+    assert lab.out(cloud, "stat -c '%U %G %a' /etc/mosquitto/certs/broker.key") == (
+        "root mosquitto 640"
+    )
+    assert lab.out(cloud, "stat -c '%U %G %a' /etc/facefleet/tls/processor.key") == (
+        "root facefleet-processor 640"
+    )
+
+
+def test_listening_sockets(lab: Lab) -> None:
+    for edge in lab.edges:
+        listeners = lab.out(edge, "ss -Hltn | awk '{print $4}'").split()
+        assert "127.0.0.1:1883" in listeners
+        assert not [a for a in listeners if a.endswith(":1883") and not a.startswith("127.")]
+    cloud = lab.out(lab.cloud, "ss -Hltnp | grep mosquitto | awk '{print $4}'").split()
+    assert cloud, "mosquitto listens on nothing"
+    assert all(a.rsplit(":", 1)[1] == str(BROKER_PORT) for a in cloud), cloud
+
+
+def test_units_exposure_at_most_three(lab: Lab) -> None:
+    exposure: dict[str, float] = {}
+    for host in (lab.cloud, lab.edges[0]):
+        services = ("processor",) if host == lab.cloud else EDGE_SERVICES
+        for service in services:
+            text = lab.out(host, f"systemd-analyze security facefleet-{service} | tail -1")
+            exposure[service] = float(
+                text.split("facefleet-" + service + ".service:")[1].split()[0]
+            )
+    lab.report["systemd_analyze_security"] = exposure
+    assert set(exposure) == set(SERVICES)
+    assert all(value <= MAX_EXPOSURE for value in exposure.values()), exposure
+
+
+# --- the fleet at work -----------------------------------------------------------------------
+
+
+def test_heartbeats_of_every_service_reach_the_cloud_broker(lab: Lab) -> None:
+    wanted = {f"facefleet/{edge}/status/{svc}" for edge in lab.edges for svc in EDGE_SERVICES}
+    wanted.add(f"facefleet/{lab.cloud}/status/processor")
+    with Collector(lab, "monitor", ["facefleet/+/status/+"]) as monitor:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not wanted <= monitor.topics():
+            time.sleep(1)
+        latest = monitor.latest()
+    missing = wanted - set(latest)
+    assert not missing, f"no heartbeat on {sorted(missing)}"
+    offline = {t: latest[t].get("state") for t in wanted if latest[t].get("state") != "online"}
+    assert not offline, offline
+
+
+def test_faces_from_every_edge_are_stored_with_metadata(lab: Lab) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{lab.hosts[lab.cloud]}:{LAB_S3_PORT}",
+        aws_access_key_id=LAB_S3_KEY_ID,
+        aws_secret_access_key=LAB_S3_SECRET,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20),
+    )
+    counts: dict[str, int] = {}
+    keys: dict[str, str] = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for edge in lab.edges:
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
+            )
+            found = [o["Key"] for page in pages for o in page.get("Contents", [])]
+            counts[edge] = len(found)
+            if found:
+                keys[edge] = found[0]
+        if all(counts.get(e) for e in lab.edges):
+            break
+        time.sleep(3)
+    lab.report["faces_stored_per_edge"] = counts
+    assert all(counts.get(e) for e in lab.edges), f"faces stored per edge: {counts}"
+    for edge, key in keys.items():
+        head = s3.head_object(Bucket=LAB_BUCKET, Key=key)
+        meta = head["Metadata"]
+        assert meta.get("node") == edge, meta
+        assert meta.get("id") and meta.get("sha256") and meta.get("ts"), meta
+        assert head["ContentType"] in ("image/jpeg", "image/png")
+        assert head["ContentLength"] > 0
+
+
+def test_plaintext_and_anonymous_connections_are_refused(lab: Lab) -> None:
+    address = lab.hosts[lab.cloud]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, 1883), timeout=5).close()
+    # plaintext MQTT on the TLS port: the broker never answers with a CONNACK
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    acked = threading.Event()
+    plain.on_connect = lambda *_: acked.set()
+    plain.connect_async(address, BROKER_PORT)
+    plain.loop_start()
+    try:
+        assert not acked.wait(5), "plaintext MQTT accepted on the TLS listener"
+    finally:
+        plain.loop_stop()
+    # TLS without a client certificate: the handshake fails (require_certificate)
+    error = tls_without_certificate(address)
+    assert error is not None, "TLS without a client certificate was accepted"
+
+
+def tls_without_certificate(address: str) -> Exception | None:
+    """The error a TLS client without a certificate gets from the broker (None: accepted)."""
+    context = ssl.create_default_context(cafile=str(PKI_DIR / "ca.crt"))
+    try:
+        with (
+            socket.create_connection((address, BROKER_PORT), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=address) as tls,
+        ):
+            # with TLS 1.3 the missing certificate is reported on the first read
+            tls.sendall(b"\x10\x00")
+            if not tls.recv(1):
+                return ConnectionError("closed by the broker")
+    except (ssl.SSLError, OSError) as exc:
+        return exc
+    return None
+
+
+def test_a_device_cannot_publish_under_another_device(lab: Lab) -> None:
+    intruder, victim = lab.edges[0], lab.edges[1]
+    marker = uuid.uuid4().hex.encode()
+    with Collector(lab, "monitor", [f"facefleet/{victim}/#", f"facefleet/{intruder}/#"]) as seen:
+        device = Collector(lab, intruder, [])
+        device.client.on_subscribe = None
+        device.client.on_connect = lambda *_: device.subscribed.set()
+        with device:
+            forged = device.client.publish(f"facefleet/{victim}/faces", marker, qos=1)
+            forged_status = device.client.publish(f"facefleet/{victim}/status/x", marker, qos=1)
+            own = device.client.publish(f"facefleet/{intruder}/acl-check", marker, qos=1)
+            for info in (forged, forged_status, own):
+                info.wait_for_publish(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and f"facefleet/{intruder}/acl-check" not in (
+                seen.topics()
+            ):
+                time.sleep(0.2)
+            time.sleep(2)
+        arrived = {m.topic for m in seen.messages if m.payload == marker}
+    assert f"facefleet/{intruder}/acl-check" in arrived, "the device's own topic did not work"
+    assert not {t for t in arrived if t.startswith(f"facefleet/{victim}/")}, arrived
