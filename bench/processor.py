@@ -49,9 +49,11 @@ def stored(board: StatusBoard, nodes: list[str]) -> int:
     return sum(int(board.get(n, "processor").get("stored", 0)) for n in nodes)
 
 
-def drain(workdir: Path, s3: S3Server, replicas: int, backlog: int) -> dict[str, Any]:
+def drain(
+    workdir: Path, s3: S3Server, replicas: int, backlog: int, round_no: int = 0
+) -> dict[str, Any]:
     nodes = [f"bench-proc-{i}" for i in range(1, replicas + 1)]
-    bucket = f"scaling-{replicas}"
+    bucket = f"scaling-{replicas}-{round_no}"
     s3.client().create_bucket(Bucket=bucket)
     here = workdir / f"processor-{replicas}"
     with LocalBroker("cloud", workdir=here / "cloud", processors=tuple(nodes)) as cloud:
@@ -105,24 +107,32 @@ def drain(workdir: Path, s3: S3Server, replicas: int, backlog: int) -> dict[str,
 
 
 def run(workdir: Path, quick: bool) -> dict[str, Any]:
-    backlog = 60 if quick else 600
+    """Rounds of 1, 2, 4 replicas, interleaved so that drift hits every count alike; the
+    best round of each count is reported."""
+    backlog, rounds = (60, 1) if quick else (1000, 2)
     out: dict[str, Any] = {"faces_per_s": {}, "runs": {}}
     s3 = S3Server().start()
     try:
-        for replicas in (1, 2, 4):
-            figures = drain(workdir, s3, replicas, backlog)
-            out["faces_per_s"][str(replicas)] = figures["faces_per_s"]
-            out["runs"][str(replicas)] = figures
-            progress(
-                f"processor x{replicas}: {figures['faces_per_s']:6.1f} faces/s "
-                f"({backlog} faces in {figures['seconds']:.1f} s; CPU % {figures['cpu_pct']})"
-            )
+        for round_no in range(rounds):
+            for replicas in (1, 2, 4):
+                figures = drain(workdir / f"round-{round_no}", s3, replicas, backlog, round_no)
+                key = str(replicas)
+                out["runs"].setdefault(key, []).append(figures)
+                out["faces_per_s"][key] = max(
+                    out["faces_per_s"].get(key, 0.0), figures["faces_per_s"]
+                )
+                progress(
+                    f"processor x{replicas}: {figures['faces_per_s']:6.1f} faces/s "
+                    f"({backlog} faces in {figures['seconds']:.1f} s; "
+                    f"CPU % {figures['cpu_pct']})"
+                )
     finally:
         s3.stop()
     one = out["faces_per_s"]["1"] or 1.0
     out["scaling_vs_1"] = {k: round(v / one, 2) for k, v in out["faces_per_s"].items()}
     out["conditions"] = (
         "cloud mosquitto (TLS, client certificates) and moto's S3 server on loopback, "
-        f"{backlog} queued 12 KB JPEG faces, each replica with its default 4 workers"
+        f"{backlog} queued 12 KB JPEG faces, each replica with its default 4 workers; best of "
+        f"{rounds} interleaved round(s); everything shares the machine's CPUs"
     )
     return out

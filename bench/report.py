@@ -89,6 +89,15 @@ def markdown(results: dict[str, Any]) -> str:
             (f"detector fps, {name}, clip 640x360", _num(fps), f"homework {_num(base)}",
              _ratio(fps, base), "")
         )  # fmt: skip
+    cpu, base = (
+        _get(r, "detector.fps_per_cpu_s_synthetic_640x480.yunet"),
+        _get(r, "detector.fps_per_cpu_s_synthetic_640x480.homework"),
+    )
+    if cpu is not None:
+        rows.append(
+            ("detector frames per CPU second, yunet, synthetic 640x480", _num(cpu),
+             f"homework {_num(base)}", _ratio(cpu, base), "")
+        )  # fmt: skip
     for name in ("yunet", "haar"):
         acc, base = (
             _get(r, f"detector.accuracy.{name}", {}),
