@@ -183,7 +183,8 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         "faces": len(latencies),
         "rate_per_s": rate,
         "samples": [round(v, 1) for v in latencies],
-        "where": "loopback on the bench machine (not the lab fleet): edge mosquitto -> "
+        "where": "loopback on the bench machine, not the lab fleet (make bench does not deploy "
+        "or drive the lab; see README, Benchmarks): edge mosquitto -> "
         "forwarder (SQLite spool) -> cloud mosquitto (TLS) -> processor -> moto S3 over HTTP, "
         f"real services as subprocesses, detector and logger running alongside; {rate:.0f} "
         "faces/s published into the edge broker with ts = capture time; stored = S3 PUT answered",
