@@ -64,6 +64,7 @@ class Deploy:
 class Lab:
     hosts: dict[str, str]
     groups: dict[str, list[str]]
+    source: Path
     deploys: list[Deploy] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -126,9 +127,13 @@ def snapshot_sources(directory: Path) -> Path:
     return directory
 
 
-def deploy(source: Path) -> Deploy:
+def deploy(source: Path, *options: str, **extra_vars: Any) -> Deploy:
     started = time.monotonic()
-    extra = {"facefleet_source_dir": str(source), "facefleet_bundle_dir": str(ROOT / ".wheelhouse")}
+    extra = {
+        "facefleet_source_dir": str(source),
+        "facefleet_bundle_dir": str(ROOT / ".wheelhouse"),
+        **extra_vars,
+    }
     result = subprocess.run(
         [
             str(Path(sys.executable).with_name("ansible-playbook")),
@@ -136,6 +141,7 @@ def deploy(source: Path) -> Deploy:
             str(INVENTORY),
             "--extra-vars",
             json.dumps(extra),
+            *options,
             "site.yml",
         ],
         cwd=ROOT,
@@ -169,8 +175,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             for g in ("cloud", "edge")
             for name, spec in inventory[g]["hosts"].items()
         }
-        the_lab = Lab(hosts, groups)
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
+        the_lab = Lab(hosts, groups, source)
         for _ in range(2):
             the_lab.deploys.append(deploy(source))
             if the_lab.deploys[-1].returncode != 0:

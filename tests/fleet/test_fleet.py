@@ -22,7 +22,7 @@ from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
 from facefleet.contract import SERVICES
 from facefleet.mqtt import MqttSettings, make_client, start
-from tests.fleet.conftest import PKI_DIR, Lab
+from tests.fleet.conftest import PKI_DIR, Lab, deploy
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -239,6 +239,9 @@ def test_faces_from_every_edge_are_stored_with_metadata(lab: Lab) -> None:
 
 def test_plaintext_and_anonymous_connections_are_refused(lab: Lab) -> None:
     address = lab.hosts[lab.cloud]
+    # control: the broker is up and takes a client with a fleet certificate
+    with Collector(lab, "monitor", ["facefleet/#"]) as monitor:
+        assert monitor.subscribed.is_set()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address, 1883), timeout=5).close()
     # plaintext MQTT on the TLS port: the broker never answers with a CONNACK
@@ -295,3 +298,25 @@ def test_a_device_cannot_publish_under_another_device(lab: Lab) -> None:
         arrived = {m.topic for m in seen.messages if m.payload == marker}
     assert f"facefleet/{intruder}/acl-check" in arrived, "the device's own topic did not work"
     assert not {t for t in arrived if t.startswith(f"facefleet/{victim}/")}, arrived
+
+
+def test_a_config_change_restarts_only_that_service(lab: Lab) -> None:
+    """Runs last: it leaves edge-1's detector with a different threshold."""
+    edge = lab.edges[0]
+    units = ("mosquitto", "facefleet-detector", "facefleet-logger", "facefleet-forwarder")
+
+    def started() -> dict[str, str]:
+        props = " ".join(f"{u}" for u in units)
+        text = lab.out(edge, f"systemctl show -p ActiveEnterTimestampMonotonic {props}")
+        return dict(zip(units, text.split(), strict=True))
+
+    before = started()
+    changed = deploy(lab.source, "--limit", edge, detector_score_threshold=0.71)
+    assert changed.returncode == 0, changed.tail()
+    assert changed.recap()[edge]["changed"] == 2, changed.tail(120)  # config + restart
+    after = started()
+    assert lab.out(edge, "grep -c 'score_threshold = 0.71' /etc/facefleet/detector.toml") == "1"
+    assert after["facefleet-detector"] != before["facefleet-detector"]
+    assert {u: after[u] for u in units[:1] + units[2:]} == {
+        u: before[u] for u in units[:1] + units[2:]
+    }
