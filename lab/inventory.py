@@ -53,6 +53,11 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
                 ),
                 "ansible_python_interpreter": "/usr/bin/python3",
+                # spelled out (they equal the defaults) for the monitor, which reads them here
+                "facefleet_prefix": "facefleet",
+                "facefleet_cloud_broker_host": cloud[0].address,
+                "facefleet_cloud_broker_port": 8883,
+                "facefleet_monitor_identity": "monitor",
                 "facefleet_pki_dir": str(pki_dir),
                 "facefleet_install_source": "wheelhouse",
                 "facefleet_bundle_extra_requirements": ["moto[server]"],
