@@ -27,7 +27,13 @@ def _service_runner(service: str) -> Callable[[argparse.Namespace], int]:
         from facefleet import config
         from facefleet.service import setup_logging
 
-        module = import_module(f"facefleet.{service}.service")
+        try:
+            module = import_module(f"facefleet.{service}.service")
+        except ImportError as exc:  # the detector and processor decode images with OpenCV
+            raise ConfigError(
+                f"'facefleet {service}' needs the 'opencv' extra "
+                f"(pip install 'facefleet[opencv]', or the system OpenCV): {exc}"
+            ) from None
         cfg = config.load(module.CONFIG_CLASS, args.config)
         if args.check:
             module.check(cfg)
