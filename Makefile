@@ -35,8 +35,9 @@ system-deps: ## install the Debian packages the demo, tests and lab need (root)
 demo: system-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
 	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
 
-test: system-deps venv ## the full test suite (what CI runs)
+test: system-deps venv ## the full test suite and the static checks (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory check
 
 test-fast: venv ## unit tests only
 	$(PY) -m pytest -m "not broker and not s3 and not fleet and not slow" $(PYTEST_ARGS)
@@ -49,7 +50,7 @@ typecheck: venv ## mypy (strict) on the packages
 	$(VENV)/bin/mypy
 
 ansible-lint: venv ## ansible-lint, production profile
-	$(VENV)/bin/ansible-lint --profile production site.yml playbooks roles
+	$(VENV)/bin/ansible-lint --offline --profile production site.yml playbooks roles
 
 check: lint typecheck ansible-lint ## all static checks
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -22,7 +21,8 @@ import paho.mqtt.client as mqtt
 
 from facefleet.config import dump_toml
 from facefleet.contract import FaceMeta, new_face_id, utc_timestamp
-from facefleet.localbroker import LocalBroker, free_port, wait_for_port
+from facefleet.localbroker import LocalBroker
+from facefleet.locals3 import LocalS3
 from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,11 +66,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} CPUs, {mem_gb:.0f} GB RAM, Linux {platform.release()}, "
         f"Python {platform.python_version()}, OpenCV {cv2.__version__}, mosquitto {version}"
     )
-
-
-def mqtt_table(settings: MqttSettings, **extra: Any) -> dict[str, Any]:
-    table = {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
-    return {**table, **extra}
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -139,71 +134,18 @@ class Service:
         return "\n".join(text.strip().splitlines()[-lines:])
 
 
-class S3Server:
-    """moto's S3-compatible server over real HTTP on a free loopback port (as in the tests)."""
-
-    ENV = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+class S3Server(LocalS3):
+    """moto's S3 server; with `put_log`, served through `bench.s3_timed`, which logs the time
+    of every PUT (S3 itself reports times to the second only)."""
 
     def __init__(self, put_log: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__()
         self.put_log = put_log
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> S3Server:
-        """`put_log`: serve through `bench.s3_timed`, which logs the time of every PUT."""
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        if self.put_log is not None:
-            command = [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=ROOT,
-        )
-        if not wait_for_port("127.0.0.1", self.port, 30):
-            self.stop()
-            raise RuntimeError("moto S3 server did not start")
-        return self
-
-    def freeze(self) -> None:
-        """SIGSTOP: requests hang until `thaw()`."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=10)
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-
-    def objects(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
-        client = self.client()
-        out: list[dict[str, Any]] = []
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            out += page.get("Contents", [])
-        return out
+    def command(self) -> list[str]:
+        if self.put_log is None:
+            return super().command()
+        return [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
 
 
 class StatusBoard:

@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import recall_precision
-from bench.common import ROOT, mqtt_table, progress, shared_dir
+from bench.common import ROOT, progress, shared_dir
 from facefleet.config import build
+from facefleet.detector.evaluation import recall_precision
 from facefleet.detector.settings import DetectionSettings
 from facefleet.localbroker import LocalBroker
 
@@ -50,7 +50,7 @@ def run_one(
     config = {
         "node": "bench-detector",
         "heartbeat_s": 5.0,
-        "mqtt": mqtt_table(broker.settings_for()),
+        "mqtt": broker.settings_for().as_table(),
         "camera": {"source": source, "loop": False, "realtime": False},
         "publish": {"max_queued": 100000, "flush_timeout_s": 60.0},
         **{k: v for k, v in settings.items() if k != "publish"},

@@ -25,7 +25,6 @@ from bench.common import (
     StatusBoard,
     brokers,
     footprint,
-    mqtt_table,
     percentile,
     progress,
     shared_dir,
@@ -78,14 +77,14 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         with brokers(workdir / "pipeline", processors=(CLOUD_NODE,)) as (edge, cloud):
-            edge_mqtt = mqtt_table(edge.settings_for())
+            edge_mqtt = edge.settings_for().as_table()
             here = workdir / "pipeline"
             processor = Service(
                 "processor",
                 {
                     "node": CLOUD_NODE,
                     "heartbeat_s": 1.0,
-                    "mqtt": mqtt_table(cloud.settings_for(CLOUD_NODE), reconnect_max_s=2),
+                    "mqtt": cloud.settings_for(CLOUD_NODE).as_table(reconnect_max_s=2),
                     "storage": {
                         "kind": "s3",
                         "bucket": BUCKET,
@@ -102,7 +101,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
                     "node": EDGE_NODE,
                     "heartbeat_s": 1.0,
                     "edge": edge_mqtt,
-                    "cloud": mqtt_table(cloud.settings_for(EDGE_NODE), reconnect_max_s=2),
+                    "cloud": cloud.settings_for(EDGE_NODE).as_table(reconnect_max_s=2),
                     "spool": {"path": str(here / "spool" / "spool.sqlite")},
                 },
                 here,

@@ -20,7 +20,6 @@ from bench.common import (
     S3Server,
     Service,
     StatusBoard,
-    mqtt_table,
     progress,
     wait_until,
 )
@@ -34,7 +33,7 @@ def replica_config(cloud: LocalBroker, s3: S3Server, node: str, bucket: str) -> 
     return {
         "node": node,
         "heartbeat_s": HEARTBEAT_S,
-        "mqtt": mqtt_table(cloud.settings_for(node), reconnect_max_s=2),
+        "mqtt": cloud.settings_for(node).as_table(reconnect_max_s=2),
         "storage": {
             "kind": "s3",
             "bucket": bucket,

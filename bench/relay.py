@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import Service, StatusBoard, mqtt_table, progress, wait_until
+from bench.common import Service, StatusBoard, progress, wait_until
 from facefleet.contract import faces_topic
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.mqtt import MqttSettings, make_client, start
@@ -157,8 +157,8 @@ class Relay:
             config = {
                 "node": NODE,
                 "heartbeat_s": 2.0,
-                "edge": mqtt_table(self.edge.settings_for()),
-                "cloud": mqtt_table(self.cloud.settings_for(NODE), reconnect_max_s=RECONNECT_MAX_S),
+                "edge": self.edge.settings_for().as_table(),
+                "cloud": self.cloud.settings_for(NODE).as_table(reconnect_max_s=RECONNECT_MAX_S),
                 "spool": {"path": str(self.workdir / "spool" / "spool.sqlite")},
             }
             self.forwarder = Service("forwarder", config, self.workdir).start()

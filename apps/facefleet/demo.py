@@ -136,10 +136,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def mqtt_table(settings: MqttSettings) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
-
-
 class StatusBoard:
     """Latest status of every service, as the cloud broker sees it (monitor identity)."""
 
@@ -186,7 +182,7 @@ class Demo:
 
     def configs(self) -> dict[str, dict[str, Any]]:
         common = {"heartbeat_s": HEARTBEAT_S}
-        edge_mqtt = mqtt_table(self.edge.settings_for())
+        edge_mqtt = self.edge.settings_for().as_table()
         loop = not self.args.until_eof
         detector: dict[str, Any] = {
             **common,
@@ -202,14 +198,14 @@ class Demo:
             "processor": {
                 **common,
                 "node": CLOUD_NODE,
-                "mqtt": mqtt_table(self.cloud.settings_for(CLOUD_NODE)),
+                "mqtt": self.cloud.settings_for(CLOUD_NODE).as_table(),
                 "storage": {"kind": "filesystem", "path": str(self.storage)},
             },
             "forwarder": {
                 **common,
                 "node": EDGE_NODE,
                 "edge": edge_mqtt,
-                "cloud": {**mqtt_table(self.cloud.settings_for(EDGE_NODE)), "reconnect_max_s": 5},
+                "cloud": self.cloud.settings_for(EDGE_NODE).as_table(reconnect_max_s=5),
                 "spool": {"path": str(self.workdir / "forwarder" / "spool.sqlite")},
             },
             "logger": {

@@ -6,6 +6,7 @@ leaves a retained `offline` last will on its status topic.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import threading
@@ -55,6 +56,11 @@ class MqttSettings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def as_table(self, **overrides: Any) -> dict[str, Any]:
+        """The non-empty settings as a config-file table (for generated configs)."""
+        table = {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", None)}
+        return {**table, **overrides}
 
 
 def make_client(

@@ -9,48 +9,20 @@ below, so a real regression fails and a one-face wobble does not.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import cv2
 import pytest
 
-from facefleet.detector.backends import create_detector
-from facefleet.detector.geometry import Box
+from facefleet.detector import evaluation
 from facefleet.detector.settings import DetectionSettings
 from tests.conftest import require_shared
-from tests.detector.test_backends import matches
 
 pytestmark = pytest.mark.shared
 
 
-def read_labels(path: Path) -> dict[str, list[Box]]:
-    """`# <image> W H` headers, then one `x1 y1 x2 y2` line per face."""
-    labels: dict[str, list[Box]] = {}
-    current: list[Box] = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "#":
-            current = labels.setdefault(parts[1], [])
-        else:
-            x1, y1, x2, y2 = map(int, parts)
-            current.append((x1, y1, x2 - x1, y2 - y1))
-    return labels
-
-
 def recall_precision(settings: DetectionSettings) -> tuple[float, float]:
-    faces_dir = require_shared("data", "faces")
-    detector = create_detector(settings)
-    labels = read_labels(faces_dir / "labels.txt")
-    assert sum(map(len, labels.values())) == 43
-    truth = found = false = 0
-    for name, boxes in labels.items():
-        image = cv2.imread(str(faces_dir / name))
-        assert image is not None, name
-        tp, fp = matches([f.box for f in detector.detect(image)], boxes)
-        truth, found, false = truth + len(boxes), found + tp, false + fp
-    return found / truth, found / max(1, found + false)
+    result = evaluation.recall_precision(settings, require_shared("data", "faces"))
+    assert result["faces"] == 43
+    return result["recall"], result["precision"]
 
 
 def test_default_backend_yunet_2023mar() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from facefleet.config import ConfigError
 from facefleet.detector.backends import FaceDetector, create_detector
-from facefleet.detector.geometry import Box, iou
+from facefleet.detector.evaluation import matches
 from facefleet.detector.settings import DetectionSettings
 from facefleet.detector.synthetic import SceneParams, SyntheticScene
 from tests.conftest import require_shared
@@ -23,18 +23,6 @@ def yunet(model: str = "face_detection_yunet_2023mar.onnx", **kw: Any) -> FaceDe
 
 def haar(**kw: Any) -> FaceDetector:
     return create_detector(replace(DetectionSettings(backend="haar"), **kw))
-
-
-def matches(found: list[Box], truth: list[Box]) -> tuple[int, int]:
-    """(true positives, false positives) at IoU 0.5, each truth box used once."""
-    free = list(truth)
-    tp = 0
-    for box in found:
-        best = max(free, key=lambda t: iou(t, box), default=None)
-        if best is not None and iou(best, box) >= 0.5:
-            free.remove(best)
-            tp += 1
-    return tp, len(found) - tp
 
 
 def scene_score(detector: FaceDetector, uri: str, step: int = 3) -> tuple[int, int, int]:

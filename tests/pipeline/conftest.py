@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ CLOUD_NODE = "cloud1"
 
 
 def mqtt_table(broker: LocalBroker, identity: str = "") -> dict[str, Any]:
-    settings = broker.settings_for(identity)
-    return {k: v for k, v in dataclasses.asdict(settings).items() if v not in ("", None)}
+    return broker.settings_for(identity).as_table()
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""Recall and precision of a detector configuration on the labelled faces in ../shared.
+"""Recall and precision of a detector configuration on a labelled image folder.
 
-The same evaluation as `tests/detector/test_accuracy.py` (IoU 0.5, each labelled face matched
-once), importable without pytest.
+Used by the accuracy tests and the benchmarks: IoU 0.5, each labelled face matched once.
+`labels.txt` has `# <image> W H` headers, then one `x1 y1 x2 y2` line per face.
 """
 
 from __future__ import annotations
