@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -146,41 +144,6 @@ class S3Server(LocalS3):
         if self.put_log is None:
             return super().command()
         return [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
-
-
-class StatusBoard:
-    """Latest retained heartbeat of every (node, service) on one broker."""
-
-    def __init__(self, settings: MqttSettings, prefix: str = "facefleet") -> None:
-        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
-        self.first_online: dict[tuple[str, str], float] = {}
-        self.lock = threading.Lock()
-        self.client = make_client(settings, f"bench-status-{os.getpid()}-{time.monotonic_ns()}")
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/+/status/+", 1)
-        self.client.on_message = self._on_message
-        start(self.client, settings)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            status = json.loads(msg.payload)
-            key = (str(status["node"]), str(status["service"]))
-        except (ValueError, KeyError, TypeError):
-            return
-        with self.lock:
-            self.latest[key] = status
-            if status.get("state") == "online":
-                self.first_online.setdefault(key, time.monotonic())
-
-    def get(self, node: str, service: str) -> dict[str, Any]:
-        with self.lock:
-            return dict(self.latest.get((node, service), {}))
-
-    def online(self, node: str, service: str) -> bool:
-        return self.get(node, service).get("state") == "online"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @contextmanager

@@ -22,7 +22,6 @@ from bench.common import (
     FacePublisher,
     S3Server,
     Service,
-    StatusBoard,
     brokers,
     footprint,
     percentile,
@@ -32,6 +31,7 @@ from bench.common import (
 )
 from facefleet.contract import parse_timestamp
 from facefleet.localbroker import MONITOR_IDENTITY
+from facefleet.statusboard import StatusBoard
 
 EDGE_NODE = "bench-edge"
 CLOUD_NODE = "bench-cloud"

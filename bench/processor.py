@@ -19,11 +19,11 @@ from bench.common import (
     ProcSample,
     S3Server,
     Service,
-    StatusBoard,
     progress,
     wait_until,
 )
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
+from facefleet.statusboard import StatusBoard
 
 EDGE_NODE = "bench-edge"
 HEARTBEAT_S = 0.25

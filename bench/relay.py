@@ -28,10 +28,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import Service, StatusBoard, progress, wait_until
+from bench.common import Service, progress, wait_until
 from facefleet.contract import faces_topic
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.mqtt import MqttSettings, make_client, start
+from facefleet.statusboard import StatusBoard
 
 NODE = "bench-edge"
 PAYLOAD_BYTES = 32 * 1024

@@ -24,12 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from facefleet.config import ConfigError, dump_toml
-from facefleet.contract import DEFAULT_PREFIX, all_status_filter
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
-from facefleet.mqtt import MqttSettings, make_client, start
+from facefleet.statusboard import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -136,35 +133,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return tables
 
 
-class StatusBoard:
-    """Latest status of every service, as the cloud broker sees it (monitor identity)."""
-
-    def __init__(self, settings: MqttSettings) -> None:
-        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
-        self.lock = threading.Lock()
-        self.client = make_client(settings, f"facefleet-demo-{os.getpid()}")
-        self.client.on_connect = lambda c, *_: c.subscribe(all_status_filter(DEFAULT_PREFIX), 1)
-        self.client.on_message = self._on_message
-        start(self.client, settings)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            status = json.loads(msg.payload)
-            key = (str(status["node"]), str(status["service"]))
-        except (ValueError, KeyError, TypeError):
-            return
-        with self.lock:
-            self.latest[key] = status
-
-    def get(self, node: str, service: str) -> dict[str, Any]:
-        with self.lock:
-            return dict(self.latest.get((node, service), {}))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -240,7 +208,7 @@ class Demo:
 
     def wait_online(self, board: StatusBoard, node: str, service: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while board.get(node, service).get("state") != "online":
+        while not board.online(node, service):
             process = self.services[service]
             if process.poll() is not None:
                 raise RuntimeError(
