@@ -69,10 +69,11 @@ def test_kill_9_forwarder_mid_stream_loses_nothing(relay: Relay) -> None:
 def test_cloud_broker_restart_loses_nothing(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
     ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(30)]
-    relay.cloud.stop()  # SIGTERM: mosquitto saves its queues; kill -9 is the fault suite's
-    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(30)]  # spooled meanwhile
-    time.sleep(2)
-    relay.cloud.start()
+    with relay.processor_first():
+        relay.cloud.stop()  # SIGTERM: mosquitto saves its queues; kill -9 is the fault suite's
+        ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(30)]  # spooled
+        time.sleep(2)
+        relay.cloud.start()
     relay.wait_stored(60, timeout_s=90)
     time.sleep(2)
     assert_exactly_once(relay, ids)
@@ -99,13 +100,15 @@ def test_s3_outage_is_ridden_out(relay: Relay) -> None:
 
 def test_backlog_drains_in_publish_order(relay: Relay) -> None:
     watcher = Collector(relay.cloud.settings_for("monitor"), "facefleet/+/faces")
-    relay.cloud.stop()
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(60)]
-    relay.cloud.start()
+    with relay.processor_first():
+        relay.cloud.stop()
+        ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(60)]
+        relay.cloud.start()
     wait_until(lambda: len(watcher.snapshot()) >= 60, 60, "backlog at the cloud broker")
     arrived = [dict(m.properties.UserProperty)["id"] for m in watcher.snapshot()]
     assert arrived[:60] == ids
     relay.wait_stored(60)
     watcher.close()
     publisher.close()
+
