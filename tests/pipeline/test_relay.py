@@ -111,4 +111,3 @@ def test_backlog_drains_in_publish_order(relay: Relay) -> None:
     relay.wait_stored(60)
     watcher.close()
     publisher.close()
-
