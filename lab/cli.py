@@ -19,7 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="boot the lab hosts and write inventory/lab/hosts.yml")
     up.add_argument("--edges", type=int, default=2, help="number of edge hosts (default 2)")
-    up.add_argument("--subnet", default="10.77.0.0/24", help="private subnet of the lab bridge")
+    up.add_argument(
+        "--subnet",
+        default=fleet.SUBNET,
+        help=f"private subnet of the lab bridge (default {fleet.SUBNET}, FACEFLEET_LAB_SUBNET)",
+    )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per host")
     sub.add_parser("down", help="stop and remove every lab host, link, bridge and copy")
     sub.add_parser("status", help="print the lab state (JSON)")

@@ -33,8 +33,11 @@ STATE_DIR = ROOT / ".lab"
 INVENTORY_DIR = ROOT / "inventory" / "lab"
 PKI_DIR = ROOT / ".pki" / "lab"
 MACHINES = Path(os.environ.get("FACEFLEET_LAB_ROOT", "/var/lib/facefleet-lab/machines"))
+#: Bridge, machine-name prefix and subnet name one lab; a second checkout (a git worktree) can
+#: run its own lab beside this one by setting all three to other values.
 BRIDGE = os.environ.get("FACEFLEET_LAB_BRIDGE", "ffbr0")
-MACHINE_PREFIX = "ff-"
+MACHINE_PREFIX = os.environ.get("FACEFLEET_LAB_PREFIX", "ff-")
+SUBNET = os.environ.get("FACEFLEET_LAB_SUBNET", "10.77.0.0/24")
 KEY = STATE_DIR / "id_ed25519"
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no",
@@ -214,7 +217,9 @@ def _nspawn_pids() -> dict[int, str]:
         args = [a.decode(errors="replace") for a in argv]
         if "-D" in args:
             directory = args[args.index("-D") + 1]
-            if Path(directory).parent == MACHINES:
+            if Path(directory).parent == MACHINES and Path(directory).name.startswith(
+                MACHINE_PREFIX
+            ):
                 found[int(proc.name)] = directory
     return found
 
@@ -263,7 +268,7 @@ def down() -> None:
     log.info("lab is down")
 
 
-def up(edges: int = 2, subnet: str = "10.77.0.0/24", timeout_s: float = 120.0) -> list[Host]:
+def up(edges: int = 2, subnet: str = SUBNET, timeout_s: float = 120.0) -> list[Host]:
     """Boot the lab (removing whatever a previous run left) and write its inventory."""
     from lab.inventory import write_inventory
 
