@@ -8,6 +8,7 @@ module is pure: no broker, no I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import uuid
@@ -25,6 +26,9 @@ FACE_PROPERTIES = ("v", "id", "node", "track", "ts", "box", "score", "frame", "d
 
 SERVICES = ("detector", "logger", "forwarder", "processor")
 STATES = ("online", "offline", "stopped")
+#: What a processor did with a face: a new object, one that already existed (a resend), or a
+#: dead letter. Each is final: the device may forget the face.
+RECEIPT_STATUSES = ("stored", "duplicate", "rejected")
 
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -36,12 +40,21 @@ def valid_node(node: str) -> bool:
     return bool(_NODE_RE.match(node))
 
 
+def valid_face_id(face_id: str) -> bool:
+    return bool(_ID_RE.match(face_id))
+
+
 def faces_topic(prefix: str, node: str) -> str:
     return f"{prefix}/{node}/faces"
 
 
 def status_topic(prefix: str, node: str, service: str) -> str:
     return f"{prefix}/{node}/status/{service}"
+
+
+def receipts_topic(prefix: str, node: str) -> str:
+    """Where processors confirm a device's faces (see `Receipt`); only that device reads it."""
+    return f"{prefix}/{node}/receipts"
 
 
 def all_faces_filter(prefix: str) -> str:
@@ -129,6 +142,34 @@ class FaceMeta:
 
 class ContractError(ValueError):
     """A message that does not follow the contract; the text is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A processor's end-to-end confirmation of one face, published at QoS 1 on
+    `<prefix>/<node>/receipts` after the face is durable in storage (or dead-lettered).
+
+    The device's forwarder keeps a face in its spool until the receipt arrives, because a
+    broker's PUBACK alone does not survive every broker failure (a restart can drop a shared
+    subscription's queue). Payload: `{"id": ..., "status": ...}` as JSON.
+    """
+
+    id: str
+    status: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"id": self.id, "status": self.status}).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Receipt:
+        try:
+            data = json.loads(payload)
+            receipt = cls(str(data["id"]), str(data["status"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ContractError(f"malformed receipt: {exc}") from None
+        if receipt.status not in RECEIPT_STATUSES or not valid_face_id(receipt.id):
+            raise ContractError(f"malformed receipt: {payload[:120]!r}")
+        return receipt
 
 
 def parse_face_properties(

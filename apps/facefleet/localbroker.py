@@ -47,14 +47,20 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 
 def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
-    """The cloud ACL: devices write their own subtree, processors read faces and write their
-    status, monitors only read. Anything not granted is denied."""
+    """The cloud ACL: devices write their own subtree and read their receipts, processors read
+    faces and write receipts and their status, monitors only read. Anything not granted is
+    denied."""
     lines = [
-        "# devices (CN = node name) write only under their own node",
+        "# devices (CN = node name) write only under their own node, read only their receipts",
         f"pattern write {prefix}/%u/#",
+        f"pattern read {prefix}/%u/receipts",
     ]
     for name in processors:
-        lines += [f"user {name}", f"topic read {prefix}/+/faces"]
+        lines += [
+            f"user {name}",
+            f"topic read {prefix}/+/faces",
+            f"topic write {prefix}/+/receipts",
+        ]
     for name in monitors:
         lines += [f"user {name}", f"topic read {prefix}/#"]
     return "\n".join(lines) + "\n"

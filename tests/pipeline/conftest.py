@@ -45,8 +45,8 @@ class Relay:
     def processor_first(self) -> Iterator[None]:
         """Hold the forwarder (SIGSTOP) around a cloud broker restart until the processor has
         re-subscribed. mosquitto 2.0 does not restore shared subscriptions from persistence, so
-        faces delivered in that gap would be dropped by the broker: a documented limit (README,
-        "Delivery guarantee"), not what these tests are about."""
+        faces sent in that gap are dropped by the broker and sent again when no receipt comes:
+        tests of the drain order hold the forwarder so that no resend interleaves."""
         assert self.forwarder.process is not None
         self.forwarder.signal(signal.SIGSTOP)
         try:
@@ -54,6 +54,15 @@ class Relay:
             wait_online(self.cloud, "processor", live=True)
         finally:
             self.forwarder.signal(signal.SIGCONT)
+
+    def forwarder_status(self) -> dict[str, Any]:
+        """The forwarder's latest heartbeat figures (from the edge broker)."""
+        watcher = Collector(self.edge.settings_for(), f"facefleet/{EDGE_NODE}/status/forwarder")
+        try:
+            wait_until(watcher.snapshot, 10, "a forwarder heartbeat")
+            return dict(json.loads(watcher.snapshot()[-1].payload))
+        finally:
+            watcher.close()
 
     def face_keys(self) -> list[str]:
         return [k for k in self.stored_keys() if k.startswith("faces/")]
@@ -80,7 +89,7 @@ def forwarder_config(
         "edge": mqtt_table(edge),
         "cloud": {**mqtt_table(cloud, EDGE_NODE), "reconnect_max_s": 2},
         "spool": {"path": str(spool), **spool_overrides},
-        "uplink": {"inflight": 16},
+        "uplink": {"inflight": 16, "receipt_timeout_s": 5},
     }
 
 

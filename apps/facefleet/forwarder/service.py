@@ -6,13 +6,18 @@ Three actors, each owning its state:
 - the writer thread commits them to the spool in batches (one fsync per batch) and only then
   acknowledges them to the edge broker;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
-  cloud broker, in spool order, and deletes each one when its PUBACK arrives. paho retransmits
+  cloud broker, in spool order. It deletes a status message on its PUBACK and a face on the
+  processor's receipt (`uplink.confirm = "receipt"`): a PUBACK only says the broker has the
+  message, and a broker restart or crash can still lose it. Faces whose receipt is late are
+  sent again (at most `uplink.unconfirmed_max` out at once); a resend is harmless, the
+  processor stores a face id once and confirms the copy as a duplicate. paho retransmits
   in-flight messages itself after a reconnect; after a restart everything spooled is resent.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -25,9 +30,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from facefleet.config import ConfigError
-from facefleet.contract import status_topic
+from facefleet.contract import ContractError, Receipt, receipts_topic, status_topic, valid_face_id
 from facefleet.forwarder.settings import ForwarderConfig
-from facefleet.forwarder.spool import Incoming, Spool
+from facefleet.forwarder.spool import Incoming, Spool, Spooled
 from facefleet.mqtt import (
     ConnectionTracker,
     make_client,
@@ -47,6 +52,15 @@ WRITE_BATCH = 256
 #: Acknowledged messages are deleted from the spool in batches of this size, or this often.
 DELETE_BATCH = 256
 DELETE_EVERY_S = 0.25
+#: MQTT v5 PUBACK reason "No matching subscribers": nobody received the face (no processor
+#: subscribed, e.g. right after a cloud broker restart), so it is sent again after this long.
+NO_SUBSCRIBERS = 16
+NO_SUBSCRIBERS_RETRY_S = 2.0
+#: After a reconnect to the cloud (a restarted broker may have lost what it acknowledged),
+#: unconfirmed faces are sent again this long after the link is back, unless their receipts,
+#: queued in our persistent session, arrive first.
+RECONNECT_RESEND_S = 5.0
+RECONNECTED = -1  # a pseudo message id on the PUBACK queue: the cloud link came back
 
 
 def check(cfg: ForwarderConfig) -> None:
@@ -69,9 +83,29 @@ class _Received:
 
 @dataclass
 class _InFlight:
+    """A message awaiting the cloud broker's PUBACK."""
+
     seq: int
     size: int
-    is_face: bool
+    face_id: str | None  # set for faces that wait for a processor's receipt
+    first_send: bool
+
+
+@dataclass
+class _Unconfirmed:
+    """A face sent to the cloud and not yet confirmed by a processor."""
+
+    seq: int
+    attempts: int = 1
+    due: float | None = None  # when to send it again; None while its PUBACK is outstanding
+
+
+def face_id_of(message: Spooled) -> str | None:
+    """The id a receipt will name, or None for messages no processor confirms."""
+    if not message.topic.endswith("/faces"):
+        return None
+    ids = [str(v) for k, v in message.properties.get("UserProperty", []) if k == "id"]
+    return ids[-1] if ids and valid_face_id(ids[-1]) else None  # last wins, as for the processor
 
 
 class Forwarder:
@@ -81,14 +115,22 @@ class Forwarder:
         self.node = resolve_node(cfg.node)
         self.own_status = status_topic(cfg.prefix, self.node, "forwarder")
         self.subscription = f"{cfg.prefix}/{self.node}/#"
+        self.receipts = receipts_topic(cfg.prefix, self.node)
+        self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.when_full)
         self.received: queue.Queue[_Received] = queue.Queue()
-        self.pubacks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self.pubacks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self.confirmations: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
         self.wake = threading.Event()
-        self.inflight: dict[int, _InFlight] = {}
-        self._acked: list[int] = []  # acknowledged by the cloud, not yet deleted
+        self.inflight: dict[int, _InFlight] = {}  # by MQTT message id
+        self.unconfirmed: dict[str, _Unconfirmed] = {}  # by face id, oldest first
+        self._done: list[int] = []  # confirmed, not yet deleted from the spool
         self._deleted_at = time.monotonic()
+        self._next_due = math.inf  # earliest `due` among the unconfirmed
         self.forwarded = 0
+        self.confirmed = 0
+        self.resent = 0
+        self.rejected_by_processor = 0
         self.uplink_bytes = 0
         self.uplink_face_bytes = 0
         self.rejected = 0
@@ -108,6 +150,7 @@ class Forwarder:
         self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up)
         self.edge.on_message = self._on_edge_message
         self.cloud.on_publish = self._on_cloud_puback
+        self.cloud.on_message = self._on_cloud_message
 
     # -- callbacks (paho loop threads): hand over, never block ---------------------------
 
@@ -117,6 +160,9 @@ class Forwarder:
         self.edge_heartbeat.publish("online")
 
     def _cloud_up(self) -> None:
+        if self.use_receipts:
+            self.cloud.subscribe(self.receipts, qos=1)
+            self.pubacks.put((RECONNECTED, 0))
         self.cloud_heartbeat.publish("online")
         self.wake.set()
 
@@ -132,7 +178,18 @@ class Forwarder:
     def _on_cloud_puback(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        self.pubacks.put((mid, bool(reason.is_failure)))
+        self.pubacks.put((mid, int(reason.value)))
+        self.wake.set()
+
+    def _on_cloud_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.receipts:
+            return
+        try:
+            self.confirmations.put(Receipt.decode(bytes(msg.payload)))
+        except ContractError as exc:
+            self.errors += 1
+            log.warning("ignored a receipt: %s", exc)
+            return
         self.wake.set()
 
     # -- figures ----------------------------------------------------------------------
@@ -146,6 +203,10 @@ class Forwarder:
             "uplink_bytes": self.uplink_bytes,
             "uplink_face_bytes": self.uplink_face_bytes,
             "inflight": len(self.inflight),
+            "unconfirmed": len(self.unconfirmed),
+            "confirmed": self.confirmed,
+            "resent": self.resent,
+            "rejected_by_processor": self.rejected_by_processor,
             "dropped": self.spool.dropped,
             "rejected": self.rejected,
             "edge_connected": self.edge_link.connected.is_set(),
@@ -179,48 +240,126 @@ class Forwarder:
                 self.edge.ack(item.mid, item.qos)
             self.wake.set()
 
-    # -- sender: spool -> cloud, delete on PUBACK -------------------------------------
+    # -- sender: spool -> cloud, delete once confirmed -------------------------------
 
     def _settle_pubacks(self) -> None:
-        done: list[int] = []
+        now = time.monotonic()
         while True:
             try:
-                mid, failed = self.pubacks.get_nowait()
+                mid, reason = self.pubacks.get_nowait()
             except queue.Empty:
                 break
+            if mid == RECONNECTED:
+                self._due_by(now + RECONNECT_RESEND_S)
+                continue
             entry = self.inflight.pop(mid, None)
             if entry is None:
                 continue
-            if failed:
+            if reason >= 0x80:
                 # kept in the spool: sent again after a restart, once the ACL or identity is fixed
                 self.rejected += 1
                 log.error(
-                    "cloud broker refused spooled message %d (check the ACL and the "
+                    "cloud broker refused spooled message %d (reason %d; check the ACL and the "
                     "certificate CN); it stays in the spool",
                     entry.seq,
+                    reason,
                 )
                 continue
-            done.append(entry.seq)
-            self.forwarded += 1
-            self.uplink_bytes += entry.size
-            if entry.is_face:
-                self.uplink_face_bytes += entry.size
-        # Deletes are batched: each one waits for the writer's commit, and a delete that is
-        # late (or lost in a crash) only means the message is sent again, to the same key.
-        self._acked.extend(done)
+            if entry.first_send:
+                self.forwarded += 1
+                self.uplink_bytes += entry.size
+                if entry.face_id is not None:
+                    self.uplink_face_bytes += entry.size
+            if entry.face_id is None:
+                self._done.append(entry.seq)
+                continue
+            waiting = self.unconfirmed.get(entry.face_id)
+            if waiting is None:
+                continue  # its receipt came first
+            if reason == NO_SUBSCRIBERS:
+                waiting.due = now + NO_SUBSCRIBERS_RETRY_S
+            else:
+                timeout = self.cfg.uplink.receipt_timeout_s
+                waiting.due = now + min(timeout * 2 ** (waiting.attempts - 1), timeout * 10)
+            self._next_due = min(self._next_due, waiting.due)
+
+    def _due_by(self, when: float) -> None:
+        """Resend every unconfirmed face that the broker acknowledged no later than `when`."""
+        for waiting in self.unconfirmed.values():
+            if waiting.due is not None and waiting.due > when:
+                waiting.due = when
+        self._next_due = min(self._next_due, when)
+
+    def _settle_receipts(self) -> None:
+        while True:
+            try:
+                receipt = self.confirmations.get_nowait()
+            except queue.Empty:
+                break
+            waiting = self.unconfirmed.pop(receipt.id, None)
+            if waiting is None:
+                continue  # a duplicate receipt, or one for a face already forgotten
+            self._done.append(waiting.seq)
+            self.confirmed += 1
+            if receipt.status == "rejected":
+                self.rejected_by_processor += 1
+                log.warning("a processor dead-lettered face %s (see its dead letters)", receipt.id)
+
+    def _delete_done(self, force: bool = False) -> None:
+        """Delete confirmed messages in batches: each delete waits for the writer's commit,
+        and one that is late (or lost in a crash) only means the message is sent again."""
         now = time.monotonic()
-        if (
-            len(self._acked) >= DELETE_BATCH
+        if self._done and (
+            force
+            or len(self._done) >= DELETE_BATCH
             or not self.inflight
             or now - self._deleted_at >= DELETE_EVERY_S
         ):
-            self._delete_acked()
+            self.spool.delete_many(self._done)
+            self._done = []
+            self._deleted_at = now
 
-    def _delete_acked(self) -> None:
-        if self._acked:
-            self.spool.delete_many(self._acked)
-            self._acked = []
-        self._deleted_at = time.monotonic()
+    def _publish(self, row: Spooled, face_id: str | None, first_send: bool) -> None:
+        info = self.cloud.publish(
+            row.topic,
+            row.payload,
+            qos=1,
+            retain=row.retain,
+            properties=properties_from_dict(row.properties),
+        )
+        self.inflight[info.mid] = _InFlight(row.seq, len(row.payload), face_id, first_send)
+
+    def _resend_due(self, free: int) -> int:
+        """Send faces whose receipt is overdue again, oldest first; returns how many."""
+        now = time.monotonic()
+        if now < self._next_due:
+            return 0
+        due = [
+            (face_id, waiting)
+            for face_id, waiting in self.unconfirmed.items()
+            if waiting.due is not None and waiting.due <= now
+        ]
+        if len(due) > free:
+            due, self._next_due = due[:free], now  # the rest goes out as the window frees
+        else:
+            self._next_due = min(
+                (w.due for w in self.unconfirmed.values() if w.due is not None and w.due > now),
+                default=math.inf,
+            )
+        if not due:
+            return 0
+        rows = {row.seq: row for row in self.spool.get_many([w.seq for _, w in due])}
+        for face_id, waiting in due:
+            row = rows.get(waiting.seq)
+            if row is None:  # evicted by drop-oldest meanwhile (counted there)
+                del self.unconfirmed[face_id]
+                continue
+            waiting.attempts += 1
+            waiting.due = None
+            self.resent += 1
+            self._publish(row, face_id, first_send=False)
+        log.info("sent %d face(s) again: no receipt in time", len(due))
+        return len(due)
 
     def _send_loop(self) -> None:
         last_sent = 0
@@ -230,6 +369,8 @@ class Forwarder:
         while not self.stop.is_set():
             self.wake.clear()  # before the work, so a wake-up during it is not lost
             self._settle_pubacks()
+            self._settle_receipts()
+            self._delete_done()
             free = window - len(self.inflight)
             if rate > 0:
                 now = time.monotonic()
@@ -237,19 +378,16 @@ class Forwarder:
                 refilled = now
                 free = min(free, int(tokens))
             if self.cloud_link.connected.is_set() and free > 0:
-                for row in self.spool.after(last_sent, free):
-                    info = self.cloud.publish(
-                        row.topic,
-                        row.payload,
-                        qos=1,
-                        retain=row.retain,
-                        properties=properties_from_dict(row.properties),
-                    )
-                    self.inflight[info.mid] = _InFlight(
-                        row.seq, len(row.payload), row.topic.endswith("/faces")
-                    )
+                sent = self._resend_due(free) if self.use_receipts else 0
+                room = self.cfg.uplink.unconfirmed_max - len(self.unconfirmed)
+                for row in self.spool.after(last_sent, min(free - sent, room)):
+                    face_id = face_id_of(row) if self.use_receipts else None
+                    if face_id is not None:
+                        self.unconfirmed[face_id] = _Unconfirmed(row.seq)
+                    self._publish(row, face_id, first_send=True)
                     last_sent = row.seq
-                    tokens -= 1
+                    sent += 1
+                tokens -= sent
             self.wake.wait(0.05 if rate > 0 else 0.5)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -264,7 +402,8 @@ class Forwarder:
         )
         if self.spool.depth:
             log.info("spool holds %d message(s) from before; sending them first", self.spool.depth)
-        start(self.cloud, self.cfg.cloud)
+        # persistent: receipts published while we are away wait for us at the broker
+        start(self.cloud, self.cfg.cloud, persistent=self.use_receipts)
         start(self.edge, self.cfg.edge, persistent=True, receive_maximum=EDGE_RECEIVE_MAXIMUM)
         writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         sender = threading.Thread(target=self._send_loop, name="uplink-sender", daemon=True)
@@ -280,7 +419,8 @@ class Forwarder:
             self.edge.disconnect()  # anything not acknowledged stays queued at the broker
             sender.join(timeout=5)
             self._settle_pubacks()
-            self._delete_acked()
+            self._settle_receipts()
+            self._delete_done(force=True)
             self.cloud_heartbeat.stop()
             self.cloud.disconnect()
             self.cloud.loop_stop()

@@ -26,17 +26,32 @@ class SpoolSettings:
 
 @dataclass(frozen=True)
 class UplinkSettings:
-    """At most `inflight` unacknowledged messages toward the cloud, and at most `max_rate`
-    messages per second (0: no limit) while a backlog drains."""
+    """At most `inflight` messages awaiting the cloud broker's PUBACK, and at most `max_rate`
+    messages per second (0: no limit) while a backlog drains.
+
+    `confirm` says when a spooled face may be deleted: `receipt` (default) once a processor
+    confirms it stored the face (`<prefix>/<node>/receipts`), `puback` as soon as the cloud
+    broker acknowledges it (for consumers that send no receipts; a broker failure can then lose
+    faces it acknowledged). With receipts, at most `unconfirmed_max` faces are out without one;
+    a face whose receipt has not come `receipt_timeout_s` after its PUBACK is sent again (the
+    wait doubles per attempt up to ten times that), and so is one the broker had no subscriber
+    for. Status messages are deleted on their PUBACK in both modes."""
 
     inflight: int = 32
     max_rate: float = 0.0
+    confirm: Literal["receipt", "puback"] = "receipt"
+    unconfirmed_max: int = 2000
+    receipt_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.inflight <= 1000:
             raise ValueError("inflight must be 1..1000")
         if self.max_rate < 0:
             raise ValueError("max_rate must not be negative")
+        if self.unconfirmed_max < self.inflight:
+            raise ValueError("unconfirmed_max must be at least inflight")
+        if self.receipt_timeout_s < 1:
+            raise ValueError("receipt_timeout_s must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The forwarder's durable queue: SQLite in WAL mode with synchronous=FULL.
 
 A message is acknowledged to the edge broker only after the transaction that holds it has
-committed, and deleted only after the cloud broker acknowledged it, so kill -9 or a power cut at
-any moment loses nothing (at worst a message is sent twice; keys derived from the face id make
-the second copy land on the same object). The spool is bounded by payload bytes; what the
+committed, and deleted only after the cloud side confirmed it (a processor's receipt for faces,
+the cloud broker's PUBACK for the rest), so kill -9 or a power cut at any moment loses nothing
+(at worst a message is sent twice; keys derived from the face id make the second copy land on
+the same object). The spool is bounded by payload bytes; what the
 `when_full` policy drops is counted in a table that survives restarts.
 """
 
@@ -195,10 +196,28 @@ class Spool:
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             ).fetchall()
-        return [Spooled(r[0], r[1], bytes(r[2]), bool(r[3]), json.loads(r[4])) for r in rows]
+        return [self._row(r) for r in rows]
+
+    def get_many(self, seqs: list[int]) -> list[Spooled]:
+        """The messages with these sequence numbers that are still spooled, oldest first."""
+        found: list[Spooled] = []
+        with self._read_lock:
+            for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
+                chunk = seqs[start : start + 500]
+                where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
+                rows = self._reader.execute(
+                    f"SELECT seq, topic, payload, retain, properties FROM messages {where}",  # noqa: S608
+                    chunk,
+                ).fetchall()
+                found += [self._row(r) for r in rows]
+        return sorted(found, key=lambda m: m.seq)
+
+    @staticmethod
+    def _row(r: tuple[Any, ...]) -> Spooled:
+        return Spooled(r[0], r[1], bytes(r[2]), bool(r[3]), json.loads(r[4]))
 
     def delete_many(self, seqs: Iterable[int]) -> int:
-        """Forget messages the cloud acknowledged; returns how many were still spooled."""
+        """Forget messages the cloud side confirmed; returns how many were still spooled."""
         seqs = list(seqs)
         if not seqs:
             return 0

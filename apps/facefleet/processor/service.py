@@ -1,7 +1,9 @@
 """The processor: cloud broker (shared subscription) -> validation -> storage -> PUBACK.
 
 Messages arrive with manual acknowledgement on a persistent session. A worker validates each,
-stores it (or dead-letters it with the reason) and only then acknowledges it; while storage is
+stores it (or dead-letters it with the reason), confirms it to the sending device with a
+receipt on `<prefix>/<node>/receipts` (the device's forwarder deletes its spooled copy only
+then) and only then acknowledges it; while storage is
 unavailable the worker retries with backoff and the message stays unacknowledged, so a crash
 at any point means redelivery, never loss. The broker sends at most `workers * 4`
 unacknowledged messages (MQTT v5 Receive Maximum), which bounds memory.
@@ -19,7 +21,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from facefleet.config import ConfigError
-from facefleet.contract import ContractError, all_faces_filter
+from facefleet.contract import (
+    ContractError,
+    Receipt,
+    all_faces_filter,
+    parse_topic,
+    receipts_topic,
+    valid_face_id,
+)
 from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
 from facefleet.processor.settings import ProcessorConfig
 from facefleet.processor.sinks import Sink, StorageUnavailable, make_sink
@@ -129,8 +138,9 @@ class Processor:
             return result
         return None
 
-    def handle(self, msg: mqtt.MQTTMessage) -> bool:
-        """Store or dead-letter one message; True when it may be acknowledged."""
+    def handle(self, msg: mqtt.MQTTMessage) -> str | None:
+        """Store or dead-letter one message; returns the receipt status (`stored`,
+        `duplicate`, `rejected`) once it may be acknowledged, None when it may not."""
         payload = bytes(msg.payload)
         props = user_properties(msg)
         ctype = content_type(msg)
@@ -144,17 +154,28 @@ class Processor:
                 lambda: self.sink.dead_letter(msg.topic, reason, payload, details),
             )
             if where is None:
-                return False
+                return None
             self.counters.add("dead_lettered")
             log.warning("dead-lettered a message on %s: %s (%s)", msg.topic, reason, where)
-            return True
+            return "rejected"
         written = self._with_retry(
             f"storing face {meta.id}", lambda: self.sink.store(meta, payload)
         )
         if written is None:
-            return False
+            return None
         self.counters.add("stored" if written else "duplicates")
-        return True
+        return "stored" if written else "duplicate"
+
+    def confirm(self, msg: mqtt.MQTTMessage, status: str) -> None:
+        """Send the device its receipt. A face without a usable id or topic gets none (its
+        forwarder does not wait for one). QoS 1: a receipt lost anyway only means the device
+        sends the face again and gets `duplicate`."""
+        parsed = parse_topic(self.cfg.prefix, msg.topic)
+        face_id = user_properties(msg).get("id", "")
+        if parsed is None or parsed[1] != "faces" or not valid_face_id(face_id):
+            return
+        receipt = Receipt(face_id, status).encode()
+        self.client.publish(receipts_topic(self.cfg.prefix, parsed[0]), receipt, qos=1)
 
     def _work(self) -> None:
         while not self.stop.is_set():
@@ -164,7 +185,9 @@ class Processor:
                 continue
             self.counters.add("busy")
             try:
-                if self.handle(msg):
+                status = self.handle(msg)
+                if status is not None:
+                    self.confirm(msg, status)
                     self.client.ack(msg.mid, msg.qos)
             except Exception:  # never die on one message; it stays unacknowledged
                 self.counters.add("errors")
