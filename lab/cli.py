@@ -1,4 +1,5 @@
-"""Command line of the lab: `python -m lab up [--edges N] [--subnet CIDR]`, `down`, `status`."""
+"""Command line of the lab: `python -m lab up [--edges N] [--subnet CIDR]`, `down`, `status`,
+`poweroff HOST`, `poweron HOST`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per host")
     sub.add_parser("down", help="stop and remove every lab host, link, bridge and copy")
     sub.add_parser("status", help="print the lab state (JSON)")
+    off = sub.add_parser("poweroff", help="cut a host's power (SIGKILL its init)")
+    off.add_argument("host")
+    on = sub.add_parser("poweron", help="boot a powered-off host again")
+    on.add_argument("host")
+    on.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it")
     return parser
 
 
@@ -40,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"inventory: {fleet.INVENTORY_DIR / 'hosts.yml'}; run `make lab-deploy`")
         elif args.command == "down":
             fleet.down()
+        elif args.command == "poweroff":
+            fleet.power_off(args.host)
+        elif args.command == "poweron":
+            fleet.power_on(args.host, args.timeout)
         else:
             state = fleet.STATE_DIR / "state.json"
             print(state.read_text() if state.exists() else json.dumps({"hosts": []}))

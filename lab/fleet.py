@@ -308,3 +308,58 @@ def up(edges: int = 2, subnet: str = SUBNET, timeout_s: float = 120.0) -> list[H
             (addresses / host.name).write_text(host.address + "\n")
         write_inventory(hosts, KEY, PKI_DIR, INVENTORY_DIR / "hosts.yml")
     return hosts
+
+
+def _hosts_from_state() -> list[Host]:
+    state = STATE_DIR / "state.json"
+    if not state.exists():
+        raise LabError("the lab is not up (python -m lab up)")
+    return [
+        Host(h["name"], h["group"], h["address"]) for h in json.loads(state.read_text())["hosts"]
+    ]
+
+
+def _host(name: str) -> Host:
+    for host in _hosts_from_state():
+        if host.name == name:
+            return host
+    raise LabError(f"no lab host {name!r}")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def power_off(name: str) -> None:
+    """Cut a host's power: SIGKILL its init, which takes every process of the container with
+    it at once (no shutdown, no unit stops; what was not written to disk is gone)."""
+    host = _host(name)
+    pids = [p for p, d in _nspawn_pids().items() if Path(d) == host.directory]
+    if not pids:
+        raise LabError(f"{name} is not running")
+    for pid in pids:
+        for child in _children(pid) or [pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    _stop([p for p in pids if _alive(p)])
+    log.info("%s powered off", name)
+
+
+def power_on(name: str, timeout_s: float = 180.0) -> None:
+    """Boot a powered-off host again and wait until it is up."""
+    host = _host(name)
+    if any(Path(d) == host.directory for d in _nspawn_pids().values()):
+        raise LabError(f"{name} is already running")
+    veth = f"vb-{host.machine}"[:15]
+    if _link_exists(veth):  # left behind when nspawn had no time to clean up
+        _run("ip", "link", "del", veth, check=False)
+    pid = _boot(host)
+    _wait_ssh(host, pid, timeout_s)
+    log.info("%s up again at %s", name, host.address)

@@ -81,9 +81,12 @@ class Processor:
         self.receive_maximum = cfg.workers * 4
         self.pending: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.counters = Counters()
-        self.client = make_client(cfg.mqtt, f"facefleet-processor-{self.node}", manual_ack=True)
+        suffix = f"-{cfg.instance}" if cfg.instance else ""
+        self.client = make_client(
+            cfg.mqtt, f"facefleet-processor-{self.node}{suffix}", manual_ack=True
+        )
         self.heartbeat = Heartbeat(
-            self.client, cfg.prefix, self.node, "processor", cfg.heartbeat_s, self.figures
+            self.client, cfg.prefix, self.node, f"processor{suffix}", cfg.heartbeat_s, self.figures
         )
         self.link = ConnectionTracker(self.client, "cloud", self._up)
         self.client.on_message = self._on_message

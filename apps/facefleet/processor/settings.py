@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from facefleet.contract import valid_node
 from facefleet.mqtt import MqttSettings
 from facefleet.settings import ServiceSettings
 
@@ -46,11 +47,14 @@ class ValidationSettings:
 
 @dataclass(frozen=True)
 class ProcessorConfig(ServiceSettings):
-    """`group` names the shared subscription; `workers` store in parallel."""
+    """`group` names the shared subscription; `workers` store in parallel. `instance` tells
+    replicas on one host apart (client id `facefleet-processor-<node>-<instance>`, heartbeat
+    service `processor-<instance>`); replicas on different hosts need none."""
 
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     group: str = "processors"
     workers: int = 4
+    instance: str = ""
     storage: StorageSettings = field(default_factory=StorageSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
 
@@ -58,3 +62,5 @@ class ProcessorConfig(ServiceSettings):
         super().__post_init__()
         if not 1 <= self.workers <= 64:
             raise ValueError("workers must be 1..64")
+        if self.instance and not valid_node(self.instance):
+            raise ValueError("instance must be letters, digits, '.', '_' or '-'")
