@@ -1,0 +1,715 @@
+"""Faults, load, bad input and security on the lab fleet: nothing lost, nobody let in.
+
+Every scenario runs while the edges' detectors publish the shared clip on a loop, every face of
+every frame (a dense stream whose faces the audit trail records), injects one fault, restores,
+stops the detectors and reconciles: each face id in the edges' audit trails (the loggers') is
+exactly one object in the lab bucket, every object decodes and carries complete metadata.
+Each scenario's figures go to build/faults-report.json and are printed at the end.
+
+Lengths: FACEFLEET_FAULT_UPLINK_CUT_S (default 60), FACEFLEET_FAULT_LOAD_S (default 60).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from lab.inventory import LAB_BUCKET, LAB_S3_SECRET
+
+from facefleet.contract import FACE_PROPERTIES, faces_topic
+from facefleet.mqtt import MqttSettings, make_client, start
+from tests.fleet.clients import Collector, cloud_settings, lab_s3
+from tests.fleet.conftest import PKI_DIR, ROOT, Lab, deploy
+from tests.helpers import Publisher, face_meta, jpeg_bytes, wait_until
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+UPLINK_CUT_S = float(os.environ.get("FACEFLEET_FAULT_UPLINK_CUT_S", "60"))
+LOAD_S = float(os.environ.get("FACEFLEET_FAULT_LOAD_S", "60"))
+#: Frames per second the detectors play the clip at in the fault scenarios (every face of
+#: every frame: about 2.4 faces per frame), and how long a stream runs before the fault.
+STREAM_FPS = 4.0
+WARMUP_S = 10.0
+S3_OUTAGE_S = 30.0
+MEMORY_LIMIT = 400 * 1024 * 1024
+AUDIT = "/var/log/facefleet/audit.jsonl"
+DROPIN = "50-fault-suite.conf"
+BAD = "bad"  # face ids of deliberately bad input start with this; reconciliation skips them
+REPORT = ROOT / "build" / "faults-report.json"
+EDGE_UNITS = ("mosquitto", "facefleet-detector", "facefleet-logger", "facefleet-forwarder")
+CLOUD_UNITS = ("mosquitto", "facefleet-processor")
+
+
+@dataclass
+class Row:
+    """One scenario's reconciliation."""
+
+    scenario: str
+    published: int
+    stored: int
+    missing: int
+    duplicates: int
+    undecodable: int
+    recovery_s: float
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Fleet:
+    """The lab with the operations the scenarios need."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.s3 = lab_s3(lab)
+        self.accounted: set[str] = set()  # ids reconciled by an earlier scenario
+        self.dropped: set[str] = set()  # ids a full spool dropped (counted, reported)
+        self.checked: set[str] = set()  # keys already downloaded and decoded
+        self.rows: list[Row] = []
+
+    @property
+    def cloud(self) -> str:
+        return self.lab.cloud
+
+    @property
+    def edges(self) -> list[str]:
+        return self.lab.edges
+
+    # -- units --------------------------------------------------------------------------
+
+    def dropin(self, host: str, unit: str, lines: list[str]) -> None:
+        """A runtime drop-in (gone at the next boot) and a restart of the unit."""
+        directory = f"/run/systemd/system/{unit}.service.d"
+        body = "\\n".join(["[Service]", *lines])
+        self.lab.out(
+            host,
+            f"mkdir -p {directory} && printf '{body}\\n' > {directory}/{DROPIN}"
+            f" && systemctl daemon-reload && systemctl restart {unit}",
+        )
+
+    def remove_dropin(self, host: str, unit: str) -> None:
+        self.lab.out(
+            host,
+            f"rm -f /run/systemd/system/{unit}.service.d/{DROPIN} && systemctl daemon-reload"
+            f" && systemctl reset-failed {unit}; systemctl restart {unit}",
+        )
+
+    def show(self, host: str, unit: str, *props: str) -> dict[str, str]:
+        text = self.lab.out(host, f"systemctl show {' '.join('-p ' + p for p in props)} {unit}")
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    def restarts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for host in self.lab.hosts:
+            for unit in CLOUD_UNITS if host == self.cloud else EDGE_UNITS:
+                counts[f"{host}/{unit}"] = int(self.show(host, unit, "NRestarts")["NRestarts"])
+        return counts
+
+    def wait_active(self, host: str, *units: str, timeout_s: float = 90) -> None:
+        wait_until(
+            lambda: self.lab.ssh(host, f"systemctl is-active {' '.join(units)}").returncode == 0,
+            timeout_s,
+            f"{', '.join(units)} active on {host}",
+        )
+
+    def memory(self, host: str) -> dict[str, int]:
+        units = CLOUD_UNITS if host == self.cloud else EDGE_UNITS
+        values = self.lab.out(host, f"systemctl show -p MemoryCurrent --value {' '.join(units)}")
+        return {u: int(v) for u, v in zip(units, values.split(), strict=True) if v.isdigit()}
+
+    # -- the stream ---------------------------------------------------------------------
+
+    def stream(self, fps: float | None = STREAM_FPS, edges: list[str] | None = None) -> None:
+        """(Re)start the detectors publishing every face of every frame."""
+        env = ["Environment=FACEFLEET_PUBLISH__MODE=every-frame"]
+        if fps:
+            env.append(f"Environment=FACEFLEET_CAMERA__FPS={fps}")
+        for edge in edges or self.edges:
+            self.dropin(edge, "facefleet-detector", env)
+
+    def quiesce(self) -> None:
+        for edge in self.edges:
+            self.lab.out(edge, "systemctl stop facefleet-detector")
+
+    def edge_status(self, edge: str, service: str) -> dict[str, Any]:
+        """A service's retained heartbeat on the edge broker (seen from the edge itself)."""
+        script = (
+            "import sys, paho.mqtt.subscribe as s;"
+            "print(s.simple(sys.argv[1], hostname='127.0.0.1', retained=True).payload.decode())"
+        )
+        python = "/opt/facefleet/current/venv/bin/python"
+        text = self.lab.out(
+            edge, f'timeout 10 {python} -c "{script}" facefleet/{edge}/status/{service}'
+        )
+        return dict(json.loads(text))
+
+    # -- reconciliation -----------------------------------------------------------------
+
+    def published(self) -> set[str]:
+        ids: set[str] = set()
+        for edge in self.edges:
+            text = self.lab.out(edge, f"cat {AUDIT}.* {AUDIT} 2>/dev/null; true")
+            for line in text.splitlines():
+                record = json.loads(line)
+                face_id = record.get("id")
+                if record.get("event") == "face" and face_id and not face_id.startswith(BAD):
+                    ids.add(face_id)
+        return ids
+
+    def stored(self) -> dict[str, list[str]]:
+        """Face id -> the keys holding it."""
+        keys: dict[str, list[str]] = {}
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=LAB_BUCKET, Prefix="faces/"
+        )
+        for page in pages:
+            for obj in page.get("Contents", []):
+                face_id = obj["Key"].rsplit("_", 1)[1].split(".")[0]
+                keys.setdefault(face_id, []).append(obj["Key"])
+        return keys
+
+    def dead_letters(self) -> int:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=LAB_BUCKET, Prefix="deadletter/"
+        )
+        return sum(len(page.get("Contents", [])) for page in pages)
+
+    def _undecodable(self, key: str) -> str | None:
+        """Why an object is not a complete face (None: it is)."""
+        obj = self.s3.get_object(Bucket=LAB_BUCKET, Key=key)
+        body, meta = obj["Body"].read(), obj["Metadata"]
+        if not set(FACE_PROPERTIES) <= set(meta):
+            return f"{key}: metadata lacks {set(FACE_PROPERTIES) - set(meta)}"
+        if hashlib.sha256(body).hexdigest() != meta["sha256"]:
+            return f"{key}: sha256 differs"
+        image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+        return f"{key}: does not decode" if image is None else None
+
+    def reconcile(
+        self, scenario: str, restored_at: float, timeout_s: float = 300, **notes: Any
+    ) -> Row:
+        """Stop the stream, wait until every published face is stored, and check them all."""
+        self.quiesce()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            published = self.published() - self.dropped
+            stored = self.stored()
+            missing = published - set(stored)
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        recovery_s = time.monotonic() - restored_at
+        new = published - self.accounted
+        new_keys = [k for face_id in new for k in stored.get(face_id, [])]
+        with ThreadPoolExecutor(8) as pool:
+            problems = [p for p in pool.map(self._undecodable, new_keys) if p]
+        self.checked.update(new_keys)
+        row = Row(
+            scenario=scenario,
+            published=len(new),
+            stored=len(new & set(stored)),
+            missing=len(missing),
+            duplicates=sum(len(k) - 1 for k in stored.values()),
+            undecodable=len(problems),
+            recovery_s=round(recovery_s, 1),
+            notes={**notes, "stored_not_audited": len(set(stored) - published - self.dropped)},
+        )
+        if missing or problems:
+            row.notes["examples"] = sorted(missing)[:5] + problems[:5]
+        self.accounted |= published
+        self.rows.append(row)
+        print(f"\n{json.dumps(asdict(row))}")
+        return row
+
+    def assert_clean(self, row: Row) -> None:
+        assert row.published > 0, f"{row.scenario}: nothing was published"
+        assert (row.missing, row.duplicates, row.undecodable) == (0, 0, 0), row
+        assert row.notes["stored_not_audited"] == 0, row
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Lab) -> Iterator[Fleet]:
+    assert lab.deploys and lab.deploys[-1].returncode == 0, lab.deploys[-1].tail()
+    the_fleet = Fleet(lab)
+    yield the_fleet
+    rows = [asdict(r) for r in the_fleet.rows]
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nfault suite ({REPORT}):")
+    print("| scenario | published | stored | missing | duplicates | recovery s |")
+    for r in the_fleet.rows:
+        print(
+            f"| {r.scenario} | {r.published} | {r.stored} | {r.missing} | {r.duplicates} "
+            f"| {r.recovery_s} |"
+        )
+
+
+def lab_command(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- link, process and power faults ----------------------------------------------------------
+
+
+def test_uplink_cut_spools_and_drains_in_order(fleet: Fleet) -> None:
+    edge, cloud_ip = fleet.edges[0], fleet.lab.hosts[fleet.cloud]
+    with Collector(
+        fleet.lab, "monitor", [f"facefleet/{edge}/faces", f"facefleet/{edge}/status/forwarder"]
+    ) as watch:
+        fleet.stream()
+        time.sleep(WARMUP_S)
+        fleet.lab.out(edge, f"ip route add blackhole {cloud_ip}/32")
+        cut = time.monotonic()
+        depths: list[int] = []
+        memory: list[int] = []
+        try:
+            while time.monotonic() - cut < UPLINK_CUT_S:
+                time.sleep(min(10.0, max(0.0, UPLINK_CUT_S - (time.monotonic() - cut))))
+                depths.append(int(fleet.edge_status(edge, "forwarder")["spool_depth"]))
+                memory.append(fleet.memory(edge)["facefleet-forwarder"])
+        finally:
+            fleet.lab.out(edge, f"ip route del blackhole {cloud_ip}/32")
+        restored = time.monotonic()
+        row = fleet.reconcile(
+            f"uplink cut {UPLINK_CUT_S:.0f} s",
+            restored,
+            backlog_max=max(depths),
+            forwarder_memory_max_mb=round(max(memory) / 2**20, 1),
+        )
+
+        def drained() -> bool:
+            status = watch.latest().get(f"facefleet/{edge}/status/forwarder", {})
+            return status.get("spool_depth") == 0
+
+        wait_until(drained, 60, "a heartbeat showing the spool drained")
+        arrivals: list[str] = []
+        seen: set[str] = set()
+        for message in list(watch.messages):
+            if message.topic.endswith("/faces"):
+                props = dict(message.properties.UserProperty)
+                if props["id"] not in seen:
+                    seen.add(props["id"])
+                    arrivals.append(props["ts"])
+    fleet.assert_clean(row)
+    assert max(depths) > 0, "the forwarder's heartbeat never showed a backlog"
+    assert max(memory) < MEMORY_LIMIT
+    assert arrivals == sorted(arrivals), "the backlog did not drain in capture order"
+
+
+@pytest.mark.parametrize(
+    ("where", "unit"),
+    [
+        ("edge", "facefleet-forwarder"),
+        ("cloud", "facefleet-processor"),
+        ("edge", "mosquitto"),
+        ("cloud", "mosquitto"),
+    ],
+)
+def test_kill_9_mid_stream_loses_nothing(fleet: Fleet, where: str, unit: str) -> None:
+    host = fleet.edges[0] if where == "edge" else fleet.cloud
+    fleet.stream()
+    time.sleep(WARMUP_S)
+    before = int(fleet.show(host, unit, "NRestarts")["NRestarts"])
+    fleet.lab.out(host, f"systemctl kill --signal=SIGKILL {unit}")
+    wait_until(
+        lambda: int(fleet.show(host, unit, "NRestarts")["NRestarts"]) > before,
+        30,
+        f"systemd restarting {unit}",
+    )
+    fleet.wait_active(host, unit)
+    restored = time.monotonic()
+    time.sleep(WARMUP_S)  # the stream goes on through the restarted service
+    fleet.assert_clean(fleet.reconcile(f"kill -9 {unit} ({where})", restored))
+
+
+def test_edge_power_cut_loses_nothing(fleet: Fleet) -> None:
+    edge = fleet.edges[-1]
+    fleet.stream()
+    time.sleep(WARMUP_S)
+    lab_command("poweroff", edge)
+    time.sleep(5)
+    lab_command("poweron", edge)
+    fleet.wait_active(edge, *EDGE_UNITS)
+    restored = time.monotonic()
+    fleet.stream()  # the drop-in lived in /run: gone with the power
+    time.sleep(WARMUP_S)
+    fleet.assert_clean(fleet.reconcile(f"power cut of {edge}", restored))
+
+
+def test_s3_outage_is_ridden_out(fleet: Fleet) -> None:
+    before = fleet.restarts()
+    with Collector(fleet.lab, "monitor", [f"facefleet/{fleet.cloud}/status/processor"]) as watch:
+        fleet.stream()
+        time.sleep(WARMUP_S)
+        fleet.lab.out(fleet.cloud, "systemctl kill --signal=SIGSTOP facefleet-lab-s3")
+        try:
+            time.sleep(S3_OUTAGE_S)
+        finally:
+            fleet.lab.out(fleet.cloud, "systemctl kill --signal=SIGCONT facefleet-lab-s3")
+        restored = time.monotonic()
+        row = fleet.reconcile(f"S3 down {S3_OUTAGE_S:.0f} s", restored)
+        status = watch.latest()[f"facefleet/{fleet.cloud}/status/processor"]
+    fleet.assert_clean(row)
+    assert status["storage_errors"] > 0
+    assert fleet.restarts() == before, "a service restarted during the S3 outage"
+    assert "storage unavailable" in fleet.lab.out(
+        fleet.cloud, "journalctl -u facefleet-processor --since '-5min' --no-pager"
+    )
+
+
+def test_full_spool_drops_are_counted_never_silent(fleet: Fleet) -> None:
+    edge, cloud_ip = fleet.edges[0], fleet.lab.hosts[fleet.cloud]
+    fleet.dropin(edge, "facefleet-forwarder", ["Environment=FACEFLEET_SPOOL__MAX_BYTES=262144"])
+    try:
+        dropped_before = int(fleet.edge_status(edge, "forwarder")["dropped"])
+        fleet.stream(edges=[edge])
+        fleet.lab.out(edge, f"ip route add blackhole {cloud_ip}/32")
+        try:
+            time.sleep(30)
+            status = fleet.edge_status(edge, "forwarder")
+        finally:
+            fleet.lab.out(edge, f"ip route del blackhole {cloud_ip}/32")
+        restored = time.monotonic()
+        dropped = int(status["dropped"]) - dropped_before
+        published_before = fleet.published()
+        fleet.quiesce()
+        wait_until(
+            lambda: fleet.edge_status(edge, "forwarder")["spool_depth"] == 0, 120, "spool drained"
+        )
+        lost = fleet.published() - set(fleet.stored()) - fleet.accounted
+        fleet.dropped |= lost
+        row = fleet.reconcile(
+            "spool full (256 KB, drop-oldest)", restored, dropped_counted=dropped, lost=len(lost)
+        )
+        log = fleet.lab.out(edge, "journalctl -u facefleet-forwarder --since '-5min' --no-pager")
+    finally:
+        fleet.remove_dropin(edge, "facefleet-forwarder")
+    assert published_before
+    assert status["spool_bytes"] <= 262144
+    assert dropped > 0, "the spool never filled"
+    assert 0 < len(lost) <= dropped, f"{len(lost)} faces lost, {dropped} drops counted"
+    assert "spool full" in log
+    fleet.assert_clean(row)
+
+
+def test_two_processor_replicas_split_the_load(fleet: Fleet) -> None:
+    cloud = fleet.cloud
+    unit = fleet.lab.out(cloud, "systemctl cat facefleet-processor")
+    replica = "\n".join(
+        [line for line in unit.splitlines() if not line.startswith("#")]
+        + ["[Service]", "Environment=FACEFLEET_INSTANCE=2"]
+    )
+    fleet.lab.out(
+        cloud,
+        f"cat > /run/systemd/system/facefleet-processor-2.service <<'EOF'\n{replica}\nEOF\n"
+        "systemctl daemon-reload && systemctl start facefleet-processor-2",
+    )
+    topics = [f"facefleet/{cloud}/status/processor", f"facefleet/{cloud}/status/processor-2"]
+    try:
+        with Collector(fleet.lab, "monitor", topics) as watch:
+            wait_until(lambda: set(topics) <= set(watch.latest()), 30, "both replicas report")
+            start = {t: watch.latest()[t]["stored"] for t in topics}
+            fleet.stream(fps=None)
+            time.sleep(30)
+            row = fleet.reconcile("2 processor replicas", time.monotonic())
+            time.sleep(6)  # one more heartbeat of each
+            share = {t: watch.latest()[t]["stored"] - start[t] for t in topics}
+    finally:
+        fleet.lab.out(
+            cloud,
+            "systemctl stop facefleet-processor-2; rm -f /run/systemd/system/"
+            "facefleet-processor-2.service; systemctl daemon-reload",
+        )
+    row.notes["stored_per_replica"] = list(share.values())
+    fleet.assert_clean(row)
+    assert all(n > 0 for n in share.values()), share
+
+
+def test_load_keeps_every_service_memory_bounded(fleet: Fleet) -> None:
+    before = fleet.restarts()
+    fleet.stream(fps=None)
+    peak: dict[str, int] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < LOAD_S:
+        for host in fleet.lab.hosts:
+            for unit, value in fleet.memory(host).items():
+                key = f"{host}/{unit}"
+                peak[key] = max(peak.get(key, 0), value)
+        time.sleep(5)
+    rate = {edge: fleet.edge_status(edge, "detector").get("published", 0) for edge in fleet.edges}
+    row = fleet.reconcile(
+        f"load {LOAD_S:.0f} s, every frame at full rate",
+        time.monotonic(),
+        memory_peak_mb={k: round(v / 2**20, 1) for k, v in peak.items()},
+        detector_published=rate,
+    )
+    fleet.assert_clean(row)
+    assert row.published > LOAD_S * 20, "not much of a load"
+    over = {k: v for k, v in peak.items() if v > MEMORY_LIMIT}
+    assert not over, over
+    assert fleet.restarts() == before
+
+
+# --- bad input and bad configuration ---------------------------------------------------------
+
+
+def test_bad_input_at_every_entry_is_dead_lettered(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    good = jpeg_bytes()
+    props = face_meta(edge, good).user_properties()
+
+    def with_id(face_id: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(k, face_id if k == "id" else v) for k, v in pairs]
+
+    def changed(name: str, value: str) -> list[tuple[str, str]]:
+        return [(k, value if k == name else v) for k, v in with_id(f"{BAD}-{name}", props)]
+
+    random = os.urandom(5000)
+    random_props = with_id(
+        f"{BAD}-random", face_meta(edge, random).user_properties()
+    )  # valid properties, sha256 of the random bytes: only decoding can tell
+    cases: list[tuple[bytes, str | None, list[tuple[str, str]] | None]] = [
+        (random, "image/jpeg", None),
+        (random, "image/jpeg", random_props),
+        (good, "text/plain", changed("v", "1")),
+        (good[: len(good) // 2], "image/jpeg", changed("sha256", "0" * 64)),
+        (good, "image/jpeg", changed("node", fleet.edges[1])),
+        (good, "image/jpeg", changed("ts", "yesterday")),
+        (good, "image/jpeg", changed("box", "a,b,c")),
+        (b"\xff\xd8" + os.urandom(5 * 1024 * 1024), "image/jpeg", changed("score", "0.9")),
+    ]
+    letters = fleet.dead_letters()
+    before = fleet.restarts()
+    device = Publisher(cloud_settings(fleet.lab, edge))
+    try:
+        for payload, ctype, pairs in cases:
+            device.raw(faces_topic("facefleet", edge), payload, ctype, pairs)
+    finally:
+        device.close()
+    wait_until(
+        lambda: fleet.dead_letters() >= letters + len(cases), 60, "every bad message dead-lettered"
+    )
+    assert fleet.restarts() == before
+    # a good face right after is still stored
+    fleet.stream()
+    time.sleep(WARMUP_S)
+    fleet.assert_clean(fleet.reconcile("bad input (8 kinds) then good", time.monotonic()))
+
+
+def test_bad_inventory_values_are_rejected_before_anything_changes(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    configs = "md5sum /etc/facefleet/*.toml /etc/mosquitto/conf.d/*"
+    before = fleet.lab.out(edge, configs)
+    for name, value in [
+        ("forwarder_spool_when_full", "drop-everything"),
+        ("detector_score_threshold", "high"),
+    ]:
+        result = deploy(fleet.lab.source, "--limit", edge, **{name: value})
+        assert result.returncode != 0, f"{name}={value!r} was accepted"
+        assert name in result.output, result.tail()
+        assert all(r["changed"] == 0 for r in result.recap().values()), result.tail()
+    assert fleet.lab.out(edge, configs) == before
+
+
+def test_config_error_fails_the_unit_with_one_line_not_a_crash_loop(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    unit = "facefleet-forwarder"
+    since = fleet.lab.out(edge, "date '+%Y-%m-%d %H:%M:%S'")
+    fleet.stream()
+    try:
+        fleet.dropin(edge, unit, ["Environment=FACEFLEET_UPLINK__INFLIGHT=0"])
+        wait_until(
+            lambda: fleet.show(edge, unit, "ActiveState")["ActiveState"] == "failed",
+            30,
+            "the unit failed",
+        )
+        time.sleep(12)  # two RestartSec: a crash loop would have restarted it by now
+        state = fleet.show(edge, unit, "ActiveState", "NRestarts", "ExecMainStatus")
+        log = fleet.lab.out(edge, f"journalctl -u {unit} --since '{since}' --no-pager -o cat")
+    finally:
+        fleet.remove_dropin(edge, unit)
+    fleet.wait_active(edge, unit)
+    restored = time.monotonic()
+    time.sleep(WARMUP_S)
+    row = fleet.reconcile("config error, then fixed", restored)
+    assert state == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "2"}, state
+    errors = [line for line in log.splitlines() if "inflight" in line]
+    assert len(errors) == 1, log
+    assert "Traceback" not in log
+    fleet.assert_clean(row)
+
+
+# --- security --------------------------------------------------------------------------------
+
+
+def rejected(settings: MqttSettings) -> bool:
+    """True when the cloud broker refuses a client with these TLS credentials."""
+    client = make_client(settings, f"fleet-test-{uuid.uuid4().hex[:8]}")
+    start(client, settings)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not client.is_connected():
+            time.sleep(0.2)
+        return not client.is_connected()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def forged_certificate(tmp: Path, name: str, *, expired: bool, foreign: bool) -> tuple[str, str]:
+    """A client certificate CN=name: expired (signed by the fleet CA) or from a foreign CA."""
+    if foreign:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the fleet CA")])
+    else:
+        ca_key = serialization.load_pem_private_key((PKI_DIR / "ca.key").read_bytes(), None)  # type: ignore[assignment]
+        ca_name = x509.load_pem_x509_certificate((PKI_DIR / "ca.crt").read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1))
+    if not expired:
+        start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("kind", ["expired", "foreign CA"])
+def test_expired_and_foreign_certificates_are_refused(
+    fleet: Fleet, tmp_path: Path, kind: str
+) -> None:
+    edge = fleet.edges[0]
+    genuine = cloud_settings(fleet.lab, edge)
+    assert not rejected(genuine), "control: the device's own certificate works"
+    cert, key = forged_certificate(
+        tmp_path, edge, expired=kind == "expired", foreign=kind == "foreign CA"
+    )
+    forged = MqttSettings(**{**asdict(genuine), "cert_file": cert, "key_file": key})
+    assert rejected(forged), f"an {kind} certificate was accepted"
+
+
+def test_a_device_cannot_read_another_devices_topics(fleet: Fleet) -> None:
+    spy, victim = fleet.edges
+    fleet.stream()
+    topics = [f"facefleet/{victim}/faces", f"facefleet/{victim}/receipts", "facefleet/#"]
+    with (
+        Collector(fleet.lab, spy, topics) as intruder,
+        Collector(fleet.lab, "monitor", [f"facefleet/{victim}/faces"]) as control,
+    ):
+        time.sleep(WARMUP_S)
+        stolen = {m.topic for m in intruder.messages if not m.topic.startswith(f"facefleet/{spy}/")}
+        assert control.messages, "control: the victim published nothing"
+    fleet.quiesce()
+    assert not stolen, stolen
+
+
+def test_the_monitor_identity_cannot_publish(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    with Collector(fleet.lab, "monitor", ["facefleet/#"]) as watch:
+        monitor = Publisher(cloud_settings(fleet.lab, "monitor"))
+        try:
+            monitor.raw(f"facefleet/{edge}/faces", b"x", "image/jpeg", [("id", f"{BAD}-mon")])
+            monitor.raw(f"facefleet/{edge}/status/forwarder", b'{"state":"offline"}', None, None)
+            monitor.raw(f"facefleet/{edge}/receipts", b'{"id":"x","status":"stored"}', None, None)
+        finally:
+            monitor.close()
+        time.sleep(3)
+        forged = [m.topic for m in watch.messages if m.payload in (b"x", b'{"state":"offline"}')]
+    assert not forged, forged
+
+
+def test_no_secret_readable_by_other_users_or_in_logs(fleet: Fleet) -> None:
+    secrets = "-name '*.key' -o -name '*.env'"
+    for host in fleet.lab.hosts:
+        loose = fleet.lab.out(
+            host,
+            f"find /etc/facefleet /etc/mosquitto /var/lib/facefleet -xdev"
+            f" -type f \\( {secrets} \\) -perm /o=rwx",
+        )
+        assert not loose, f"{host}: world-accessible secrets: {loose}"
+        logs = fleet.lab.out(
+            host,
+            "{ journalctl --no-pager -o cat; cat /var/log/facefleet/* 2>/dev/null; } | grep -c"
+            f" -e 'PRIVATE KEY' -e '{LAB_S3_SECRET}' -e AWS_SECRET_ACCESS_KEY; true",
+        )
+        assert logs == "0", f"{host}: secrets in the logs ({logs} lines)"
+    edge = fleet.edges[0]
+    for user in ("facefleet-detector", "facefleet-logger"):
+        read = fleet.lab.ssh(edge, f"runuser -u {user} -- cat /etc/facefleet/tls/forwarder.key")
+        assert read.returncode != 0, f"{user} can read the forwarder's key"
+    read = fleet.lab.ssh(fleet.cloud, "runuser -u nobody -- cat /etc/facefleet/processor.env")
+    assert read.returncode != 0, "anyone can read the processor's S3 credentials"
+
+
+def test_services_cannot_write_outside_their_state_directories(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    cases = {edge: ("detector", "logger", "forwarder"), fleet.cloud: ("processor",)}
+    for host, services in cases.items():
+        for service in services:
+            pid = fleet.lab.out(host, f"systemctl show -p MainPID --value facefleet-{service}")
+            user = f"facefleet-{service}"
+            private_users = fleet.lab.out(
+                host,
+                f"test $(readlink /proc/{pid}/ns/user) = $(readlink /proc/1/ns/user) || echo -U",
+            )
+            enter = f"nsenter -t {pid} -m {private_users} -S $(id -u {user}) -G $(id -g {user}) --"
+            own = f"/var/lib/facefleet/{service}/.write-probe"
+            assert fleet.lab.ssh(host, f"{enter} touch {own}").returncode == 0, (
+                f"{service} cannot write its own state directory"
+            )
+            fleet.lab.ssh(host, f"rm -f {own}")
+            others = [
+                "/etc/facefleet",
+                "/opt/facefleet",
+                "/usr/local",
+                "/root",
+                "/var/lib/mosquitto",
+            ]
+            others += [f"/var/lib/facefleet/{o}" for o in services if o != service]
+            allowed = [
+                path
+                for path in others
+                if fleet.lab.ssh(host, f"{enter} touch {path}/.write-probe").returncode == 0
+            ]
+            assert not allowed, f"{service} on {host} can write into {allowed}"
