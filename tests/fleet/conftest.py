@@ -3,7 +3,9 @@
 Needs root and systemd-nspawn. Outside CI the tests skip with the reason when the machine
 cannot host the lab; under CI=true they must run. `python -m lab up` removes any lab that is
 already running (the developer's `make lab` included) before it starts its own;
-FACEFLEET_LAB_REUSE=1 runs the tests against the lab that is up and leaves it running.
+FACEFLEET_LAB_REUSE=1 runs the tests against the lab that is up and leaves it running;
+FACEFLEET_LAB_DEPLOYS=N deploys N times instead of twice (0 with a lab already deployed, to
+iterate on a test; the deploy tests then fail, as they should).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
         the_lab = Lab(hosts, groups, source)
-        for _ in range(2):
+        for _ in range(int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))):
             the_lab.deploys.append(deploy(source))
             if the_lab.deploys[-1].returncode != 0:
                 break
