@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import detector, pipeline, processor, relay, report, uplink
-from bench.common import machine, progress
+from bench.common import S3_LATENCY_MS, Options, machine, progress
 
-SECTIONS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
+SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
     "detector": detector.run,
     "uplink": uplink.run,
     "relay": relay.run,
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=S3_LATENCY_MS,
+        help=f"latency the benchmarks' S3 endpoint adds to every request, like real S3 "
+        f"(default {S3_LATENCY_MS:g}; used by the processor section)",
+    )
     return parser
 
 
@@ -95,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown section(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
+    if args.s3_latency_ms < 0:
+        print("bench: --s3-latency-ms must be >= 0", file=sys.stderr)
+        return 2
+    options = Options(quick=args.quick, s3_latency_ms=args.s3_latency_ms)
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="facefleet-bench-"))
     began = time.monotonic()
@@ -111,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"section {number}/{len(chosen)}: {section}")
             section_began = time.monotonic()
             try:
-                merge(results, section, SECTIONS[section](workdir, args.quick))
+                merge(results, section, SECTIONS[section](workdir, options))
             except Exception as exc:  # report, keep going with the other sections
                 results["errors"][section] = f"{type(exc).__name__}: {exc}"
                 progress(f"section {section} FAILED: {type(exc).__name__}: {exc}")

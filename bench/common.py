@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,19 @@ from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 
 ROOT = Path(__file__).resolve().parent.parent
 _STARTED = time.monotonic()
+#: What a boto3 PUT of a small object takes within an AWS region, at the low end (AWS quotes
+#: 100-200 ms to the first byte; a few KB from EC2 or Lambda commonly take 30-120 ms).
+S3_LATENCY_MS = 50.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every section is told: `quick` (tiny sizes, the smoke test), the latency the
+    benchmarks' S3 endpoint adds to each request, and whether to use the lab fleet."""
+
+    quick: bool = False
+    s3_latency_ms: float = S3_LATENCY_MS
+    lab: bool = False
 
 
 def progress(message: str) -> None:
@@ -133,17 +147,19 @@ class Service:
 
 
 class S3Server(LocalS3):
-    """moto's S3 server; with `put_log`, served through `bench.s3_timed`, which logs the time
-    of every PUT (S3 itself reports times to the second only)."""
+    """moto's S3 served by `bench.s3_server`: keep-alive connections like S3, `latency_ms`
+    added to every request, and with `put_log` the time of every stored PUT (S3 itself
+    reports times to the second only)."""
 
-    def __init__(self, put_log: Path | None = None) -> None:
+    def __init__(self, latency_ms: float = 0.0, put_log: Path | None = None) -> None:
         super().__init__()
+        self.latency_ms = latency_ms
         self.put_log = put_log
 
     def command(self) -> list[str]:
-        if self.put_log is None:
-            return super().command()
-        return [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
+        command = [sys.executable, "-m", "bench.s3_server", str(self.port)]
+        command += ["--latency-ms", str(self.latency_ms)]
+        return command + (["--put-log", str(self.put_log)] if self.put_log else [])
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import (
     FacePublisher,
+    Options,
     S3Server,
     Service,
     brokers,
@@ -68,7 +69,8 @@ def stored_times(put_log: Path) -> dict[str, float]:
     return out
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     rate = 20.0
     seconds, idle_s = (4.0, 2.0) if quick else (20.0, 6.0)
     put_log = workdir / "s3-puts.log"

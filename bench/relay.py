@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import Service, progress, wait_until
+from bench.common import Options, Service, progress, wait_until
 from facefleet.contract import faces_topic
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.mqtt import MqttSettings, make_client, start
@@ -281,7 +281,8 @@ def outage(
     }
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     count = 200 if quick else 2000
     rate, before_s, outage_s, after_s = (50.0, 1.0, 3.0, 1.0) if quick else (50.0, 3.0, 10.0, 3.0)
     out: dict[str, Any] = {}
