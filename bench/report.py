@@ -154,11 +154,19 @@ def markdown(results: dict[str, Any]) -> str:
          f"p99 {_num(lat.get('p99'), 0)}", "", "", "")
     )  # fmt: skip
     one = _get(r, "processor.faces_per_s.1")
+    latency = _num(_get(r, "processor.s3_latency_ms"), 0)
     for n in ("1", "2", "4"):
         value = _get(r, f"processor.faces_per_s.{n}")
         rows.append(
-            (f"processor faces/s, {n} replica(s), moto S3", _num(value), f"1 replica {_num(one)}",
-             _ratio(value, one), mark("processor") if n == "2" else "")
+            (f"processor faces/s, {n} replica(s), S3 at {latency} ms per PUT", _num(value),
+             f"1 replica {_num(one)}", _ratio(value, one), mark("processor") if n == "2" else "")
+        )  # fmt: skip
+    instant = _get(r, "processor.instant_s3.faces_per_s", {})
+    if instant:
+        rows.append(
+            ("processor faces/s, 1 / 2 / 4 replicas, instant S3 (CPU-bound reference)",
+             " / ".join(_num(instant.get(n)) for n in ("1", "2", "4")), "1 replica",
+             " / ".join(_ratio(instant.get(n), instant.get("1")) for n in ("2", "4")), "")
         )  # fmt: skip
     lines = [
         "| measurement | facefleet | baseline | ratio | target |",
@@ -252,7 +260,9 @@ def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
             scaling.set_xticks([int(k) for k in proc])
             scaling.set_xlabel("processor replicas")
             scaling.set_ylabel("faces stored per second")
-            scaling.set_title("processor scaling (moto S3)")
+            scaling.set_title(
+                f"processor scaling (S3 at {_num(_get(results, 'processor.s3_latency_ms'), 0)} ms)"
+            )
             scaling.set_ylim(bottom=0)
         fig.tight_layout()
         path = out_dir / "scaling.png"
