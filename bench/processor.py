@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    FacePublisher,
     Options,
     ProcSample,
     S3Server,
@@ -31,6 +30,7 @@ from bench.common import (
     progress,
     wait_until,
 )
+from bench.faces import FacePublisher
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.statusboard import StatusBoard
 
