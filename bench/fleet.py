@@ -225,6 +225,7 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
             "tens of ms); the detector runs on its camera input alongside",
         },
         "footprint": {
+            "where": "lab fleet",
             "idle": idle,
             "load": load,
             "note": "lab fleet, systemd units' main processes; cpu_pct = % of one core over "

@@ -188,6 +188,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
         "faces/s published into the edge broker with ts = capture time; stored = S3 PUT answered",
     }
     out["footprint"] = {
+        "where": "loopback",
         "idle": idle,
         "load": load,
         "note": "cpu_pct = % of one core averaged over the window; rss_mb = peak resident MB. "

@@ -38,6 +38,10 @@ def _ratio(a: Any, b: Any) -> str:
     return f"{a / b:.2f}x"
 
 
+def _where(latency: dict[str, Any]) -> str:
+    return "lab fleet" if str(latency.get("where", "")).startswith("lab fleet") else "loopback"
+
+
 def targets(results: dict[str, Any]) -> dict[str, bool | None]:
     """Each target of the issue: met (True), missed (False) or not measured (None)."""
 
@@ -148,11 +152,14 @@ def markdown(results: dict[str, Any]) -> str:
          f"{_num(_get(r, 'bridge.outage.published'))}", "", "")
     )  # fmt: skip
     lat = _get(r, "latency_ms", {})
-    rows.append(
-        (f"latency capture -> stored, ms, {_num(lat.get('rate_per_s'), 0)} faces/s (loopback)",
-         f"p50 {_num(lat.get('p50'), 0)} / p95 {_num(lat.get('p95'), 0)} / "
-         f"p99 {_num(lat.get('p99'), 0)}", "", "", "")
-    )  # fmt: skip
+    for figures in (lat, lat.get("loopback") or {}):
+        if figures:
+            rows.append(
+                (f"latency capture -> stored, ms, {_num(figures.get('rate_per_s'), 0)} faces/s "
+                 f"({_where(figures)})",
+                 f"p50 {_num(figures.get('p50'), 0)} / p95 {_num(figures.get('p95'), 0)} / "
+                 f"p99 {_num(figures.get('p99'), 0)}", "", "", "")
+            )  # fmt: skip
     one = _get(r, "processor.faces_per_s.1")
     latency = _num(_get(r, "processor.s3_latency_ms"), 0)
     for n in ("1", "2", "4"):
@@ -174,14 +181,17 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     foot = _get(r, "footprint", {})
-    if foot.get("idle"):
+    for figures in (foot, foot.get("loopback") or {}):
+        if not figures.get("idle"):
+            continue
+        where = figures.get("where", "loopback")
         lines += [
             "",
-            "| service | idle CPU % | idle RSS MB | load CPU % | load RSS MB |",
+            f"| service ({where}) | idle CPU % | idle RSS MB | load CPU % | load RSS MB |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for service in ("detector", "logger", "forwarder", "processor"):
-            idle, load = foot["idle"].get(service, {}), foot.get("load", {}).get(service, {})
+            idle, load = figures["idle"].get(service, {}), figures["load"].get(service, {})
             lines.append(
                 f"| {service} | {_num(idle.get('cpu_pct'))} | {_num(idle.get('rss_mb'))} | "
                 f"{_num(load.get('cpu_pct'))} | {_num(load.get('rss_mb'))} |"
@@ -240,7 +250,9 @@ def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.axvline(lat[q], color="black", linestyle=style, label=f"{q} {lat[q]:.0f} ms")
         ax.set_xlabel("capture -> stored in S3, ms")
         ax.set_ylabel("faces")
-        ax.set_title(f"end-to-end latency at {lat.get('rate_per_s', 0):.0f} faces/s (loopback)")
+        ax.set_title(
+            f"end-to-end latency at {lat.get('rate_per_s', 0):.0f} faces/s ({_where(lat)})"
+        )
         ax.legend()
         fig.tight_layout()
         path = out_dir / "latency.png"
