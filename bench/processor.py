@@ -136,12 +136,14 @@ def scaling(workdir: Path, s3: S3Server, backlog: int, rounds: int, label: str) 
 def run(workdir: Path, options: Options) -> dict[str, Any]:
     backlog, rounds = (60, 1) if options.quick else (1000, 2)
     latency = options.s3_latency_ms
-    s3 = S3Server(latency_ms=latency).start()
+    s3 = S3Server(latency_ms=latency)
+    s3.start()
     try:
         out = scaling(workdir, s3, backlog, rounds, f"S3 latency {latency:g} ms")
     finally:
         s3.stop()
-    s3 = S3Server().start()
+    s3 = S3Server()
+    s3.start()
     try:
         reference = scaling(workdir, s3, backlog, 1, "instant S3")
     finally:

@@ -71,13 +71,13 @@ class KeepAliveHandler(MotoRequestHandler):
         status, headers = answer
         code, _, reason = status.partition(" ")
         self.send_response(int(code), reason)
-        length = str(len(body))
+        content_length = str(len(body))
         for name, value in headers:
             if name.lower() == "content-length" and self.command == "HEAD":
-                length = value  # HEAD reports the object's length, sends no body
+                content_length = value  # HEAD reports the object's length, sends no body
             elif name.lower() not in _HOP_BY_HOP:
                 self.send_header(name, value)
-        self.send_header("Content-Length", length)
+        self.send_header("Content-Length", content_length)
         if chunked:
             self.send_header("Connection", "close")
         self.end_headers()
