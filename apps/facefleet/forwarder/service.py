@@ -4,7 +4,8 @@ Three actors, each owning its state:
 - paho's edge loop thread receives messages (manual acknowledgement, persistent session) and
   hands them to the writer;
 - the writer thread commits them to the spool in batches (one fsync per batch) and only then
-  acknowledges them to the edge broker;
+  acknowledges them to the edge broker; it also deletes what the sender found confirmed, in
+  the same transactions, so that the sender never waits for SQLite's write lock;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
   cloud broker, in spool order. It deletes a status message on its PUBACK and a face on the
   processor's receipt (`uplink.confirm = "receipt"`): a PUBACK only says the broker has the
@@ -16,6 +17,7 @@ Three actors, each owning its state:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -121,6 +123,7 @@ class Forwarder:
         self.received: queue.Queue[_Received] = queue.Queue()
         self.pubacks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.confirmations: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
+        self.deletions: queue.SimpleQueue[list[int]] = queue.SimpleQueue()  # for the writer
         self.wake = threading.Event()
         self.inflight: dict[int, _InFlight] = {}  # by MQTT message id
         self.unconfirmed: dict[str, _Unconfirmed] = {}  # by face id, oldest first
@@ -218,27 +221,43 @@ class Forwarder:
 
     def _write_loop(self) -> None:
         while not self.stop.is_set() or not self.received.empty():
-            try:
-                first = self.received.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < WRITE_BATCH:
-                try:
+            batch: list[_Received] = []
+            with contextlib.suppress(queue.Empty):  # whatever has come, up to a batch
+                batch.append(self.received.get(timeout=DELETE_EVERY_S))
+                while len(batch) < WRITE_BATCH:
                     batch.append(self.received.get_nowait())
-                except queue.Empty:
-                    break
+            confirmed = self._take_deletions()
+            if not batch:
+                if confirmed:
+                    self._delete(confirmed)
+                continue
             try:
-                self.spool.append_many(item.message for item in batch)
+                self.spool.append_many((item.message for item in batch), delete=confirmed)
             except Exception:
                 # not acknowledged: the edge broker redelivers them (persistent session)
                 self.errors += 1
                 log.exception("could not write %d message(s) to the spool", len(batch))
+                self.deletions.put(confirmed)
                 time.sleep(1.0)
                 continue
             for item in batch:
                 self.edge.ack(item.mid, item.qos)
             self.wake.set()
+
+    def _take_deletions(self) -> list[int]:
+        seqs: list[int] = []
+        while True:
+            try:
+                seqs += self.deletions.get_nowait()
+            except queue.Empty:
+                return seqs
+
+    def _delete(self, seqs: list[int]) -> None:
+        try:
+            self.spool.delete_many(seqs)
+        except Exception:  # still spooled: sent again after a restart, stored once
+            self.errors += 1
+            log.exception("could not delete %d confirmed message(s) from the spool", len(seqs))
 
     # -- sender: spool -> cloud, delete once confirmed -------------------------------
 
@@ -305,17 +324,16 @@ class Forwarder:
                 self.rejected_by_processor += 1
                 log.warning("a processor dead-lettered face %s (see its dead letters)", receipt.id)
 
-    def _delete_done(self, force: bool = False) -> None:
-        """Delete confirmed messages in batches: each delete waits for the writer's commit,
-        and one that is late (or lost in a crash) only means the message is sent again."""
+    def _delete_done(self) -> None:
+        """Hand confirmed messages to the writer in batches; a delete that is late (or lost
+        in a crash) only means the message is sent again."""
         now = time.monotonic()
         if self._done and (
-            force
-            or len(self._done) >= DELETE_BATCH
+            len(self._done) >= DELETE_BATCH
             or not self.inflight
             or now - self._deleted_at >= DELETE_EVERY_S
         ):
-            self.spool.delete_many(self._done)
+            self.deletions.put(self._done)
             self._done = []
             self._deleted_at = now
 
@@ -420,7 +438,7 @@ class Forwarder:
             sender.join(timeout=5)
             self._settle_pubacks()
             self._settle_receipts()
-            self._delete_done(force=True)
+            self._delete(self._take_deletions() + self._done)  # the writer has stopped
             self.cloud_heartbeat.stop()
             self.cloud.disconnect()
             self.cloud.loop_stop()
