@@ -120,10 +120,11 @@ class Forwarder:
         self.receipts = receipts_topic(cfg.prefix, self.node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.when_full)
-        self.received: queue.Queue[_Received] = queue.Queue()
+        # for the writer: messages to spool and (lists of sequence numbers) confirmed ones to
+        # delete, in one queue so that either wakes it at once
+        self.received: queue.Queue[_Received | list[int]] = queue.Queue()
         self.pubacks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.confirmations: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
-        self.deletions: queue.SimpleQueue[list[int]] = queue.SimpleQueue()  # for the writer
         self.wake = threading.Event()
         self.inflight: dict[int, _InFlight] = {}  # by MQTT message id
         self.unconfirmed: dict[str, _Unconfirmed] = {}  # by face id, oldest first
@@ -221,12 +222,13 @@ class Forwarder:
 
     def _write_loop(self) -> None:
         while not self.stop.is_set() or not self.received.empty():
-            batch: list[_Received] = []
+            items: list[_Received | list[int]] = []
             with contextlib.suppress(queue.Empty):  # whatever has come, up to a batch
-                batch.append(self.received.get(timeout=DELETE_EVERY_S))
-                while len(batch) < WRITE_BATCH:
-                    batch.append(self.received.get_nowait())
-            confirmed = self._take_deletions()
+                items.append(self.received.get(timeout=0.2))
+                while len(items) < WRITE_BATCH:
+                    items.append(self.received.get_nowait())
+            batch = [item for item in items if isinstance(item, _Received)]
+            confirmed = [seq for item in items if isinstance(item, list) for seq in item]
             if not batch:
                 if confirmed:
                     self._delete(confirmed)
@@ -237,7 +239,7 @@ class Forwarder:
                 # not acknowledged: the edge broker redelivers them (persistent session)
                 self.errors += 1
                 log.exception("could not write %d message(s) to the spool", len(batch))
-                self.deletions.put(confirmed)
+                self.received.put(confirmed)
                 time.sleep(1.0)
                 continue
             for item in batch:
@@ -245,12 +247,16 @@ class Forwarder:
             self.wake.set()
 
     def _take_deletions(self) -> list[int]:
+        """What is left for the writer to delete once it has stopped (messages left in the
+        queue were not acknowledged: the edge broker sends them again)."""
         seqs: list[int] = []
         while True:
             try:
-                seqs += self.deletions.get_nowait()
+                item = self.received.get_nowait()
             except queue.Empty:
                 return seqs
+            if isinstance(item, list):
+                seqs += item
 
     def _delete(self, seqs: list[int]) -> None:
         try:
@@ -333,7 +339,7 @@ class Forwarder:
             or not self.inflight
             or now - self._deleted_at >= DELETE_EVERY_S
         ):
-            self.deletions.put(self._done)
+            self.received.put(self._done)
             self._done = []
             self._deleted_at = now
 
