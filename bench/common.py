@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import platform
@@ -12,19 +11,28 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from facefleet.config import dump_toml
-from facefleet.contract import FaceMeta, new_face_id, utc_timestamp
 from facefleet.localbroker import LocalBroker
 from facefleet.locals3 import LocalS3
-from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 
 ROOT = Path(__file__).resolve().parent.parent
 _STARTED = time.monotonic()
+#: What a boto3 PUT of a small object takes within an AWS region, at the low end (AWS quotes
+#: 100-200 ms to the first byte; a few KB from EC2 or Lambda commonly take 30-120 ms).
+S3_LATENCY_MS = 50.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every section is told: `quick` (tiny sizes, the smoke test) and the latency the
+    benchmarks' S3 endpoint adds to each request."""
+
+    quick: bool = False
+    s3_latency_ms: float = S3_LATENCY_MS
 
 
 def progress(message: str) -> None:
@@ -133,17 +141,19 @@ class Service:
 
 
 class S3Server(LocalS3):
-    """moto's S3 server; with `put_log`, served through `bench.s3_timed`, which logs the time
-    of every PUT (S3 itself reports times to the second only)."""
+    """moto's S3 served by `bench.s3_server`: keep-alive connections like S3, `latency_ms`
+    added to every request, and with `put_log` the time of every stored PUT (S3 itself
+    reports times to the second only)."""
 
-    def __init__(self, put_log: Path | None = None) -> None:
+    def __init__(self, latency_ms: float = 0.0, put_log: Path | None = None) -> None:
         super().__init__()
+        self.latency_ms = latency_ms
         self.put_log = put_log
 
     def command(self) -> list[str]:
-        if self.put_log is None:
-            return super().command()
-        return [sys.executable, "-m", "bench.s3_timed", str(self.port), str(self.put_log)]
+        command = [sys.executable, "-m", "bench.s3_server", str(self.port)]
+        command += ["--latency-ms", str(self.latency_ms)]
+        return command + (["--put-log", str(self.put_log)] if self.put_log else [])
 
 
 @contextmanager
@@ -205,52 +215,3 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(len(ordered), rank) - 1]
-
-
-def face_payload() -> bytes:
-    """A real face JPEG (the synthetic scene's asset, 12 KB)."""
-    from importlib import resources
-
-    return resources.files("facefleet").joinpath("assets", "astronaut_face.jpg").read_bytes()
-
-
-class FacePublisher:
-    """Publishes valid face messages (contract properties, ts = now) at QoS 1."""
-
-    def __init__(self, settings: MqttSettings, node: str, prefix: str = "facefleet") -> None:
-        self.node = node
-        self.topic = f"{prefix}/{node}/faces"
-        self.payload = face_payload()
-        self.sha = hashlib.sha256(self.payload).hexdigest()
-        self.client = make_client(settings, f"bench-faces-{os.getpid()}-{time.monotonic_ns()}")
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
-        self.infos: list[mqtt.MQTTMessageInfo] = []
-        self.sent: dict[str, str] = {}  # id -> ts
-        start(self.client, settings)
-        wait_until(self.client.is_connected, 15, "face publisher connected")
-
-    def publish(self, track: int = 1) -> str:
-        meta = FaceMeta(
-            id=new_face_id(),
-            node=self.node,
-            track=track,
-            ts=utc_timestamp(),
-            box=(100, 80, 120, 140),
-            score=0.95,
-            frame=(640, 480),
-            detector="bench",
-            sha256=self.sha,
-            content_type="image/jpeg",
-        )
-        props = publish_properties(meta.content_type, meta.user_properties())
-        self.infos.append(self.client.publish(self.topic, self.payload, qos=1, properties=props))
-        self.sent[meta.id] = meta.ts
-        return meta.id
-
-    def wait_acked(self, timeout_s: float) -> None:
-        wait_until(lambda: all(i.is_published() for i in self.infos), timeout_s, "PUBACKs")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

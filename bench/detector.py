@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, progress, shared_dir
+from bench.common import ROOT, Options, progress, shared_dir
 from facefleet.config import build
 from facefleet.detector.evaluation import recall_precision
 from facefleet.detector.settings import DetectionSettings
@@ -67,7 +67,8 @@ def run_one(
     return figures
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     shared = shared_dir()
     model = shared / MODEL
     clip = shared / CLIP

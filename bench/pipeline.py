@@ -5,7 +5,7 @@ four services as subprocesses. Footprint: CPU and resident memory of each servic
 first idle (camera running on an empty scene, no faces), then under load (the detector on a
 scene with persons at 15 fps, plus faces published at a fixed rate into the edge broker).
 Latency: those fixed-rate faces carry their capture time in `ts`; the stored time is when the
-S3 server answered the PUT of that face's object (`bench.s3_timed`), so latency is edge broker
+S3 server answered the PUT of that face's object (`bench.s3_server`), so latency is edge broker
 -> logger/forwarder (spool) -> cloud broker -> processor -> S3.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    FacePublisher,
+    Options,
     S3Server,
     Service,
     brokers,
@@ -29,6 +29,7 @@ from bench.common import (
     shared_dir,
     wait_until,
 )
+from bench.faces import FacePublisher
 from facefleet.contract import parse_timestamp
 from facefleet.localbroker import MONITOR_IDENTITY
 from facefleet.statusboard import StatusBoard
@@ -68,7 +69,8 @@ def stored_times(put_log: Path) -> dict[str, float]:
     return out
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     rate = 20.0
     seconds, idle_s = (4.0, 2.0) if quick else (20.0, 6.0)
     put_log = workdir / "s3-puts.log"
@@ -148,10 +150,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
                 publisher = FacePublisher(edge.settings_for(), EDGE_NODE)
                 with ThreadPoolExecutor(1) as pool:
                     sampling = pool.submit(footprint, pids, seconds)
-                    began = time.monotonic()
-                    for n in range(round(rate * seconds)):
-                        time.sleep(max(0.0, began + n / rate - time.monotonic()))
-                        publisher.publish(track=n + 1)
+                    publisher.publish_at(rate, round(rate * seconds))
                     load = sampling.result()
                 progress(f"footprint under load: {json.dumps(load)}")
                 publisher.wait_acked(30)
@@ -189,6 +188,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
         "faces/s published into the edge broker with ts = capture time; stored = S3 PUT answered",
     }
     out["footprint"] = {
+        "where": "loopback",
         "idle": idle,
         "load": load,
         "note": "cpu_pct = % of one core averaged over the window; rss_mb = peak resident MB. "

@@ -5,6 +5,10 @@ certificate CN = node, the fleet ACL), QoS 1 on both hops, persistent sessions, 
 - forwarder: `facefleet forwarder` with its SQLite spool (fsync per batch), default settings;
 - bridge: a `connection` block in the edge broker's own config (MQTT v5, cleansession false,
   QoS 1, TLS with the node's certificate), the edge broker's persistence on.
+The messages are faces as far as the relays can tell (a face id in their user properties), and
+the subscriber on the cloud broker answers each with a receipt, as the processor does once the
+face is stored: the forwarder keeps a face spooled until its receipt comes (`uplink.confirm =
+"receipt"`, the default); the bridge ignores receipts.
 Throughput: N messages of 32 KB published at QoS 1 to the edge broker as fast as the publisher
 goes; rate = N / (last arrival at a QoS 1 subscriber on the cloud broker - first publish). The
 direct case (publisher straight to the cloud broker, no relay) is measured for reference.
@@ -28,14 +32,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import Service, progress, wait_until
-from facefleet.contract import faces_topic
+from bench.common import Options, Service, progress, wait_until
+from facefleet.contract import Receipt, faces_topic, new_face_id, receipts_topic
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
-from facefleet.mqtt import MqttSettings, make_client, start
+from facefleet.mqtt import MqttSettings, make_client, publish_properties, start, user_properties
 from facefleet.statusboard import StatusBoard
 
 NODE = "bench-edge"
+#: The subscriber's identity on the cloud broker: a processor's rights (read faces, write
+#: receipts).
+RECEIVER = "bench-receiver"
 PAYLOAD_BYTES = 32 * 1024
+#: Each payload starts with its run and sequence number.
+HEADER = struct.Struct(">QQ")
 RECONNECT_MAX_S = 2
 
 
@@ -73,29 +82,44 @@ class BridgedEdge(LocalBroker):
 
 @dataclass
 class Subscriber:
-    """QoS 1 subscriber on the cloud broker with a persistent session; counts distinct
-    sequence numbers and the time of each first arrival."""
+    """QoS 1 subscriber on the cloud broker with a persistent session; counts the distinct
+    sequence numbers of its own `run` and the time of each first arrival, and answers every
+    face with a receipt as a processor does. Messages of earlier runs on the same relay (a
+    face the forwarder sends again because its receipt was lost with the last subscriber)
+    are answered but not counted."""
 
     settings: MqttSettings
     topic: str
+    run: int = field(default_factory=time.monotonic_ns)
     arrivals: dict[int, float] = field(default_factory=dict)
     duplicates: int = 0
+    earlier_runs: int = 0
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self.client = make_client(self.settings, f"bench-sub-{os.getpid()}-{time.monotonic_ns()}")
+        # receipts stand in for those of several processors: they must not queue behind
+        # paho's default window of 20 (a forwarder stops at `unconfirmed_max` without them)
+        self.client.max_inflight_messages_set(1000)
+        self.receipts: list[mqtt.MQTTMessageInfo] = []
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_message = self._on_message
         start(self.client, self.settings, persistent=True)
         wait_until(self.client.is_connected, 15, "subscriber connected")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if len(msg.payload) < 8:
+        if len(msg.payload) < HEADER.size:
             return
-        (seq,) = struct.unpack_from(">Q", msg.payload)
+        face_id = user_properties(msg).get("id")
+        if face_id:
+            receipt = Receipt(face_id, "stored").encode()
+            self.receipts.append(client.publish(receipts_topic("facefleet", NODE), receipt, qos=1))
+        run, seq = HEADER.unpack_from(msg.payload)
         now = time.monotonic()
         with self.lock:
-            if seq in self.arrivals:
+            if run != self.run:
+                self.earlier_runs += 1
+            elif seq in self.arrivals:
                 self.duplicates += 1
             else:
                 self.arrivals[seq] = now
@@ -105,7 +129,10 @@ class Subscriber:
             return sum(1 for s in seqs if s in self.arrivals)
 
     def close(self) -> None:
-        """Disconnect and end the session, so the broker stops queueing for it."""
+        """Once the broker has every receipt, disconnect and end the session, so the broker
+        stops queueing for it."""
+        with contextlib.suppress(TimeoutError):  # what is left is resent, counted as earlier
+            wait_until(lambda: all(r.is_published() for r in self.receipts), 30, "receipts")
         props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
         self.client.disconnect(properties=props)
@@ -113,21 +140,23 @@ class Subscriber:
 
 
 class Publisher:
-    """QoS 1 publisher of numbered 32 KB messages on the faces topic of NODE."""
+    """QoS 1 publisher of numbered 32 KB messages of one run on the faces topic of NODE."""
 
-    def __init__(self, settings: MqttSettings, prefix: str = "facefleet") -> None:
+    def __init__(self, settings: MqttSettings, run: int, prefix: str = "facefleet") -> None:
+        self.run = run
         self.topic = faces_topic(prefix, NODE)
         self.client = make_client(settings, f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
-        self.filler = os.urandom(PAYLOAD_BYTES - 8)
+        self.filler = os.urandom(PAYLOAD_BYTES - HEADER.size)
         self.infos: list[mqtt.MQTTMessageInfo] = []
         start(self.client, settings)
         wait_until(self.client.is_connected, 15, "publisher connected")
 
     def publish(self, seq: int) -> None:
-        payload = struct.pack(">Q", seq) + self.filler
-        self.infos.append(self.client.publish(self.topic, payload, qos=1))
+        payload = HEADER.pack(self.run, seq) + self.filler
+        props = publish_properties(None, [("id", new_face_id())])
+        self.infos.append(self.client.publish(self.topic, payload, qos=1, properties=props))
 
     def wait_acked(self, timeout_s: float) -> None:
         wait_until(lambda: all(i.is_published() for i in self.infos), timeout_s, "edge PUBACKs")
@@ -143,7 +172,7 @@ class Relay:
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind = kind
         self.workdir = workdir / kind
-        self.cloud = LocalBroker("cloud", workdir=self.workdir / "cloud", processors=())
+        self.cloud = LocalBroker("cloud", workdir=self.workdir / "cloud", processors=(RECEIVER,))
         self.edge: LocalBroker
         if kind == "bridge":
             self.edge = BridgedEdge("edge", workdir=self.workdir / "edge", cloud=self.cloud)
@@ -170,7 +199,7 @@ class Relay:
                 board.close()
 
     def subscriber(self) -> Subscriber:
-        settings = self.cloud.settings_for(MONITOR_IDENTITY)
+        settings = self.cloud.settings_for(RECEIVER)
         return Subscriber(
             MqttSettings(**{**settings.__dict__, "reconnect_max_s": RECONNECT_MAX_S}),
             faces_topic("facefleet", NODE),
@@ -190,7 +219,7 @@ class Relay:
 
 def throughput(relay: Relay, count: int) -> dict[str, Any]:
     sub = relay.subscriber()
-    pub = Publisher(relay.edge.settings_for())
+    pub = Publisher(relay.edge.settings_for(), sub.run)
     try:
         relay.warm_up(sub, pub)
         began = time.monotonic()
@@ -212,10 +241,10 @@ def throughput(relay: Relay, count: int) -> dict[str, Any]:
 def direct(workdir: Path, count: int) -> dict[str, Any]:
     """No relay: the publisher straight to the cloud broker (TLS), same subscriber. Not a
     ceiling (the publisher then pays for TLS itself), a reference for the harness."""
-    with LocalBroker("cloud", workdir=workdir / "direct", processors=()) as cloud:
-        settings = cloud.settings_for(MONITOR_IDENTITY)
+    with LocalBroker("cloud", workdir=workdir / "direct", processors=(RECEIVER,)) as cloud:
+        settings = cloud.settings_for(RECEIVER)
         sub = Subscriber(settings, faces_topic("facefleet", NODE))
-        pub = Publisher(cloud.settings_for(NODE))
+        pub = Publisher(cloud.settings_for(NODE), sub.run)
         try:
             began = time.monotonic()
             for seq in range(count):
@@ -235,7 +264,7 @@ def outage(
     relay: Relay, rate: float, before_s: float, outage_s: float, after_s: float
 ) -> dict[str, Any]:
     sub = relay.subscriber()
-    pub = Publisher(relay.edge.settings_for())
+    pub = Publisher(relay.edge.settings_for(), sub.run)
     seq = 0
     period = 1.0 / rate
 
@@ -277,11 +306,13 @@ def outage(
         "arrived": arrived,
         "lost": published - arrived,
         "duplicates": sub.duplicates,
+        "resent_from_earlier_runs": sub.earlier_runs,
         "caught_up_s_after_restore": round(caught_up, 2) if caught_up is not None else None,
     }
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     count = 200 if quick else 2000
     rate, before_s, outage_s, after_s = (50.0, 1.0, 3.0, 1.0) if quick else (50.0, 3.0, 10.0, 3.0)
     out: dict[str, Any] = {}

@@ -38,6 +38,10 @@ def _ratio(a: Any, b: Any) -> str:
     return f"{a / b:.2f}x"
 
 
+def _where(latency: dict[str, Any]) -> str:
+    return "lab fleet" if str(latency.get("where", "")).startswith("lab fleet") else "loopback"
+
+
 def targets(results: dict[str, Any]) -> dict[str, bool | None]:
     """Each target of the issue: met (True), missed (False) or not measured (None)."""
 
@@ -148,17 +152,28 @@ def markdown(results: dict[str, Any]) -> str:
          f"{_num(_get(r, 'bridge.outage.published'))}", "", "")
     )  # fmt: skip
     lat = _get(r, "latency_ms", {})
-    rows.append(
-        (f"latency capture -> stored, ms, {_num(lat.get('rate_per_s'), 0)} faces/s (loopback)",
-         f"p50 {_num(lat.get('p50'), 0)} / p95 {_num(lat.get('p95'), 0)} / "
-         f"p99 {_num(lat.get('p99'), 0)}", "", "", "")
-    )  # fmt: skip
+    for figures in (lat, lat.get("loopback") or {}):
+        if figures:
+            rows.append(
+                (f"latency capture -> stored, ms, {_num(figures.get('rate_per_s'), 0)} faces/s "
+                 f"({_where(figures)})",
+                 f"p50 {_num(figures.get('p50'), 0)} / p95 {_num(figures.get('p95'), 0)} / "
+                 f"p99 {_num(figures.get('p99'), 0)}", "", "", "")
+            )  # fmt: skip
     one = _get(r, "processor.faces_per_s.1")
+    latency = _num(_get(r, "processor.s3_latency_ms"), 0)
     for n in ("1", "2", "4"):
         value = _get(r, f"processor.faces_per_s.{n}")
         rows.append(
-            (f"processor faces/s, {n} replica(s), moto S3", _num(value), f"1 replica {_num(one)}",
-             _ratio(value, one), mark("processor") if n == "2" else "")
+            (f"processor faces/s, {n} replica(s), S3 at {latency} ms per PUT", _num(value),
+             f"1 replica {_num(one)}", _ratio(value, one), mark("processor") if n == "2" else "")
+        )  # fmt: skip
+    instant = _get(r, "processor.instant_s3.faces_per_s", {})
+    if instant:
+        rows.append(
+            ("processor faces/s, 1 / 2 / 4 replicas, instant S3 (CPU-bound reference)",
+             " / ".join(_num(instant.get(n)) for n in ("1", "2", "4")), "1 replica",
+             " / ".join(_ratio(instant.get(n), instant.get("1")) for n in ("2", "4")), "")
         )  # fmt: skip
     lines = [
         "| measurement | facefleet | baseline | ratio | target |",
@@ -166,14 +181,17 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     foot = _get(r, "footprint", {})
-    if foot.get("idle"):
+    for figures in (foot, foot.get("loopback") or {}):
+        if not figures.get("idle"):
+            continue
+        where = figures.get("where", "loopback")
         lines += [
             "",
-            "| service | idle CPU % | idle RSS MB | load CPU % | load RSS MB |",
+            f"| service ({where}) | idle CPU % | idle RSS MB | load CPU % | load RSS MB |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for service in ("detector", "logger", "forwarder", "processor"):
-            idle, load = foot["idle"].get(service, {}), foot.get("load", {}).get(service, {})
+            idle, load = figures["idle"].get(service, {}), figures["load"].get(service, {})
             lines.append(
                 f"| {service} | {_num(idle.get('cpu_pct'))} | {_num(idle.get('rss_mb'))} | "
                 f"{_num(load.get('cpu_pct'))} | {_num(load.get('rss_mb'))} |"
@@ -232,7 +250,9 @@ def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.axvline(lat[q], color="black", linestyle=style, label=f"{q} {lat[q]:.0f} ms")
         ax.set_xlabel("capture -> stored in S3, ms")
         ax.set_ylabel("faces")
-        ax.set_title(f"end-to-end latency at {lat.get('rate_per_s', 0):.0f} faces/s (loopback)")
+        ax.set_title(
+            f"end-to-end latency at {lat.get('rate_per_s', 0):.0f} faces/s ({_where(lat)})"
+        )
         ax.legend()
         fig.tight_layout()
         path = out_dir / "latency.png"
@@ -252,7 +272,9 @@ def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
             scaling.set_xticks([int(k) for k in proc])
             scaling.set_xlabel("processor replicas")
             scaling.set_ylabel("faces stored per second")
-            scaling.set_title("processor scaling (moto S3)")
+            scaling.set_title(
+                f"processor scaling (S3 at {_num(_get(results, 'processor.s3_latency_ms'), 0)} ms)"
+            )
             scaling.set_ylim(bottom=0)
         fig.tight_layout()
         path = out_dir / "scaling.png"

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import progress, shared_dir
+from bench.common import Options, progress, shared_dir
 from facefleet.detector.geometry import iou
 from facefleet.detector.synthetic import SceneParams, SyntheticScene
 
@@ -66,7 +66,8 @@ def persons_seen(scene: SyntheticScene, faces: list[dict[str, Any]]) -> set[int]
     return seen
 
 
-def run(workdir: Path, quick: bool) -> dict[str, Any]:
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    quick = options.quick
     persons, seconds = (3, 6) if quick else (8, 30)
     inputs = {
         "synthetic": f"synthetic:?persons={persons}&seconds={seconds}&fps=15&size=640x480&seed=2",

@@ -4,7 +4,8 @@ Three actors, each owning its state:
 - paho's edge loop thread receives messages (manual acknowledgement, persistent session) and
   hands them to the writer;
 - the writer thread commits them to the spool in batches (one fsync per batch) and only then
-  acknowledges them to the edge broker;
+  acknowledges them to the edge broker; it also deletes what the sender found confirmed, in
+  the same transactions, so that the sender never waits for SQLite's write lock;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
   cloud broker, in spool order. It deletes a status message on its PUBACK and a face on the
   processor's receipt (`uplink.confirm = "receipt"`): a PUBACK only says the broker has the
@@ -16,6 +17,7 @@ Three actors, each owning its state:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -118,7 +120,9 @@ class Forwarder:
         self.receipts = receipts_topic(cfg.prefix, self.node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.when_full)
-        self.received: queue.Queue[_Received] = queue.Queue()
+        # for the writer: messages to spool and (lists of sequence numbers) confirmed ones to
+        # delete, in one queue so that either wakes it at once
+        self.received: queue.Queue[_Received | list[int]] = queue.Queue()
         self.pubacks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.confirmations: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
         self.wake = threading.Event()
@@ -218,27 +222,48 @@ class Forwarder:
 
     def _write_loop(self) -> None:
         while not self.stop.is_set() or not self.received.empty():
-            try:
-                first = self.received.get(timeout=0.2)
-            except queue.Empty:
+            items: list[_Received | list[int]] = []
+            with contextlib.suppress(queue.Empty):  # whatever has come, up to a batch
+                items.append(self.received.get(timeout=0.2))
+                while len(items) < WRITE_BATCH:
+                    items.append(self.received.get_nowait())
+            batch = [item for item in items if isinstance(item, _Received)]
+            confirmed = [seq for item in items if isinstance(item, list) for seq in item]
+            if not batch:
+                if confirmed:
+                    self._delete(confirmed)
                 continue
-            batch = [first]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(self.received.get_nowait())
-                except queue.Empty:
-                    break
             try:
-                self.spool.append_many(item.message for item in batch)
+                self.spool.append_many((item.message for item in batch), delete=confirmed)
             except Exception:
                 # not acknowledged: the edge broker redelivers them (persistent session)
                 self.errors += 1
                 log.exception("could not write %d message(s) to the spool", len(batch))
+                self.received.put(confirmed)
                 time.sleep(1.0)
                 continue
             for item in batch:
                 self.edge.ack(item.mid, item.qos)
             self.wake.set()
+
+    def _take_deletions(self) -> list[int]:
+        """What is left for the writer to delete once it has stopped (messages left in the
+        queue were not acknowledged: the edge broker sends them again)."""
+        seqs: list[int] = []
+        while True:
+            try:
+                item = self.received.get_nowait()
+            except queue.Empty:
+                return seqs
+            if isinstance(item, list):
+                seqs += item
+
+    def _delete(self, seqs: list[int]) -> None:
+        try:
+            self.spool.delete_many(seqs)
+        except Exception:  # still spooled: sent again after a restart, stored once
+            self.errors += 1
+            log.exception("could not delete %d confirmed message(s) from the spool", len(seqs))
 
     # -- sender: spool -> cloud, delete once confirmed -------------------------------
 
@@ -305,17 +330,16 @@ class Forwarder:
                 self.rejected_by_processor += 1
                 log.warning("a processor dead-lettered face %s (see its dead letters)", receipt.id)
 
-    def _delete_done(self, force: bool = False) -> None:
-        """Delete confirmed messages in batches: each delete waits for the writer's commit,
-        and one that is late (or lost in a crash) only means the message is sent again."""
+    def _delete_done(self) -> None:
+        """Hand confirmed messages to the writer in batches; a delete that is late (or lost
+        in a crash) only means the message is sent again."""
         now = time.monotonic()
         if self._done and (
-            force
-            or len(self._done) >= DELETE_BATCH
+            len(self._done) >= DELETE_BATCH
             or not self.inflight
             or now - self._deleted_at >= DELETE_EVERY_S
         ):
-            self.spool.delete_many(self._done)
+            self.received.put(self._done)
             self._done = []
             self._deleted_at = now
 
@@ -420,7 +444,7 @@ class Forwarder:
             sender.join(timeout=5)
             self._settle_pubacks()
             self._settle_receipts()
-            self._delete_done(force=True)
+            self._delete(self._take_deletions() + self._done)  # the writer has stopped
             self.cloud_heartbeat.stop()
             self.cloud.disconnect()
             self.cloud.loop_stop()

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,17 +105,23 @@ class Spool:
 
     def oldest_age_s(self) -> float:
         with self._read_lock:
-            row = self._reader.execute("SELECT MIN(received) FROM messages").fetchone()
+            # the first row in spool order, not MIN(received): that reads every record, and
+            # `received` sits behind the payload's overflow pages (the whole spool per call)
+            row = self._reader.execute(
+                "SELECT received FROM messages ORDER BY seq LIMIT 1"
+            ).fetchone()
         return round(time.time() - row[0], 1) if row and row[0] is not None else 0.0
 
-    def append_many(self, messages: Iterable[Incoming]) -> list[bool]:
-        """Spool messages in one transaction (one fsync); returns, per message, whether it was
-        kept (False: dropped by the drop-newest policy or larger than the whole spool)."""
+    def append_many(self, messages: Iterable[Incoming], delete: Sequence[int] = ()) -> list[bool]:
+        """Spool messages in one transaction (one fsync), deleting the confirmed messages
+        `delete` in the same transaction; returns, per message, whether it was kept (False:
+        dropped by the drop-newest policy or larger than the whole spool)."""
         kept: list[bool] = []
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._delete_rows(delete)
                 dropped = 0
                 for message in messages:
                     size = len(message.payload)
@@ -235,22 +241,27 @@ class Spool:
     def _delete_locked(self, seqs: list[int]) -> int:
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            removed = freed = 0
-            for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
-                chunk = seqs[start : start + 500]
-                where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
-                found = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages {where}",  # noqa: S608
-                    chunk,
-                ).fetchone()
-                self._db.execute(f"DELETE FROM messages {where}", chunk)  # noqa: S608
-                removed += int(found[0])
-                freed += int(found[1])
+            removed = self._delete_rows(seqs)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             self._recount()
             raise
+        return removed
+
+    def _delete_rows(self, seqs: Sequence[int]) -> int:
+        """DELETE inside the caller's transaction (the caller recounts if it rolls back)."""
+        removed = freed = 0
+        for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
+            chunk = seqs[start : start + 500]
+            where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
+            found = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages {where}",  # noqa: S608
+                chunk,
+            ).fetchone()
+            self._db.execute(f"DELETE FROM messages {where}", chunk)  # noqa: S608
+            removed += int(found[0])
+            freed += int(found[1])
         self._depth -= removed
         self._bytes -= freed
         return removed
