@@ -53,6 +53,7 @@ class NodeHealth:
     node: str
     kind: str
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -63,7 +64,7 @@ class NodeHealth:
         body = self.services.get(service)
         if body is None:
             return NEVER
-        return STALE if body.get("stale") else str(body["state"])
+        return STALE if service in self.stale else str(body["state"])
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,7 +73,7 @@ class NodeHealth:
             "healthy": self.healthy,
             "problems": self.problems,
             "services": {
-                service: {"state": self.state(service), **self.services.get(service, {})}
+                service: {**self.services.get(service, {}), "state": self.state(service)}
                 for service in SERVICES_BY_KIND[self.kind]
             },
         }
@@ -116,7 +117,9 @@ def evaluate(
             body = seen.get((node, service))
             problem, stale = service_problem(service, body, expect_version, now)
             if body is not None:
-                health.services[service] = {**body, "stale": stale}
+                health.services[service] = body
+            if stale:
+                health.stale.add(service)
             if problem:
                 health.problems.append(problem)
         report.append(health)
