@@ -6,6 +6,7 @@ host switches releases reach storage.
 usage: python face_publisher.py NODE OUT STOP
 """
 
+import contextlib
 import hashlib
 import sys
 import time
@@ -36,10 +37,8 @@ with out.open("a") as acked:
         )
         properties = publish_properties(meta.content_type, meta.user_properties())
         info = client.publish(faces_topic("facefleet", node), payload, qos=1, properties=properties)
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: not counted
             info.wait_for_publish(timeout=10)
-        except (RuntimeError, ValueError):
-            pass  # not connected: not acknowledged, not counted
         if info.is_published():
             acked.write(meta.id + "\n")
             acked.flush()

@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,14 @@ import pytest
 from botocore.config import Config
 from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
+from facefleet import __version__
 from tests.conftest import ROOT
 from tests.fleet.conftest import INVENTORY, Deploy, Lab, deploy, lab_session
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPORT = ROOT / "build" / "rollout-report.json"
-VERSION_A = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION_A = __version__  # the checkout, installed in the controller's venv
 LABEL = "rollout.b"
 VERSION_B = f"{VERSION_A}+{LABEL}"
 BROKEN = "edge-3"
@@ -67,8 +67,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def fleet_status(*options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "facefleet", "fleet", "status", "--inventory", str(INVENTORY)]
-        + list(options),
+        [
+            sys.executable,
+            "-m",
+            "facefleet",
+            "fleet",
+            "status",
+            "--inventory",
+            str(INVENTORY),
+            *options,
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -122,7 +130,7 @@ def stop_publishers(lab: Lab) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
+def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     """Version B rolled out in batches with edge-3 broken, faces published throughout."""
     assert lab.deploys[0].returncode == 0, lab.deploys[0].tail()
     host_vars = INVENTORY.parent / "host_vars" / f"{BROKEN}.yml"
@@ -136,7 +144,7 @@ def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roll
         published = stop_publishers(lab)
         host_vars.unlink()
     reports = {p.stem: json.loads(p.read_text()) for p in report_dir.glob("*.json")}
-    yield Rollout(run, reports, published)
+    return Rollout(run, reports, published)
 
 
 def test_version_a_everywhere_first(lab: Lab) -> None:
