@@ -36,6 +36,7 @@ from facefleet.contract import (
 )
 from facefleet.inventory import InventoryInfo, load_inventory
 from facefleet.mqtt import MqttSettings, make_client, start
+from facefleet.service import setup_logging
 
 EXIT_UNHEALTHY = 1
 #: Without --wait: how long retained heartbeats may take to arrive after the subscription.
@@ -309,6 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_fleet(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise ConfigError("--wait must be 0 or more seconds")
+    setup_logging("WARNING")  # quiets paho's reports of a closing connection
     info = load_inventory(Path(args.inventory))
     nodes = select_nodes(info, args.limit)
     settings = mqtt_settings(info, args.pki_dir)
