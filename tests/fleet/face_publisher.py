@@ -21,6 +21,9 @@ payload = files("facefleet").joinpath("assets/astronaut_face.jpg").read_bytes()
 settings = MqttSettings(host="127.0.0.1", port=1883)
 client = make_client(settings, f"rollout-test-publisher-{node}")
 start(client, settings)
+connect_deadline = time.monotonic() + 30
+while not client.is_connected() and time.monotonic() < connect_deadline:
+    time.sleep(0.1)
 with out.open("a") as acked:
     while not stop.exists():
         meta = FaceMeta(
@@ -39,9 +42,9 @@ with out.open("a") as acked:
         info = client.publish(faces_topic("facefleet", node), payload, qos=1, properties=properties)
         with contextlib.suppress(RuntimeError, ValueError):  # not connected: not counted
             info.wait_for_publish(timeout=10)
-        if info.is_published():
-            acked.write(meta.id + "\n")
-            acked.flush()
+            if info.is_published():
+                acked.write(meta.id + "\n")
+                acked.flush()
         time.sleep(0.5)
 client.disconnect()
 client.loop_stop()

@@ -56,6 +56,7 @@ class Rollout:
     run: Deploy
     reports: dict[str, dict[str, Any]]
     published: dict[str, list[str]]
+    publisher_logs: str
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +120,16 @@ def start_publishers(lab: Lab) -> None:
         )
 
 
-def stop_publishers(lab: Lab) -> dict[str, list[str]]:
-    published = {}
+def stop_publishers(lab: Lab) -> tuple[dict[str, list[str]], str]:
+    """The acknowledged face ids per edge, and the publishers' logs."""
+    published, logs = {}, []
     for edge in PUBLISHERS:
         lab.out(edge, f"touch {PUBLISHER_DIR}/stop")
     time.sleep(2)
     for edge in PUBLISHERS:
-        published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt").split()
-    return published
+        published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt || true").split()
+        logs.append(f"{edge}: " + lab.out(edge, f"tail -5 {PUBLISHER_DIR}/publisher.log"))
+    return published, "\n".join(logs)
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +144,10 @@ def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     try:
         run = deploy(lab.source, facefleet_rollout_report_dir=str(report_dir), **ROLLOUT)
     finally:
-        published = stop_publishers(lab)
+        published, logs = stop_publishers(lab)
         host_vars.unlink()
     reports = {p.stem: json.loads(p.read_text()) for p in report_dir.glob("*.json")}
-    return Rollout(run, reports, published)
+    return Rollout(run, reports, published, logs)
 
 
 def test_version_a_everywhere_first(lab: Lab) -> None:
@@ -264,7 +267,7 @@ def test_faces_published_during_the_switch_are_stored(lab: Lab, rollout: Rollout
             break
         time.sleep(5)
     lab.report["faces_published_during_rollout"] = {e: len(i) for e, i in rollout.published.items()}
-    assert all(len(ids) > 20 for ids in rollout.published.values()), rollout.published
+    assert all(len(ids) > 20 for ids in rollout.published.values()), rollout.publisher_logs
     assert not any(missing.values()), {e: sorted(m)[:5] for e, m in missing.items()}
 
 
