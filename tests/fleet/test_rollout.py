@@ -49,6 +49,7 @@ ROLLOUT = {
 }
 PUBLISHERS = ("edge-1", BROKEN)
 PUBLISHER_DIR = "/root/rollout-test"
+PUBLISHER_UNIT = "rollout-test-publisher"
 
 
 @dataclass
@@ -115,8 +116,8 @@ def start_publishers(lab: Lab) -> None:
         assert upload.returncode == 0, upload.stderr
         lab.out(
             edge,
-            f"cd {PUBLISHER_DIR} && nohup {python} face_publisher.py {edge} acked.txt stop "
-            "> publisher.log 2>&1 < /dev/null &",
+            f"systemd-run --quiet --unit {PUBLISHER_UNIT} --working-directory {PUBLISHER_DIR} "
+            f"{python} face_publisher.py {edge} acked.txt stop",
         )
 
 
@@ -128,7 +129,8 @@ def stop_publishers(lab: Lab) -> tuple[dict[str, list[str]], str]:
     time.sleep(2)
     for edge in PUBLISHERS:
         published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt || true").split()
-        logs.append(f"{edge}: " + lab.out(edge, f"tail -5 {PUBLISHER_DIR}/publisher.log"))
+        journal = lab.out(edge, f"journalctl --no-pager -n 5 -u {PUBLISHER_UNIT}")
+        logs.append(f"{edge}: {journal}")
     return published, "\n".join(logs)
 
 
