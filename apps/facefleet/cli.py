@@ -73,6 +73,11 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     ),
     "demo": ("facefleet.demo", "run_demo", "run the whole pipeline on this machine"),
     "pki": ("facefleet.pki", "run_pki", "fleet CA and certificates for brokers and clients"),
+    "fleet": (
+        "facefleet.fleet",
+        "run_fleet",
+        "fleet health as the cloud broker sees it (fleet status --inventory PATH)",
+    ),
     "monitor": (
         "facefleet_monitor.cli",
         "run_monitor",

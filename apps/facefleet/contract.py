@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "facefleet"
@@ -25,6 +26,13 @@ EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 FACE_PROPERTIES = ("v", "id", "node", "track", "ts", "box", "score", "frame", "detector", "sha256")
 
 SERVICES = ("detector", "logger", "forwarder", "processor")
+#: Services a node of each inventory group runs (the Ansible plays install exactly these).
+SERVICES_BY_KIND: dict[str, tuple[str, ...]] = {
+    "edge": ("detector", "logger", "forwarder"),
+    "cloud": ("processor",),
+}
+#: A service is stale after this many heartbeat intervals without a heartbeat.
+STALE_INTERVALS = 3
 STATES = ("online", "offline", "stopped")
 #: What a processor did with a face: a new object, one that already existed (a resend), or a
 #: dead letter. Each is final: the device may forget the face.
@@ -78,6 +86,31 @@ def parse_topic(prefix: str, topic: str) -> tuple[str, str, str | None] | None:
     if len(parts) == 4 and parts[2] == "status":
         return parts[1], "status", parts[3]
     return None
+
+
+def parse_status_body(node: str, service: str, payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """A heartbeat payload checked against the contract; ValueError with a one-line reason."""
+    if len(payload) > max_bytes:
+        raise ValueError(f"status too large ({len(payload)} bytes)")
+    if not payload:
+        # an empty retained message clears the topic: the service was removed
+        raise ValueError("empty status (retained status cleared)")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed status JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("malformed status: not a JSON object")
+    state = body.get("state")
+    if state not in STATES:
+        raise ValueError(f"malformed status: unknown state {state!r}")
+    for key, expected in (("node", node), ("service", service)):
+        if key in body and body[key] != expected:
+            raise ValueError(f"status {key} {body[key]!r} does not match the topic")
+    interval = body.get("interval_s")
+    if interval is not None and not (isinstance(interval, int | float) and interval > 0):
+        raise ValueError(f"malformed interval_s: {interval!r}")
+    return body
 
 
 def utc_timestamp(when: datetime | None = None) -> str:

@@ -1,11 +1,11 @@
-"""The fleet lab for the fleet tests: up once per module, deployed twice, torn down at the end.
+"""The fleet lab for the fleet tests: up, deployed, torn down at the end.
 
 Needs root and systemd-nspawn. Outside CI the tests skip with the reason when the machine
 cannot host the lab; under CI=true they must run. `python -m lab up` removes any lab that is
 already running (the developer's `make lab` included) before it starts its own;
 FACEFLEET_LAB_REUSE=1 runs the tests against the lab that is up and leaves it running;
-FACEFLEET_LAB_DEPLOYS=N deploys N times instead of twice (0 with a lab already deployed, to
-iterate on a test; the deploy tests then fail, as they should).
+FACEFLEET_LAB_DEPLOYS=N overrides how often a fixture deploys (0 with a lab already deployed,
+to iterate on a test; the deploy tests then fail, as they should).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,17 @@ def deploy(source: Path, *options: str, **extra_vars: Any) -> Deploy:
     return Deploy(time.monotonic() - started, result.returncode, result.stdout + result.stderr)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Lab up (2 edges, 1 cloud) and site.yml deployed twice; always torn down."""
+#: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
+#: test_rollout.py).
+ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
+
+
+@contextmanager
+def lab_session(
+    tmp_path_factory: pytest.TempPathFactory, edges: int, deploys: int, report: Path
+) -> Iterator[Lab]:
+    """Lab up with `edges` edges and one cloud host, site.yml deployed `deploys` times; always
+    torn down. The lab's report (timings, figures) is written to `report` and printed."""
     reason = lab_unavailable()
     if reason:
         if IN_CI:
@@ -167,11 +176,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reuse = os.environ.get("FACEFLEET_LAB_REUSE") == "1" and INVENTORY.exists()
     try:
         if not reuse:
-            up = _run_lab("up", "--edges", "2", timeout=900)
+            up = _run_lab("up", "--edges", str(edges), timeout=900)
             if up.returncode != 0:
                 pytest.fail(f"lab up failed: {up.stderr.strip()[-2000:]}")
         inventory = yaml.safe_load(INVENTORY.read_text())["all"]["children"]
         groups = {g: list(inventory[g]["hosts"]) for g in ("cloud", "edge")}
+        if len(groups["edge"]) < edges:
+            pytest.fail(f"the lab that is up has {len(groups['edge'])} edges, {edges} needed")
         hosts = {
             name: spec["ansible_host"]
             for g in ("cloud", "edge")
@@ -179,20 +190,29 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
         the_lab = Lab(hosts, groups, source)
-        for _ in range(int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))):
-            the_lab.deploys.append(deploy(source))
+        for _ in range(int(os.environ.get("FACEFLEET_LAB_DEPLOYS", deploys))):
+            the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
             if the_lab.deploys[-1].returncode != 0:
                 break
         the_lab.report["deploy_s"] = [round(d.seconds, 1) for d in the_lab.deploys]
         yield the_lab
-        REPORT.parent.mkdir(exist_ok=True)
-        REPORT.write_text(json.dumps(the_lab.report, indent=2) + "\n")
-        print(f"\nfleet report ({REPORT}):\n{json.dumps(the_lab.report, indent=2)}")
+        report.parent.mkdir(exist_ok=True)
+        report.write_text(json.dumps(the_lab.report, indent=2) + "\n")
+        print(f"\nlab report ({report}):\n{json.dumps(the_lab.report, indent=2)}")
     finally:
         if not reuse:
             down = _run_lab("down", timeout=300)
             if down.returncode != 0:
                 print(f"lab down failed: {down.stderr}", file=sys.stderr)
+
+
+@pytest.fixture(scope="package")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Lab up (2 edges, 1 cloud) and site.yml deployed twice, shared by test_faults.py and
+    test_fleet.py (which checks the deploys); always torn down. test_rollout.py's own lab
+    replaces it after both (`lab up` removes a running lab first)."""
+    with lab_session(tmp_path_factory, edges=2, deploys=2, report=REPORT) as the_lab:
+        yield the_lab
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 EDGE_SERVICES = ("detector", "logger", "forwarder")
 MAX_EXPOSURE = 3.0
+#: Config files belong to the active release.
+CONFIG_DIR = "/opt/facefleet/current/config"
 
 
 # --- deployment ------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def test_service_users_files_and_modes(lab: Lab) -> None:
             entry = lab.out(host, f"getent passwd {user}").split(":")
             assert entry[6] == "/usr/sbin/nologin", entry
             assert int(entry[2]) < 1000, f"{user} is not a system user"
-            stat = lab.out(host, f"stat -c '%U %G %a' /etc/facefleet/{service}.toml")
+            stat = lab.out(host, f"stat -c '%U %G %a' {CONFIG_DIR}/{service}.toml")
             assert stat == f"root {user} 640"
             unit = lab.out(
                 host,
@@ -250,7 +252,7 @@ def test_a_config_change_restarts_only_that_service(lab: Lab) -> None:
     assert changed.returncode == 0, changed.tail()
     assert changed.recap()[edge]["changed"] == 2, changed.tail(120)  # config + restart
     after = started()
-    assert lab.out(edge, "grep -c 'score_threshold = 0.71' /etc/facefleet/detector.toml") == "1"
+    assert lab.out(edge, f"grep -c 'score_threshold = 0.71' {CONFIG_DIR}/detector.toml") == "1"
     assert after["facefleet-detector"] != before["facefleet-detector"]
     assert {u: after[u] for u in units[:1] + units[2:]} == {
         u: before[u] for u in units[:1] + units[2:]

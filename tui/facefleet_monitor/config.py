@@ -8,8 +8,8 @@ from pathlib import Path
 
 from facefleet.config import ConfigError
 from facefleet.contract import DEFAULT_PREFIX
+from facefleet.inventory import load_inventory
 from facefleet.mqtt import MqttSettings
-from facefleet_monitor.inventory import load_inventory
 
 IMAGE_PROTOCOLS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 

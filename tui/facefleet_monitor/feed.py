@@ -8,7 +8,6 @@ held, so memory stays bounded at any message rate.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -21,11 +20,11 @@ import paho.mqtt.client as mqtt
 
 from facefleet import mqtt as ffmqtt
 from facefleet.contract import (
-    STATES,
     ContractError,
     all_faces_filter,
     all_status_filter,
     parse_face_properties,
+    parse_status_body,
     parse_topic,
 )
 from facefleet_monitor.model import (
@@ -48,29 +47,10 @@ def parse_status(
     node: str, service: str, payload: bytes, retained: bool
 ) -> StatusEvent | FeedError:
     """Check a heartbeat payload: a JSON object whose state is one of the contract's."""
-    topic = f"{node}/status/{service}"
-    if len(payload) > MAX_STATUS_BYTES:
-        return FeedError(topic, node, f"status too large ({len(payload)} bytes)", len(payload))
-    if not payload:
-        # an empty retained message clears the topic: the service was removed
-        return FeedError(topic, node, "empty status (retained status cleared)", 0)
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return FeedError(topic, node, f"malformed status JSON: {exc}", len(payload))
-    if not isinstance(body, dict):
-        return FeedError(topic, node, "malformed status: not a JSON object", len(payload))
-    state = body.get("state")
-    if state not in STATES:
-        return FeedError(topic, node, f"malformed status: unknown state {state!r}", len(payload))
-    for key, expected in (("node", node), ("service", service)):
-        if key in body and body[key] != expected:
-            return FeedError(
-                topic, node, f"status {key} {body[key]!r} does not match the topic", len(payload)
-            )
-    interval = body.get("interval_s")
-    if interval is not None and not (isinstance(interval, int | float) and interval > 0):
-        return FeedError(topic, node, f"malformed interval_s: {interval!r}", len(payload))
+        body = parse_status_body(node, service, payload, MAX_STATUS_BYTES)
+    except ValueError as exc:
+        return FeedError(f"{node}/status/{service}", node, str(exc), len(payload))
     return StatusEvent(node, service, body, retained=retained, size=len(payload))
 
 

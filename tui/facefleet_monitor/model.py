@@ -16,16 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from facefleet.contract import FaceMeta, parse_timestamp
+from facefleet.contract import SERVICES_BY_KIND, STALE_INTERVALS, FaceMeta, parse_timestamp
 
-#: Services expected on a node of each inventory group.
-SERVICES_BY_KIND: dict[str, tuple[str, ...]] = {
-    "edge": ("detector", "logger", "forwarder"),
-    "cloud": ("processor",),
-}
 SERVICE_ORDER = ("detector", "logger", "forwarder", "processor")
-#: A service is stale after this many heartbeat intervals without a heartbeat.
-STALE_INTERVALS = 3
 
 ONLINE, OFFLINE, STOPPED, STALE, NEVER = "online", "offline", "stopped", "stale", "never seen"
 ERROR, WARNING = "error", "warning"

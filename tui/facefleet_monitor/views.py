@@ -10,13 +10,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Sparkline, Static
 
+from facefleet.contract import SERVICES_BY_KIND
 from facefleet_monitor.model import (
     ERROR,
     NEVER,
     OFFLINE,
     ONLINE,
     SERVICE_ORDER,
-    SERVICES_BY_KIND,
     STALE,
     STOPPED,
     WARNING,

@@ -1,5 +1,7 @@
 """Expected nodes and the cloud broker connection, taken from an Ansible inventory.
 
+Read by the monitor and by `facefleet fleet status` (one copy, in the facefleet package).
+
 `ansible-inventory -i PATH --list` resolves every inventory format and group/host variable
 file; we read its JSON. The variable names are the contract with the Ansible roles:
 `facefleet_cloud_broker_host` (default: `ansible_host` of the first host in `cloud`),
@@ -32,7 +34,7 @@ _TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 @dataclass(frozen=True)
 class InventoryInfo:
-    """What the monitor takes from an inventory."""
+    """What the monitor and `fleet status` take from an inventory."""
 
     nodes: dict[str, str]  # node -> "edge" | "cloud"
     broker_host: str
@@ -123,7 +125,7 @@ def _render(value: str, inventory: Path, name: str) -> str:
 
 
 def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
-    """The monitor's view of `ansible-inventory --list` output."""
+    """The fleet as `ansible-inventory --list` describes it."""
     hostvars: dict[str, dict[str, Any]] = data.get("_meta", {}).get("hostvars", {})
     nodes: dict[str, str] = {}
     for kind in KINDS:

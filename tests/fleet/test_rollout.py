@@ -1,0 +1,305 @@
+"""Inventory-driven rollout on the lab with four edges (issue #7).
+
+Version A (the checkout) is deployed everywhere; then version B (the same sources with a local
+version label) is rolled out with a canary batch of one and batches of two, while edge-3 gets a
+setting its detector cannot start with. The health gate rolls edge-3 back to A, the others
+reach B, `fleet status` shows exactly that, and faces published during the switch are stored.
+Then rollback.yml returns a host to A. Per-batch timeline and switch/rollback durations go to
+build/rollout-report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+
+from facefleet import __version__
+from tests.conftest import ROOT
+from tests.fleet.conftest import INVENTORY, Deploy, Lab, deploy, lab_session
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+REPORT = ROOT / "build" / "rollout-report.json"
+VERSION_A = __version__  # the checkout, installed in the controller's venv
+LABEL = "rollout.b"
+VERSION_B = f"{VERSION_A}+{LABEL}"
+BROKEN = "edge-3"
+#: A file that exists but is no video: `detector --check` accepts it, the detector cannot start.
+BROKEN_SETTINGS = "detector_config_overrides:\n  camera:\n    source: /etc/os-release\n"
+#: Canary edge-1, then [edge-2, edge-3], then [edge-4]; one failure in a batch of two is 50 %,
+#: which does not exceed the threshold, so the rollout goes on.
+ROLLOUT = {
+    "facefleet_version_label": LABEL,
+    "facefleet_rollout_canary": 1,
+    "facefleet_rollout_batch": 2,
+    "facefleet_rollout_max_fail_percentage": 50,
+    "facefleet_health_gate_timeout_s": 60,
+}
+PUBLISHERS = ("edge-1", BROKEN)
+PUBLISHER_DIR = "/root/rollout-test"
+PUBLISHER_UNIT = "rollout-test-publisher"
+
+
+@dataclass
+class Rollout:
+    run: Deploy
+    reports: dict[str, dict[str, Any]]
+    published: dict[str, list[str]]
+    publisher_logs: str
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Four edges and a cloud host, version A deployed once."""
+    with lab_session(tmp_path_factory, edges=4, deploys=1, report=REPORT) as the_lab:
+        yield the_lab
+
+
+def fleet_status(*options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facefleet",
+            "fleet",
+            "status",
+            "--inventory",
+            str(INVENTORY),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def node_versions(*options: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Exit status of `fleet status --json` and, per node, healthy + the set of versions."""
+    result = fleet_status("--json", *options)
+    nodes = json.loads(result.stdout)["nodes"]
+    return result.returncode, {
+        n["node"]: {
+            "healthy": n["healthy"],
+            "versions": {s.get("version") for s in n["services"].values()},
+            "problems": n["problems"],
+        }
+        for n in nodes
+    }
+
+
+def start_publishers(lab: Lab) -> None:
+    script = (Path(__file__).parent / "face_publisher.py").read_text()
+    python = f"/opt/facefleet/releases/{VERSION_A}/venv/bin/python"
+    for edge in PUBLISHERS:
+        lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
+        upload = subprocess.run(
+            [str(ROOT / "lab" / "ssh"), edge, f"cat > {PUBLISHER_DIR}/face_publisher.py"],
+            input=script,
+            text=True,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert upload.returncode == 0, upload.stderr
+        lab.out(
+            edge,
+            f"systemd-run --quiet --unit {PUBLISHER_UNIT} --working-directory {PUBLISHER_DIR} "
+            f"{python} face_publisher.py {edge} acked.txt stop",
+        )
+
+
+def stop_publishers(lab: Lab) -> tuple[dict[str, list[str]], str]:
+    """The acknowledged face ids per edge, and the publishers' logs."""
+    published, logs = {}, []
+    for edge in PUBLISHERS:
+        lab.out(edge, f"touch {PUBLISHER_DIR}/stop")
+    time.sleep(2)
+    for edge in PUBLISHERS:
+        published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt || true").split()
+        journal = lab.out(edge, f"journalctl --no-pager -n 5 -u {PUBLISHER_UNIT}")
+        logs.append(f"{edge}: {journal}")
+    return published, "\n".join(logs)
+
+
+@pytest.fixture(scope="module")
+def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
+    """Version B rolled out in batches with edge-3 broken, faces published throughout."""
+    assert lab.deploys[0].returncode == 0, lab.deploys[0].tail()
+    host_vars = INVENTORY.parent / "host_vars" / f"{BROKEN}.yml"
+    host_vars.parent.mkdir(exist_ok=True)
+    host_vars.write_text(BROKEN_SETTINGS)
+    report_dir = tmp_path_factory.mktemp("rollout-reports")
+    start_publishers(lab)
+    try:
+        run = deploy(lab.source, facefleet_rollout_report_dir=str(report_dir), **ROLLOUT)
+    finally:
+        published, logs = stop_publishers(lab)
+        host_vars.unlink()
+    reports = {p.stem: json.loads(p.read_text()) for p in report_dir.glob("*.json")}
+    return Rollout(run, reports, published, logs)
+
+
+def test_version_a_everywhere_first(lab: Lab) -> None:
+    first = lab.deploys[0]
+    assert first.returncode == 0, first.tail()
+    status, nodes = node_versions("--expect-version", VERSION_A)
+    assert status == 0, nodes
+    assert set(nodes) == set(lab.hosts)
+
+
+def test_rollout_in_batches_with_the_broken_host_rolled_back(lab: Lab, rollout: Rollout) -> None:
+    recap = rollout.run.recap()
+    assert rollout.run.returncode == 2, rollout.run.tail()  # a host failed
+    assert {h: r["failed"] for h, r in recap.items() if r["failed"]} == {BROKEN: 1}, recap
+    edges = {h: r for h, r in rollout.reports.items() if h in lab.edges}
+    assert set(edges) == set(lab.edges), rollout.reports
+    batches = sorted({tuple(r["batch"]) for r in edges.values()}, key=lambda b: b[0])
+    assert batches == [("edge-1",), ("edge-2", "edge-3"), ("edge-4",)]
+    assert {h: r["result"] for h, r in edges.items()} == {
+        "edge-1": "healthy",
+        "edge-2": "healthy",
+        BROKEN: "rolled back",
+        "edge-4": "healthy",
+    }
+    broken = edges[BROKEN]
+    assert broken["rolled_back_healthy"] is True
+    assert "detector" in broken["failure"], broken
+    assert all(r["from"] == VERSION_A and r["to"] == VERSION_B for r in edges.values())
+    assert rollout.reports[lab.cloud]["result"] == "healthy"
+
+    timeline = []
+    for batch in batches:
+        members = [edges[h] for h in batch]
+        started = min(r["switch_started"] for r in members)
+        timeline.append(
+            {
+                "batch": list(batch),
+                "results": {h: edges[h]["result"] for h in batch},
+                "switch_started_s": round(
+                    float(started) - float(edges["edge-1"]["switch_started"]), 1
+                ),
+                "finished_s": round(
+                    max(float(r["finished"]) for r in members)
+                    - float(edges["edge-1"]["switch_started"]),
+                    1,
+                ),
+            }
+        )
+    lab.report["rollout"] = {
+        "from": VERSION_A,
+        "to": VERSION_B,
+        "seconds": round(rollout.run.seconds, 1),
+        "batches": timeline,
+        "switch_s": {h: float(r["switch_s"]) for h, r in edges.items() if r["result"] == "healthy"},
+        "failed_switch_s": float(broken["switch_s"]),
+        "automatic_rollback_s": float(broken["rollback_s"]),
+    }
+
+
+def test_fleet_status_shows_b_and_the_rolled_back_host_on_a(lab: Lab, rollout: Rollout) -> None:
+    status, nodes = node_versions()
+    assert status == 0, nodes  # all healthy, on either version
+    expected = {edge: {VERSION_B} for edge in lab.edges} | {BROKEN: {VERSION_A}}
+    expected[lab.cloud] = {VERSION_B}
+    assert {n: v["versions"] for n, v in nodes.items()} == expected
+    status, on_b = node_versions("--expect-version", VERSION_B)
+    assert status == 1
+    assert [n for n, v in on_b.items() if not v["healthy"]] == [BROKEN]
+    assert f"detector runs {VERSION_A}, expected {VERSION_B}" in on_b[BROKEN]["problems"]
+    table = fleet_status()
+    print(table.stdout)
+    assert table.returncode == 0
+
+
+def test_releases_side_by_side(lab: Lab, rollout: Rollout) -> None:
+    def links(host: str) -> tuple[str, str]:
+        text = lab.out(
+            host, "readlink /opt/facefleet/current; readlink /opt/facefleet/previous || true"
+        )
+        current, _, previous = text.partition("\n")
+        return Path(current).name, Path(previous).name if previous else ""
+
+    assert links("edge-1") == (VERSION_B, VERSION_A)
+    assert links(BROKEN)[0] == VERSION_A
+    releases = lab.out(BROKEN, "ls /opt/facefleet/releases").split()
+    assert sorted(releases) == sorted([VERSION_A, VERSION_B])
+    # the config a release ran with comes back with it
+    assert "os-release" in lab.out(
+        BROKEN, f"cat /opt/facefleet/releases/{VERSION_B}/config/detector.toml"
+    )
+    assert "os-release" not in lab.out(BROKEN, "cat /opt/facefleet/current/config/detector.toml")
+
+
+def test_faces_published_during_the_switch_are_stored(lab: Lab, rollout: Rollout) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{lab.hosts[lab.cloud]}:{LAB_S3_PORT}",
+        aws_access_key_id=LAB_S3_KEY_ID,
+        aws_secret_access_key=LAB_S3_SECRET,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+    )
+    missing: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for edge, ids in rollout.published.items():
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
+            )
+            stored = {
+                re.sub(r"^.*_([^_]+)\.\w+$", r"\1", o["Key"])
+                for page in pages
+                for o in page.get("Contents", [])
+            }
+            missing[edge] = set(ids) - stored
+        if not any(missing.values()):
+            break
+        time.sleep(5)
+    lab.report["faces_published_during_rollout"] = {e: len(i) for e, i in rollout.published.items()}
+    assert all(len(ids) > 20 for ids in rollout.published.values()), rollout.publisher_logs
+    assert not any(missing.values()), {e: sorted(m)[:5] for e, m in missing.items()}
+
+
+def test_rollback_play_returns_a_host_to_a(lab: Lab, rollout: Rollout) -> None:
+    host = "edge-2"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            str(INVENTORY),
+            "--limit",
+            host,
+            "playbooks/rollback.yml",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    took = re.search(rf"{host}: back on {re.escape(VERSION_A)} in ([\d.]+) s", result.stdout)
+    assert took, result.stdout[-3000:]
+    status, nodes = node_versions("--limit", host, "--expect-version", VERSION_A)
+    assert status == 0, nodes
+    assert lab.out(host, "readlink /opt/facefleet/previous").endswith(f"/{VERSION_B}")
+    lab.report["manual_rollback"] = {
+        "host": host,
+        "rollback_s": float(took.group(1)),
+        "playbook_s": round(seconds, 1),
+    }
