@@ -70,7 +70,9 @@ def heartbeat(
     ts: str | None = None,
     **figures: Any,
 ) -> None:
-    """A retained heartbeat of `service` on `node`, published with the node's certificate."""
+    """A retained heartbeat of `service` on `node`, published with the node's certificate;
+    a 60 s interval unless given, so that a slow machine does not make it stale mid-test."""
+    figures = {"interval_s": 60.0, **figures}
     if service == "detector":
         figures = {"fps": 24.0, "frames": 500, **figures}
     body = status_body(node, service, version=version, ts=ts or utc_timestamp(), **figures)
@@ -149,7 +151,7 @@ def test_version_state_staleness_and_frames(inventory: Path, devices: dict[str, 
     cam2.status("cam2", "logger", status_body("cam2", "logger", state="stopped"))
     cam2.flush()
     old = utc_timestamp(datetime.now(timezone.utc) - timedelta(seconds=60))
-    heartbeat(devices, "cam2", "forwarder", ts=old)  # interval 5 s: stale after 15 s
+    heartbeat(devices, "cam2", "forwarder", ts=old, interval_s=5.0)  # stale after 15 s
     report = json.loads(fleet_status(inventory, "--limit", "cam2", "--json").stdout)
     problems = report["nodes"][0]["problems"]
     assert problems[:2] == ["detector produces no frames", "logger stopped"]

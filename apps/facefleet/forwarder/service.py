@@ -62,6 +62,8 @@ NO_SUBSCRIBERS_RETRY_S = 2.0
 #: unconfirmed faces are sent again this long after the link is back, unless their receipts,
 #: queued in our persistent session, arrive first.
 RECONNECT_RESEND_S = 5.0
+#: The log says how many faces were sent again each time this many more were.
+RESEND_LOG_EVERY = 500
 RECONNECTED = -1  # a pseudo message id on the PUBACK queue: the cloud link came back
 
 
@@ -134,6 +136,7 @@ class Forwarder:
         self.forwarded = 0
         self.confirmed = 0
         self.resent = 0
+        self._resent_logged = 0
         self.rejected_by_processor = 0
         self.uplink_bytes = 0
         self.uplink_face_bytes = 0
@@ -382,7 +385,9 @@ class Forwarder:
             waiting.due = None
             self.resent += 1
             self._publish(row, face_id, first_send=False)
-        log.info("sent %d face(s) again: no receipt in time", len(due))
+        if self.resent - self._resent_logged >= RESEND_LOG_EVERY or self._resent_logged == 0:
+            log.info("%d face(s) sent again in total: their receipts were late", self.resent)
+            self._resent_logged = self.resent
         return len(due)
 
     def _send_loop(self) -> None:
