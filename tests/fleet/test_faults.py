@@ -229,14 +229,16 @@ class Fleet:
     def reconcile(
         self, scenario: str, restored_at: float, timeout_s: float = 300, **notes: Any
     ) -> Row:
-        """Stop the stream, wait until every published face is stored, and check them all."""
+        """Stop the stream, wait until every published face is stored (and the audit trail has
+        caught up with what was stored), and check them all."""
         self.quiesce()
         deadline = time.monotonic() + timeout_s
         while True:
             published = self.published() - self.dropped
             stored = self.stored()
             missing = published - set(stored)
-            if not missing or time.monotonic() > deadline:
+            unaudited = set(stored) - published - self.dropped  # the logger may lag behind
+            if not (missing or unaudited) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         recovery_s = time.monotonic() - restored_at
@@ -253,7 +255,7 @@ class Fleet:
             duplicates=sum(len(k) - 1 for k in stored.values()),
             undecodable=len(problems),
             recovery_s=round(recovery_s, 1),
-            notes={**notes, "stored_not_audited": len(set(stored) - published - self.dropped)},
+            notes={**notes, "stored_not_audited": len(unaudited)},
         )
         if missing or problems:
             row.notes["examples"] = sorted(missing)[:5] + problems[:5]
