@@ -96,10 +96,15 @@ def make_client(
     return client
 
 
-def connect_properties(*, persistent: bool, receive_maximum: int | None = None) -> Properties:
+def connect_properties(
+    *,
+    persistent: bool,
+    receive_maximum: int | None = None,
+    session_expiry_s: int = PERSISTENT_SESSION_S,
+) -> Properties:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
-        props.SessionExpiryInterval = PERSISTENT_SESSION_S
+        props.SessionExpiryInterval = session_expiry_s
     if receive_maximum:
         props.ReceiveMaximum = receive_maximum
     return props
@@ -111,18 +116,24 @@ def start(
     *,
     persistent: bool = False,
     receive_maximum: int | None = None,
+    session_expiry_s: int = PERSISTENT_SESSION_S,
 ) -> None:
     """Connect in the background; paho's loop thread reconnects with backoff from then on.
 
     `persistent` keeps the broker session (subscriptions and queued QoS 1 messages) across
-    disconnects; `receive_maximum` bounds the unacknowledged messages the broker sends us.
+    disconnects (for `session_expiry_s`); `receive_maximum` bounds the unacknowledged messages
+    the broker sends us.
     """
     client.connect_async(
         settings.host,
         settings.port,
         keepalive=settings.keepalive_s,
         clean_start=not persistent,
-        properties=connect_properties(persistent=persistent, receive_maximum=receive_maximum),
+        properties=connect_properties(
+            persistent=persistent,
+            receive_maximum=receive_maximum,
+            session_expiry_s=session_expiry_s,
+        ),
     )
     client.loop_start()
 

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 CONFIG_CLASS = ProcessorConfig
 
+#: A replica's session outlives a restart, not a decommissioning: mosquitto keeps handing a
+#: gone member of the shared subscription its share of faces until its session expires (the
+#: forwarders send those again when no receipt comes, so they are late, not lost).
+SESSION_EXPIRY_S = 120
+
 
 def check(cfg: ProcessorConfig) -> None:
     resolve_node(cfg.node)
@@ -206,7 +211,13 @@ class Processor:
             self.sink.describe(),
             self.cfg.workers,
         )
-        start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=self.receive_maximum)
+        start(
+            self.client,
+            self.cfg.mqtt,
+            persistent=True,
+            receive_maximum=self.receive_maximum,
+            session_expiry_s=SESSION_EXPIRY_S,
+        )
         workers = [
             threading.Thread(target=self._work, name=f"store-{i}", daemon=True)
             for i in range(self.cfg.workers)
