@@ -42,7 +42,7 @@ CONFIG_CLASS = ProcessorConfig
 #: A replica's session outlives a restart, not a decommissioning: mosquitto keeps handing a
 #: gone member of the shared subscription its share of faces until its session expires (the
 #: forwarders send those again when no receipt comes, so they are late, not lost).
-SESSION_EXPIRY_S = 120
+SESSION_EXPIRY_S = 60
 
 
 def check(cfg: ProcessorConfig) -> None:
