@@ -188,3 +188,23 @@ class ServiceProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def fleet_status(inventory: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`facefleet fleet status --inventory INVENTORY [options]` as a real process."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facefleet",
+            "fleet",
+            "status",
+            "--inventory",
+            str(inventory),
+            *list(options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+from lab.inventory import LAB_BUCKET
 
 from facefleet import __version__
 from tests.conftest import ROOT
+from tests.fleet.clients import lab_s3
 from tests.fleet.conftest import INVENTORY, Deploy, Lab, deploy, lab_session
+from tests.helpers import fleet_status as run_fleet_status
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -68,22 +68,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def fleet_status(*options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facefleet",
-            "fleet",
-            "status",
-            "--inventory",
-            str(INVENTORY),
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_fleet_status(INVENTORY, *options)
 
 
 def node_versions(*options: str) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -244,14 +229,7 @@ def test_releases_side_by_side(lab: Lab, rollout: Rollout) -> None:
 
 
 def test_faces_published_during_the_switch_are_stored(lab: Lab, rollout: Rollout) -> None:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://{lab.hosts[lab.cloud]}:{LAB_S3_PORT}",
-        aws_access_key_id=LAB_S3_KEY_ID,
-        aws_secret_access_key=LAB_S3_SECRET,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
-    )
+    s3 = lab_s3(lab)
     missing: dict[str, set[str]] = {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -7,8 +7,6 @@ the monitor identity named by an inventory, as an operator (or the rollout's hea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import pytest
 
 from facefleet.contract import utc_timestamp
 from facefleet.localbroker import LocalBroker
+from tests.helpers import fleet_status
 from tests.tui.tui_helpers import Publisher, status_body
 
 pytestmark = [pytest.mark.broker]
@@ -78,25 +77,6 @@ def heartbeat(
     body = status_body(node, service, version=version, ts=ts or utc_timestamp(), **figures)
     devices[node].status(node, service, body)
     devices[node].flush()
-
-
-def fleet_status(inventory: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facefleet",
-            "fleet",
-            "status",
-            "--inventory",
-            str(inventory),
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_every_node_listed_and_unhealthy_ones_fail(

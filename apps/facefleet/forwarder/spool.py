@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS counters (
 
 #: WAL pages (4 KB) between automatic checkpoints.
 WAL_CHECKPOINT_PAGES = 16384
+
+
+def _seq_chunks(seqs: Sequence[int]) -> Iterator[tuple[Sequence[int], str]]:
+    """`seqs` in chunks of 500 (old SQLite allows 999 parameters), each with its
+    `WHERE seq IN (?, ...)` clause (placeholders only)."""
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        yield chunk, f"WHERE seq IN ({','.join('?' * len(chunk))})"
 
 
 @dataclass(frozen=True)
@@ -208,9 +216,7 @@ class Spool:
         """The messages with these sequence numbers that are still spooled, oldest first."""
         found: list[Spooled] = []
         with self._read_lock:
-            for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
-                chunk = seqs[start : start + 500]
-                where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
+            for chunk, where in _seq_chunks(seqs):
                 rows = self._reader.execute(
                     f"SELECT seq, topic, payload, retain, properties FROM messages {where}",  # noqa: S608
                     chunk,
@@ -252,9 +258,7 @@ class Spool:
     def _delete_rows(self, seqs: Sequence[int]) -> int:
         """DELETE inside the caller's transaction (the caller recounts if it rolls back)."""
         removed = freed = 0
-        for start in range(0, len(seqs), 500):  # old SQLite allows 999 parameters
-            chunk = seqs[start : start + 500]
-            where = f"WHERE seq IN ({','.join('?' * len(chunk))})"  # placeholders only
+        for chunk, where in _seq_chunks(seqs):
             found = self._db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages {where}",  # noqa: S608
                 chunk,
