@@ -584,7 +584,11 @@ def test_bad_input_at_every_entry_is_dead_lettered(fleet: Fleet) -> None:
 
 def test_bad_inventory_values_are_rejected_before_anything_changes(fleet: Fleet) -> None:
     edge = fleet.edges[0]
-    configs = "md5sum /etc/facefleet/*.toml /etc/mosquitto/conf.d/*"
+    # what a deploy writes: the active release (link and configs), units, broker config
+    configs = (
+        "readlink /opt/facefleet/current && md5sum /opt/facefleet/current/config/*.toml"
+        " /etc/systemd/system/facefleet-*.service /etc/mosquitto/conf.d/*"
+    )
     before = fleet.lab.out(edge, configs)
     for name, value in [
         ("forwarder_spool_when_full", "drop-everything"),
@@ -726,7 +730,7 @@ def test_no_secret_readable_by_other_users_or_in_logs(fleet: Fleet) -> None:
     for host in fleet.lab.hosts:
         loose = fleet.lab.out(
             host,
-            f"find /etc/facefleet /etc/mosquitto /var/lib/facefleet -xdev"
+            f"find /etc/facefleet /etc/mosquitto /opt/facefleet /var/lib/facefleet -xdev"
             f" -type f \\( {secrets} \\) -perm /o=rwx",
         )
         assert not loose, f"{host}: world-accessible secrets: {loose}"
