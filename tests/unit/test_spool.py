@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
-from facefleet.forwarder.spool import Incoming, Spool
+from facefleet.forwarder.spool import PAGE_SIZE, SCHEMA, Incoming, Spool
 
 
 def message(n: int, size: int = 100) -> Incoming:
@@ -45,3 +47,50 @@ def test_drop_newest_refuses_and_counts(tmp_path: Path) -> None:
     assert spool.dropped == 2
     assert spool.append_many([message(99, size=5000)]) == [False]  # larger than the spool
     assert spool.dropped == 3
+
+
+def page_size(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+
+
+def old_spool(path: Path, messages: int, dropped: int) -> None:
+    """A spool as forwarders before 64 KB pages made it: 4 KB pages, WAL."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO counters VALUES ('dropped', ?)", (dropped,))
+        for n in range(messages):
+            db.execute(
+                "INSERT INTO messages (topic, payload, retain, properties, size, received)"
+                " VALUES ('facefleet/e/faces', ?, 0, '{}', 40000, 0)",
+                (bytes([n]) * 40000,),
+            )
+
+
+def test_a_new_spool_keeps_a_face_in_one_page(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite", 10_000_000, "drop-oldest")
+    spool.append_many([message(1, size=40_000)])
+    spool.close()
+    assert page_size(tmp_path / "s.sqlite") == PAGE_SIZE
+
+
+def test_an_old_spool_is_converted_when_empty_and_kept_as_it_is_otherwise(
+    tmp_path: Path,
+) -> None:
+    old_spool(tmp_path / "empty.sqlite", messages=0, dropped=3)
+    spool = Spool(tmp_path / "empty.sqlite", 10_000_000, "drop-oldest")
+    assert spool.dropped == 3
+    spool.append_many([message(1)])
+    spool.close()
+    assert page_size(tmp_path / "empty.sqlite") == PAGE_SIZE
+
+    old_spool(tmp_path / "full.sqlite", messages=5, dropped=0)
+    spool = Spool(tmp_path / "full.sqlite", 10_000_000, "drop-oldest")
+    assert [len(r.payload) for r in spool.after(0, 10)] == [40000] * 5
+    spool.delete_many(r.seq for r in spool.after(0, 10))
+    spool.close()
+    assert page_size(tmp_path / "full.sqlite") == 4096  # converted when next opened empty
+    Spool(tmp_path / "full.sqlite", 10_000_000, "drop-oldest").close()
+    assert page_size(tmp_path / "full.sqlite") == PAGE_SIZE
