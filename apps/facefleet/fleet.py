@@ -172,14 +172,14 @@ class StatusWatch:
         with self._lock:
             return dict(self.seen)
 
-    def complete(self) -> bool:
-        """Every expected service of every node has reported at least once."""
-        with self._lock:
-            return all(
-                (node, service) in self.seen
-                for node, kind in self.nodes.items()
-                for service in SERVICES_BY_KIND[kind]
-            )
+    def complete(self, seen: dict[tuple[str, str], dict[str, Any]]) -> bool:
+        """Every expected service of every node has reported at least once in `seen` (a
+        snapshot: judged on the same heartbeats as the report made from it)."""
+        return all(
+            (node, service) in seen
+            for node, kind in self.nodes.items()
+            for service in SERVICES_BY_KIND[kind]
+        )
 
     def __enter__(self) -> StatusWatch:
         start(self.client, self.settings)
@@ -206,12 +206,13 @@ def watch(
         settle = time.monotonic() + RETAINED_WINDOW_S
         deadline = started + wait_s
         while True:
-            report = evaluate(nodes, status.snapshot(), expect_version)
+            seen = status.snapshot()
+            report = evaluate(nodes, seen, expect_version)
             now = time.monotonic()
             if wait_s > 0:
                 if all(h.healthy for h in report) or now >= deadline:
                     return report
-            elif status.complete() or now >= settle:
+            elif status.complete(seen) or now >= settle:
                 return report
             status.changed.clear()
             status.changed.wait(0.5)
