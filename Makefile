@@ -43,8 +43,8 @@ test-fast: venv ## unit tests only
 	$(PY) -m pytest -m "not broker and not s3 and not fleet and not slow" $(PYTEST_ARGS)
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check apps tui tests bench lab
-	$(VENV)/bin/ruff format --check apps tui tests bench lab
+	$(VENV)/bin/ruff check apps tui tests bench lab roles
+	$(VENV)/bin/ruff format --check apps tui tests bench lab roles
 
 typecheck: venv ## mypy (strict) on the packages
 	$(VENV)/bin/mypy
