@@ -179,7 +179,8 @@ def markdown(results: dict[str, Any]) -> str:
         "| measurement | facefleet | baseline | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
+    # a section that did not run (`--only`) leaves its rows without a figure: left out
+    lines += [f"| {' | '.join(row)} |" for row in rows if any(c.isdigit() for c in row[1])]
     foot = _get(r, "footprint", {})
     for figures in (foot, foot.get("loopback") or {}):
         if not figures.get("idle"):
