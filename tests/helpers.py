@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from facefleet.config import dump_toml
 from facefleet.contract import FaceMeta, faces_topic, new_face_id, utc_timestamp
+from facefleet.localbroker import LocalBroker
 from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 
 
@@ -208,3 +210,27 @@ def fleet_status(inventory: Path, *options: str) -> subprocess.CompletedProcess[
         timeout=180,
         check=False,
     )
+
+
+def cloud_inventory(cloud_broker: LocalBroker, path: Path) -> Path:
+    """An inventory naming `cloud_broker` and its PKI (edges cam1, cam2; cloud host cloud1),
+    as an operator's would for `fleet status` or the monitor."""
+    cloud_broker.settings_for("monitor")  # issues monitor.crt/key in the broker's PKI dir
+    path.write_text(
+        textwrap.dedent(f"""
+        all:
+          vars:
+            facefleet_cloud_broker_host: 127.0.0.1
+            facefleet_cloud_broker_port: {cloud_broker.port}
+            facefleet_pki_dir: {cloud_broker.pki_dir}
+          children:
+            edge:
+              hosts:
+                cam1: {{}}
+                cam2: {{}}
+            cloud:
+              hosts:
+                cloud1: {{ansible_host: 127.0.0.1}}
+        """)
+    )
+    return path

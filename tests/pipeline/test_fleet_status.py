@@ -7,7 +7,6 @@ the monitor identity named by an inventory, as an operator (or the rollout's hea
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,7 +17,7 @@ import pytest
 
 from facefleet.contract import utc_timestamp
 from facefleet.localbroker import LocalBroker
-from tests.helpers import fleet_status
+from tests.helpers import cloud_inventory, fleet_status
 from tests.tui.tui_helpers import Publisher, status_body
 
 pytestmark = [pytest.mark.broker]
@@ -28,26 +27,7 @@ EDGE_SERVICES = ("detector", "logger", "forwarder")
 
 @pytest.fixture
 def inventory(cloud_broker: LocalBroker, tmp_path: Path) -> Path:
-    cloud_broker.settings_for("monitor")  # issues monitor.crt/key in the broker's PKI dir
-    path = tmp_path / "hosts.yml"
-    path.write_text(
-        textwrap.dedent(f"""
-        all:
-          vars:
-            facefleet_cloud_broker_host: 127.0.0.1
-            facefleet_cloud_broker_port: {cloud_broker.port}
-            facefleet_pki_dir: {cloud_broker.pki_dir}
-          children:
-            edge:
-              hosts:
-                cam1: {{}}
-                cam2: {{}}
-            cloud:
-              hosts:
-                cloud1: {{ansible_host: 127.0.0.1}}
-        """)
-    )
-    return path
+    return cloud_inventory(cloud_broker, tmp_path / "hosts.yml")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
+from tests.helpers import cloud_inventory
 from tui_helpers import (
     Publisher,
     async_test,
@@ -228,25 +229,7 @@ async def test_survives_a_broker_restart(edge_broker: LocalBroker) -> None:
 async def test_cloud_broker_with_mtls_from_an_inventory(
     cloud_broker: LocalBroker, tmp_path: Path
 ) -> None:
-    cloud_broker.settings_for("monitor")  # issues monitor.crt/key in the broker's PKI dir
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        textwrap.dedent(f"""
-        all:
-          vars:
-            facefleet_cloud_broker_host: 127.0.0.1
-            facefleet_cloud_broker_port: {cloud_broker.port}
-            facefleet_pki_dir: {cloud_broker.pki_dir}
-          children:
-            edge:
-              hosts:
-                cam1: {{}}
-                cam2: {{}}
-            cloud:
-              hosts:
-                cloud1: {{ansible_host: 127.0.0.1}}
-    """)
-    )
+    inventory = cloud_inventory(cloud_broker, tmp_path / "hosts.yml")
     import argparse
 
     parser = argparse.ArgumentParser()
