@@ -1,13 +1,15 @@
-"""`make test`: every stage of the suite in turn, each timed, with a table and a total at the end.
+"""`make test`: every stage of the suite, each timed, with a table and a total at the end.
 
-usage: python -m tests.stages [--only STAGE,...] [--skip STAGE,...] [PYTEST_ARGS...]
+usage: python -m tests.stages [--only STAGE,...] [--skip STAGE,...] [--serial] [PYTEST_ARGS...]
 
 Stages: static (ruff, mypy, ansible-lint), unit (pure code), integration (real mosquitto and
 S3 processes, the detector on shared data, the monitor, the benchmark smoke test), lab (the
 systemd-nspawn fleet: boot, deploys and each lab suite; their times come from
-build/lab-timings.json). A failing stage does not stop the later ones; the exit status is 1
-when any failed. The last line counts the tests of every stage ("N passed, N failed, N
-skipped").
+build/lab-timings.json). The lab spends most of its time waiting (for gates, drains, outages
+of a fixed length), so it runs beside the other stages, which run one after the other; every
+line of output starts with its stage's name. `--serial` runs all four one after the other.
+A failing stage does not stop the others; the exit status is 1 when any failed. The last line
+counts the tests of every stage ("N passed, N failed, N skipped").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -51,7 +54,8 @@ class Result:
 
 def pytest_stage(name: str, marks: str, extra: list[str]) -> Stage:
     junit = BUILD / f"junit-{name}.xml"
-    command = [PYTHON, "-m", "pytest", "-m", marks, "--durations=15", f"--junitxml={junit}"]
+    command = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-m", marks, "--durations=15"]
+    command.append(f"--junitxml={junit}")
     return Stage(name, [*command, *extra], junit)
 
 
@@ -78,20 +82,55 @@ def counts(junit: Path) -> dict[str, int]:
     return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
 
 
+_PRINT = threading.Lock()
+
+
+def say(stage: str, line: str) -> None:
+    """One whole line of a stage's output (stages running side by side do not mix lines)."""
+    with _PRINT:
+        sys.stdout.write(f"{stage:<11}| {line}\n")
+        sys.stdout.flush()
+
+
 def run(stage: Stage) -> Result:
-    print(f"\n===== stage {stage.name}: {' '.join(stage.command[1:])}", flush=True)
+    say(stage.name, f"===== {' '.join(stage.command[1:])}")
     if stage.junit:
         stage.junit.unlink(missing_ok=True)
     if stage.name == "lab":
         LAB_TIMINGS.unlink(missing_ok=True)
     started = time.monotonic()
-    returncode = subprocess.run(stage.command, cwd=ROOT, check=False).returncode
+    with subprocess.Popen(
+        stage.command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            say(stage.name, line.rstrip("\n"))
+        returncode = process.wait()
     seconds = time.monotonic() - started
     result = Result(stage.name, seconds, returncode, counts(stage.junit) if stage.junit else {})
     if returncode == 5:  # pytest collected nothing: a stage that tests nothing is broken
-        print(f"===== stage {stage.name}: no tests collected", flush=True)
-    print(f"===== stage {stage.name}: exit {returncode} after {seconds:.0f} s", flush=True)
+        say(stage.name, "===== no tests collected")
+    say(stage.name, f"===== exit {returncode} after {seconds:.0f} s")
     return result
+
+
+def run_all(chosen: list[Stage], serial: bool) -> list[Result]:
+    """The stages in order; the lab beside the others unless `serial`."""
+    lab = next((s for s in chosen if s.name == "lab"), None)
+    if serial or lab is None or len(chosen) == 1:
+        return [run(stage) for stage in chosen]
+    lab_result: list[Result] = []
+    beside = threading.Thread(target=lambda: lab_result.append(run(lab)), name="lab stage")
+    beside.start()
+    results = [run(stage) for stage in chosen if stage is not lab]
+    beside.join()
+    return results + lab_result
 
 
 def table(results: list[Result], total_s: float) -> list[str]:
@@ -110,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stages", description=__doc__)
     parser.add_argument("--only", default="", help="comma-separated stages to run")
     parser.add_argument("--skip", default="", help="comma-separated stages to leave out")
+    parser.add_argument("--serial", action="store_true", help="no stage beside another")
     args, extra = parser.parse_known_args(argv)
     chosen = stages(extra)
     names = [s.name for s in chosen]
@@ -121,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [s for s in chosen if s.name in args.only.split(",")]
     chosen = [s for s in chosen if s.name not in args.skip.split(",")]
     BUILD.mkdir(exist_ok=True)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     started = time.monotonic()
-    results = [run(stage) for stage in chosen]
+    results = run_all(chosen, args.serial)
     total_s = time.monotonic() - started
     lines = table(results, total_s)
     (BUILD / "test-stages.md").write_text("\n".join(lines) + "\n")

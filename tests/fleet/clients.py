@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import paho.mqtt.client as mqtt
 from botocore.config import Config
-from lab.inventory import LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
 from facefleet.mqtt import MqttSettings, make_client, start
 from tests.fleet.fleetlab import PKI_DIR, Lab
@@ -66,6 +66,10 @@ class Collector:
         with self._lock:
             return {m.topic for m in self.messages}
 
+    def count(self, topic: str) -> int:
+        with self._lock:
+            return sum(1 for m in self.messages if m.topic == topic)
+
     def latest(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {m.topic: json.loads(m.payload) for m in self.messages if m.payload}
@@ -81,3 +85,14 @@ def lab_s3(lab: Lab) -> Any:
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20),
     )
+
+
+def stored_faces(s3: Any, node: str) -> dict[str, list[str]]:
+    """Face id -> the keys holding it, under faces/<node>/ of the lab bucket."""
+    keys: dict[str, list[str]] = {}
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=LAB_BUCKET, Prefix=f"faces/{node}/")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            face_id = obj["Key"].rsplit("_", 1)[1].split(".")[0]
+            keys.setdefault(face_id, []).append(obj["Key"])
+    return keys

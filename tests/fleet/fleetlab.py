@@ -28,9 +28,6 @@ DROPIN = "50-lab-test.conf"
 #: The wheelhouse outlives the checkout: a second run (or a fresh clone on the same machine)
 #: reuses every wheel that the same pyproject and constraints already brought in.
 BUNDLE_DIR = Path(os.environ.get("FACEFLEET_LAB_BUNDLE", "/var/cache/facefleet-lab/bundle"))
-#: Every lab deploy of the tests: the detectors play the clip at 5 frames per second (the
-#: suites that need a denser stream set one), so idle edges leave the two cores to the work.
-TEST_VARS: dict[str, Any] = {"detector_camera_fps": 5.0}
 RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -134,6 +131,49 @@ class Lab:
             time.sleep(1)
 
 
+#: face_publisher.py on an edge: where it runs and its transient unit.
+PUBLISHER_DIR = "/root/face-publisher"
+PUBLISHER_UNIT = "lab-test-face-publisher"
+
+
+def start_publishers(lab: Lab, edges: list[str], python: str) -> None:
+    """face_publisher.py on each edge (a transient unit running `python`): a face every half
+    second into the edge broker, the acknowledged ids appended to a file."""
+    script = (Path(__file__).parent / "face_publisher.py").read_text()
+    for edge in edges:
+        lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
+        upload = subprocess.run(
+            [str(ROOT / "lab" / "ssh"), edge, f"cat > {PUBLISHER_DIR}/face_publisher.py"],
+            input=script,
+            text=True,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert upload.returncode == 0, upload.stderr
+        lab.out(
+            edge,
+            f"systemd-run --quiet --unit {PUBLISHER_UNIT} --working-directory {PUBLISHER_DIR} "
+            f"{python} face_publisher.py {edge} acked.txt stop",
+        )
+
+
+def stop_publishers(lab: Lab, edges: list[str]) -> tuple[dict[str, list[str]], str]:
+    """Stop the publishers; the acknowledged face ids per edge, and the publishers' logs."""
+    published, logs = {}, []
+    for edge in edges:
+        lab.out(edge, f"touch {PUBLISHER_DIR}/stop")
+    for edge in edges:
+        deadline = time.monotonic() + 60
+        while lab.ssh(edge, f"systemctl is-active --quiet {PUBLISHER_UNIT}").returncode == 0:
+            assert time.monotonic() < deadline, f"the face publisher on {edge} did not stop"
+            time.sleep(0.5)
+        published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt || true").split()
+        journal = lab.out(edge, f"journalctl --no-pager -n 5 -u {PUBLISHER_UNIT}")
+        logs.append(f"{edge}: {journal}")
+    return published, "\n".join(logs)
+
+
 def run_lab(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lab", *args],
@@ -164,7 +204,6 @@ def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars
     extra = {
         "facefleet_source_dir": str(source),
         "facefleet_bundle_dir": str(BUNDLE_DIR),
-        **TEST_VARS,
         **extra_vars,
     }
     result = subprocess.run(

@@ -38,7 +38,7 @@ from facefleet.contract import FACE_PROPERTIES, faces_topic
 from facefleet.mqtt import MqttSettings, make_client, start
 from facefleet.processor.service import SESSION_EXPIRY_S
 from tests.conftest import ROOT
-from tests.fleet.clients import Collector, cloud_settings, lab_s3
+from tests.fleet.clients import Collector, cloud_settings, lab_s3, stored_faces
 from tests.fleet.fleetlab import CLOUD_UNITS as LAB_CLOUD_UNITS
 from tests.fleet.fleetlab import DROPIN, EDGE_UNITS, PKI_DIR, Lab, deploy
 from tests.helpers import Publisher, face_meta, jpeg_bytes, wait_until
@@ -48,9 +48,10 @@ pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 UPLINK_CUT_S = float(os.environ.get("FACEFLEET_FAULT_UPLINK_CUT_S", "60"))
 LOAD_S = float(os.environ.get("FACEFLEET_FAULT_LOAD_S", "60"))
 #: Frames per second the detectors play the clip at in the fault scenarios (every face of
-#: every frame: about 2.4 faces per frame), and how long a stream runs before the fault.
+#: every frame: about 2.4 faces per frame), and how many faces of each edge must have reached
+#: the cloud broker before the fault (the stream flows end to end).
 STREAM_FPS = 4.0
-WARMUP_S = 10.0
+WARMUP_FACES = 20
 S3_OUTAGE_S = 30.0
 MEMORY_LIMIT = 400 * 1024 * 1024
 AUDIT = "/var/log/facefleet/audit.jsonl"
@@ -160,6 +161,18 @@ class Fleet:
         for edge in edges or self.edges:
             self.dropin(edge, "facefleet-detector", env)
 
+    def warm_up(self, edges: list[str] | None = None) -> None:
+        """Wait until the stream flows end to end: WARMUP_FACES new faces of each streaming
+        edge reached the cloud broker."""
+        edges = edges or self.edges
+        topics = [faces_topic("facefleet", edge) for edge in edges]
+        with Collector(self.lab, "monitor", topics) as seen:
+            wait_until(
+                lambda: all(seen.count(t) >= WARMUP_FACES for t in topics),
+                90,
+                f"{WARMUP_FACES} faces from each of {', '.join(edges)} at the cloud broker",
+            )
+
     def quiesce(self) -> None:
         for edge in self.edges:
             self.lab.out(edge, "systemctl stop facefleet-detector")
@@ -193,13 +206,7 @@ class Fleet:
         """Face id -> the keys holding it, for the suite's edges."""
         keys: dict[str, list[str]] = {}
         for edge in self.edges:
-            pages = self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
-            )
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    face_id = obj["Key"].rsplit("_", 1)[1].split(".")[0]
-                    keys.setdefault(face_id, []).append(obj["Key"])
+            keys.update(stored_faces(self.s3, edge))
         return keys
 
     def dead_letters(self) -> int:
@@ -312,7 +319,7 @@ def lab_command(*args: str) -> None:
 def test_steady_stream_is_stored_exactly_once(fleet: Fleet) -> None:
     """The baseline: everything published since the deploy, then a dense stream, no fault."""
     fleet.stream()
-    time.sleep(WARMUP_S)
+    fleet.warm_up()
     fleet.assert_clean(fleet.reconcile("no fault (baseline)", time.monotonic()))
 
 
@@ -324,7 +331,7 @@ def test_uplink_cut_spools_and_drains_in_order(fleet: Fleet) -> None:
         Collector(fleet.lab, "monitor", [status_topic]) as watch,
     ):
         fleet.stream()
-        time.sleep(WARMUP_S)
+        fleet.warm_up()
         fleet.lab.out(edge, f"ip route add blackhole {cloud_ip}/32")
         cut = time.monotonic()
         depths: list[int] = []
@@ -373,7 +380,7 @@ def test_uplink_cut_spools_and_drains_in_order(fleet: Fleet) -> None:
 def test_kill_9_mid_stream_loses_nothing(fleet: Fleet, where: str, unit: str) -> None:
     host = fleet.edges[0] if where == "edge" else fleet.cloud
     fleet.stream()
-    time.sleep(WARMUP_S)
+    fleet.warm_up()
     before = int(fleet.show(host, unit, "NRestarts")["NRestarts"])
     fleet.signal(host, unit, "KILL")
     killed = time.monotonic()
@@ -389,7 +396,7 @@ def test_kill_9_mid_stream_loses_nothing(fleet: Fleet, where: str, unit: str) ->
 def test_edge_power_cut_loses_nothing(fleet: Fleet) -> None:
     edge = fleet.edges[-1]
     fleet.stream()
-    time.sleep(WARMUP_S)
+    fleet.warm_up()
     lab_command("poweroff", edge)
     restored = time.monotonic() + 5  # recovery counts from the power coming back
     time.sleep(5)
@@ -412,7 +419,7 @@ def test_s3_outage_is_ridden_out(fleet: Fleet) -> None:
             fleet.lab, "monitor", [f"facefleet/{fleet.cloud}/status/processor"]
         ) as watch:
             fleet.stream()
-            time.sleep(WARMUP_S)
+            fleet.warm_up()
             fleet.signal(fleet.cloud, "facefleet-lab-s3", "STOP")
             try:
                 time.sleep(S3_OUTAGE_S)
@@ -440,7 +447,12 @@ def test_full_spool_drops_are_counted_never_silent(fleet: Fleet) -> None:
         fleet.stream(edges=[edge])
         fleet.lab.out(edge, f"ip route add blackhole {cloud_ip}/32")
         try:
-            time.sleep(30)
+            # the spool fills within seconds at the stream's rate; then drops are counted
+            wait_until(
+                lambda: int(fleet.edge_status(edge, "forwarder")["dropped"]) > dropped_before + 50,
+                120,
+                "the full spool dropping faces",
+            )
             status = fleet.edge_status(edge, "forwarder")
         finally:
             fleet.lab.out(edge, f"ip route del blackhole {cloud_ip}/32")
@@ -535,7 +547,7 @@ def test_bad_input_at_every_entry_is_dead_lettered(fleet: Fleet) -> None:
     assert fleet.restarts() == before
     # a good face right after is still stored
     fleet.stream()
-    time.sleep(WARMUP_S)
+    fleet.warm_up()
     fleet.assert_clean(fleet.reconcile("bad input (8 kinds) then good", time.monotonic()))
 
 
@@ -558,7 +570,7 @@ def test_config_error_fails_the_unit_with_one_line_not_a_crash_loop(fleet: Fleet
         fleet.remove_dropin(edge, unit)
     fleet.lab.wait_active(edge, unit)
     restored = time.monotonic()
-    time.sleep(WARMUP_S)
+    fleet.warm_up()
     row = fleet.reconcile("config error, then fixed", restored)
     assert state == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "2"}, state
     errors = [line for line in log.splitlines() if "inflight" in line]
@@ -575,7 +587,7 @@ def test_a_device_cannot_read_another_devices_topics(fleet: Fleet) -> None:
         Collector(fleet.lab, spy, topics) as intruder,
         Collector(fleet.lab, "monitor", [f"facefleet/{victim}/faces"]) as control,
     ):
-        time.sleep(WARMUP_S)
+        fleet.warm_up()
         stolen = {m.topic for m in intruder.messages if not m.topic.startswith(f"facefleet/{spy}/")}
         assert control.messages, "control: the victim published nothing"
     fleet.quiesce()
@@ -604,7 +616,11 @@ def test_two_processor_replicas_split_the_load(fleet: Fleet) -> None:
             )
             start = {t: watch.latest()[t]["stored"] for t in topics}
             fleet.stream(fps=0)
-            time.sleep(30)
+            wait_until(
+                lambda: all(watch.latest()[t]["stored"] - start[t] >= 100 for t in topics),
+                120,
+                "100 faces stored by each replica",
+            )
             row = fleet.reconcile("2 processor replicas", time.monotonic())
             time.sleep(6)  # one more heartbeat of each
             share = {t: watch.latest()[t]["stored"] - start[t] for t in topics}

@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.inventory import LAB_BUCKET
 
 from facefleet import __version__
 from tests.conftest import ROOT
-from tests.fleet.clients import lab_s3
-from tests.fleet.fleetlab import INVENTORY, Deploy, Lab, deploy
+from tests.fleet.clients import lab_s3, stored_faces
+from tests.fleet.fleetlab import (
+    INVENTORY,
+    Deploy,
+    Lab,
+    deploy,
+    start_publishers,
+    stop_publishers,
+)
 from tests.helpers import fleet_status as run_fleet_status
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -46,8 +52,6 @@ ROLLOUT = {
     "facefleet_health_gate_timeout_s": 60,
 }
 PUBLISHERS = ("edge-1", BROKEN)
-PUBLISHER_DIR = "/root/rollout-test"
-PUBLISHER_UNIT = "rollout-test-publisher"
 
 
 @dataclass
@@ -76,40 +80,6 @@ def node_versions(*options: str) -> tuple[int, dict[str, dict[str, Any]]]:
     }
 
 
-def start_publishers(lab: Lab) -> None:
-    script = (Path(__file__).parent / "face_publisher.py").read_text()
-    python = f"/opt/facefleet/releases/{VERSION_A}/venv/bin/python"
-    for edge in PUBLISHERS:
-        lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
-        upload = subprocess.run(
-            [str(ROOT / "lab" / "ssh"), edge, f"cat > {PUBLISHER_DIR}/face_publisher.py"],
-            input=script,
-            text=True,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        assert upload.returncode == 0, upload.stderr
-        lab.out(
-            edge,
-            f"systemd-run --quiet --unit {PUBLISHER_UNIT} --working-directory {PUBLISHER_DIR} "
-            f"{python} face_publisher.py {edge} acked.txt stop",
-        )
-
-
-def stop_publishers(lab: Lab) -> tuple[dict[str, list[str]], str]:
-    """The acknowledged face ids per edge, and the publishers' logs."""
-    published, logs = {}, []
-    for edge in PUBLISHERS:
-        lab.out(edge, f"touch {PUBLISHER_DIR}/stop")
-    time.sleep(2)
-    for edge in PUBLISHERS:
-        published[edge] = lab.out(edge, f"cat {PUBLISHER_DIR}/acked.txt || true").split()
-        journal = lab.out(edge, f"journalctl --no-pager -n 5 -u {PUBLISHER_UNIT}")
-        logs.append(f"{edge}: {journal}")
-    return published, "\n".join(logs)
-
-
 @pytest.fixture(scope="module")
 def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     """Version B rolled out in batches with edge-3 broken, faces published throughout."""
@@ -118,11 +88,11 @@ def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     host_vars.parent.mkdir(exist_ok=True)
     host_vars.write_text(BROKEN_SETTINGS)
     report_dir = tmp_path_factory.mktemp("rollout-reports")
-    start_publishers(lab)
+    start_publishers(lab, list(PUBLISHERS), f"/opt/facefleet/releases/{VERSION_A}/venv/bin/python")
     try:
         run = deploy(lab.source, facefleet_rollout_report_dir=str(report_dir), **ROLLOUT)
     finally:
-        published, logs = stop_publishers(lab)
+        published, logs = stop_publishers(lab, list(PUBLISHERS))
         host_vars.unlink()
     reports = {p.stem: json.loads(p.read_text()) for p in report_dir.glob("*.json")}
     return Rollout(run, reports, published, logs)
@@ -131,7 +101,8 @@ def rollout(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Rollout:
 def test_version_a_everywhere_first(lab: Lab) -> None:
     first = lab.deploys[0]
     assert first.returncode == 0, first.tail()
-    status, nodes = node_versions("--expect-version", VERSION_A)
+    # the suites before this one restarted services: wait for their heartbeats
+    status, nodes = node_versions("--expect-version", VERSION_A, "--wait", "120")
     assert status == 0, nodes
     assert set(nodes) == set(lab.hosts)
 
@@ -225,15 +196,7 @@ def test_faces_published_during_the_switch_are_stored(lab: Lab, rollout: Rollout
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         for edge, ids in rollout.published.items():
-            pages = s3.get_paginator("list_objects_v2").paginate(
-                Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
-            )
-            stored = {
-                re.sub(r"^.*_([^_]+)\.\w+$", r"\1", o["Key"])
-                for page in pages
-                for o in page.get("Contents", [])
-            }
-            missing[edge] = set(ids) - stored
+            missing[edge] = set(ids) - set(stored_faces(s3, edge))
         if not any(missing.values()):
             break
         time.sleep(5)
