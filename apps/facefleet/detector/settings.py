@@ -13,7 +13,8 @@ from facefleet.settings import ServiceSettings
 class CameraSettings:
     """Where frames come from. `source` is a V4L2 device path or index, a GStreamer pipeline
     (`gst:` prefix or containing `!`), an RTSP/HTTP URL, a video file, a folder of images, or
-    `synthetic:` (a generated scene with moving faces that needs nothing from outside)."""
+    `synthetic:` (a synthetic test scene, not a camera: generated persons with looks of their
+    own enter, move and leave; needs nothing from outside)."""
 
     source: str = "synthetic:"
     width: int = 640
