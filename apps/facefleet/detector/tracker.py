@@ -307,7 +307,9 @@ class Tracker:
         captured: str,
         frame_size: tuple[int, int],
     ) -> None:
-        if self.merge.enabled:
+        if self.merge.enabled and (
+            track.hits <= self.settings.min_hits or track.hits % appearance.SIGNATURE_EVERY == 0
+        ):
             view = appearance.signature(image, detection.box)
             track.signature = appearance.blend(track.signature, view)
         if self.gate.enabled:
