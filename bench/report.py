@@ -99,21 +99,14 @@ def markdown(results: dict[str, Any]) -> str:
             (f"detector fps, {name}, clip 640x360", _num(fps), f"homework {_num(base)}",
              _ratio(fps, base), "")
         )  # fmt: skip
-    fps, base = _get(r, "detector.fps.yunet"), _get(r, "detector.fps.yunet-bare")
-    if base is not None:
-        rows.append(
-            ("detector fps, yunet with gate + merging, synthetic 640x480", _num(fps),
-             f"without {_num(base)}", _ratio(fps, base), "")
-        )  # fmt: skip
-    cpu, base = (
-        _get(r, "detector.fps_per_cpu_s_synthetic_640x480.yunet"),
-        _get(r, "detector.fps_per_cpu_s_synthetic_640x480.yunet-bare"),
-    )
-    if base is not None:
-        rows.append(
-            ("detector frames per CPU second, yunet with gate + merging", _num(cpu),
-             f"without {_num(base)}", _ratio(cpu, base), "")
-        )  # fmt: skip
+    for label, key in (
+        ("detector fps, yunet with gate + merging, synthetic 640x480", "fps"),
+        ("detector frames per CPU second, yunet with gate + merging",
+         "fps_per_cpu_s_synthetic_640x480"),
+    ):  # fmt: skip
+        value, base = _get(r, f"detector.{key}.yunet"), _get(r, f"detector.{key}.yunet-bare")
+        if base is not None:
+            rows.append((label, _num(value), f"without {_num(base)}", _ratio(value, base), ""))
     after, before = _get(r, "detector.evaluation.yunet"), _get(r, "detector.evaluation.yunet-bare")
     if after and before:
 
