@@ -1,9 +1,12 @@
 """1. Detector speed and accuracy: yunet vs haar vs the homework's configuration.
 
 Each configuration runs the real detector service code (capture and decode, detection, tracking,
-encoding, QoS 1 publishing to a real mosquitto) in a child process pinned to one CPU with
-OpenCV limited to one thread; the broker is pinned to the other CPU. Accuracy is measured on the
-labelled photographs in ../shared/data/faces with the same detection settings.
+quality gate, merging, encoding, QoS 1 publishing to a real mosquitto) in a child process pinned
+to one CPU with OpenCV limited to one thread; the broker is pinned to the other CPU. `yunet-bare`
+is yunet without the quality gate and merging (the detector before them), for their cost.
+Accuracy is measured on the labelled photographs in ../shared/data/faces with the same detection
+settings; what would be stored is scored with `facefleet evaluate` on the shared clip against
+`tests/data/short_hamilton_clip.truth.toml`, with and without the gate and merging.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ from typing import Any
 
 from bench.common import ROOT, Options, progress, shared_dir
 from facefleet.config import build
+from facefleet.detector.evaluate_cli import evaluate
 from facefleet.detector.evaluation import recall_precision
-from facefleet.detector.settings import DetectionSettings
+from facefleet.detector.settings import DetectionSettings, DetectorConfig
 from facefleet.localbroker import LocalBroker
 
 MODEL = "models/face_detection_yunet_2023mar.onnx"
 CLIP = "data/videos/short_hamilton_clip.mp4"
+CLIP_TRUTH = ROOT / "tests" / "data" / "short_hamilton_clip.truth.toml"
+EVALUATION_FIGURES = (
+    "persons_required", "persons_stored", "required_missed", "crops", "crops_per_stored_person",
+    "non_faces", "unusable", "held_back", "merged",
+)  # fmt: skip
+#: The detector before the quality gate and merging.
+BARE = {"quality": {"enabled": False}, "merge": {"enabled": False}}
 
 
 def configurations(model: str) -> dict[str, dict[str, Any]]:
@@ -31,6 +42,7 @@ def configurations(model: str) -> dict[str, dict[str, Any]]:
     frame and published every face of every frame as PNG."""
     return {
         "yunet": {"detection": {"backend": "yunet", "model": model}},
+        "yunet-bare": {"detection": {"backend": "yunet", "model": model}, **BARE},
         "haar": {"detection": {"backend": "haar"}},
         "homework": {
             "detection": {"backend": "haar", "haar_scale_factor": 1.3, "detect_width": 4096},
@@ -116,6 +128,17 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
         out["accuracy"][name] = recall_precision(replace(detection), faces)
         acc = out["accuracy"][name]
         progress(f"accuracy {name:8s}: recall {acc['recall']:.3f} precision {acc['precision']:.3f}")
+    if not quick:
+        out["evaluation"] = {}
+        for name in ("yunet", "yunet-bare"):
+            cfg = build(DetectorConfig, configs[name], "<bench>")
+            report, _ = evaluate(cfg, str(clip), CLIP_TRUTH)
+            out["evaluation"][name] = {k: report[k] for k in EVALUATION_FIGURES}
+            progress(
+                f"evaluate {name:10s} on the clip: {report['crops']} crops, "
+                f"{report['persons_stored']} persons stored, {report['non_faces']} non-faces, "
+                f"{report['unusable']} unusable"
+            )
     homework = out["fps"]["homework"] or 1.0
     out["speedup_vs_homework"] = {k: round(v / homework, 2) for k, v in out["fps"].items()}
     return out

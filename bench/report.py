@@ -7,6 +7,7 @@ from typing import Any
 
 TARGETS = {
     "detector": "yunet >= 60 fps",
+    "evaluation": "0 non-faces, 0 unusable, all stored, <= 1.3 each",
     "uplink": ">= 20x fewer bytes, 0 missed",
     "relay": "forwarder >= bridge",
     "processor": "2 replicas >= 1.7x",
@@ -52,6 +53,11 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
     out: dict[str, bool | None] = {}
     v = check("detector.fps.yunet")
     out["detector"] = None if v is None else v[0] >= 60
+    e = _get(results, "detector.evaluation.yunet")
+    out["evaluation"] = None if e is None else (
+        e["non_faces"] == 0 and e["unusable"] == 0 and not e["required_missed"]
+        and e["crops_per_stored_person"] <= 1.3
+    )  # fmt: skip
     v = check(
         "uplink.bytes_per_person.default",
         "uplink.bytes_per_person.homework",
@@ -92,6 +98,26 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append(
             (f"detector fps, {name}, clip 640x360", _num(fps), f"homework {_num(base)}",
              _ratio(fps, base), "")
+        )  # fmt: skip
+    for label, key in (
+        ("detector fps, yunet with gate + merging, synthetic 640x480", "fps"),
+        ("detector frames per CPU second, yunet with gate + merging",
+         "fps_per_cpu_s_synthetic_640x480"),
+    ):  # fmt: skip
+        value, base = _get(r, f"detector.{key}.yunet"), _get(r, f"detector.{key}.yunet-bare")
+        if base is not None:
+            rows.append((label, _num(value), f"without {_num(base)}", _ratio(value, base), ""))
+    after, before = _get(r, "detector.evaluation.yunet"), _get(r, "detector.evaluation.yunet-bare")
+    if after and before:
+
+        def stored(e: dict[str, Any]) -> str:
+            return (f"{e['persons_stored']} of {e['persons_required']} persons, "
+                    f"{e['crops']} crops, {e['crops_per_stored_person']} each, "
+                    f"{e['non_faces']} non-faces, {e['unusable']} unusable")  # fmt: skip
+
+        rows.append(
+            ("stored, clip vs labelled truth (facefleet evaluate)", stored(after),
+             f"without gate + merging: {stored(before)}", "", mark("evaluation"))
         )  # fmt: skip
     cpu, base = (
         _get(r, "detector.fps_per_cpu_s_synthetic_640x480.yunet"),

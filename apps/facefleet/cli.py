@@ -71,6 +71,11 @@ TOOLS: dict[str, tuple[str, str, str]] = {
         "run_detect",
         "detect faces in an image or a folder of images",
     ),
+    "evaluate": (
+        "facefleet.detector.evaluate_cli",
+        "run_evaluate",
+        "score what the detector would publish for a video against labelled ground truth",
+    ),
     "demo": ("facefleet.demo", "run_demo", "run the whole pipeline on this machine"),
     "pki": ("facefleet.pki", "run_pki", "fleet CA and certificates for brokers and clients"),
     "fleet": (

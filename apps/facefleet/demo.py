@@ -45,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         default="synthetic:",
-        help="detector input: camera, video file, image folder, RTSP URL, GStreamer pipeline, "
-        "or synthetic: (default; generated, works offline)",
+        help="detector input: camera (/dev/video0 or 0), video file, image folder, RTSP URL, "
+        "GStreamer pipeline, or synthetic: (the default: a synthetic test scene, not a camera; "
+        "8 generated persons, each with its own look, enter, cross the room and leave over 40 s; "
+        "works offline; parameters: synthetic:?persons=N&seconds=S&fps=F&size=WxH&seed=K)",
     )
     parser.add_argument(
         "--storage",

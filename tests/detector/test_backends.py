@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from facefleet.config import ConfigError
+from facefleet.detector import appearance
 from facefleet.detector.backends import FaceDetector, create_detector
 from facefleet.detector.evaluation import matches
-from facefleet.detector.settings import DetectionSettings
-from facefleet.detector.synthetic import SceneParams, SyntheticScene
+from facefleet.detector.settings import DetectionSettings, MergeSettings
+from facefleet.detector.synthetic import LOOKS, SceneParams, SyntheticScene
 from tests.conftest import require_shared
 
 
@@ -111,3 +112,31 @@ def test_opencv_5_without_haar_support_is_a_config_error(monkeypatch: pytest.Mon
     monkeypatch.delattr(cv2, "CascadeClassifier")
     with pytest.raises(ConfigError, match="no CascadeClassifier"):
         create_detector(DetectionSettings(backend="haar", model="cascade.xml"))
+
+
+def look_frames() -> list[tuple[Any, tuple[int, int, int, int]]]:
+    """One frame per look of the synthetic scene (persons=len(LOOKS), seed 0: person i wears
+    look i), each at a frame where that person is visible, with its face box."""
+    scene = SyntheticScene(SceneParams(persons=len(LOOKS), seconds=len(LOOKS) * 2.0))
+    out = []
+    for person in scene.persons:
+        middle = (person.first_frame + person.last_frame) // 2
+        out.append((scene.frame(middle), person.face_box(middle)))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["haar", "yunet"])
+def test_every_synthetic_look_is_detected(backend: str) -> None:
+    detector = haar() if backend == "haar" else yunet()
+    for image, box in look_frames():
+        found, _ = matches([f.box for f in detector.detect(image)], [box])
+        assert found == 1
+
+
+def test_the_synthetic_looks_are_told_apart_by_appearance() -> None:
+    """The merger would not join two persons of the scene even across a camera cut."""
+    signatures = [appearance.signature(image, box) for image, box in look_frames()]
+    closest = min(
+        appearance.distance(a, b) for i, a in enumerate(signatures) for b in signatures[i + 1 :]
+    )
+    assert closest > MergeSettings().cut_max_appearance_distance

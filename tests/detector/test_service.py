@@ -105,6 +105,18 @@ def test_best_mode_publishes_one_crop_per_person_then_stops(
         assert key in final
 
 
+def test_tracks_failing_the_gate_are_held_back_and_counted_in_the_heartbeat(
+    edge_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = detector_config(edge_broker, SCENE, quality={"min_face_px": 400})
+    collector = run_to_end(edge_broker, tmp_path, config)
+    final = statuses(collector)[-1]
+    assert faces(collector) == []
+    assert final["published"] == 0
+    assert final["held_back"] == {"small": SceneParams.from_uri(SCENE).persons}
+    assert final["merged"] == 0
+
+
 def test_every_frame_mode_publishes_every_face_as_png(
     edge_broker: LocalBroker, tmp_path: Path
 ) -> None:

@@ -54,7 +54,7 @@ def test_parse_synthetic() -> None:
     assert spec.kind == "synthetic"
     assert spec.scene == SceneParams(persons=5, seconds=12, fps=15, width=320, height=240, seed=1)
     assert parse_source("synthetic:").scene == SceneParams()
-    assert SceneParams().frame_count == 150
+    assert SceneParams().frame_count == 600  # 8 persons over 40 s at 15 fps
 
 
 @pytest.mark.parametrize(

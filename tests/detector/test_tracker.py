@@ -9,10 +9,13 @@ import numpy as np
 
 from facefleet.detector.backends import Detection
 from facefleet.detector.geometry import Box
-from facefleet.detector.settings import TrackingSettings
-from facefleet.detector.tracker import Publication, Tracker, associate
+from facefleet.detector.settings import MergeSettings, QualitySettings, TrackingSettings
+from facefleet.detector.tracker import UNCONFIRMED, Publication, Tracker, associate
 
 SETTINGS = TrackingSettings(iou_threshold=0.3, max_missed=5, min_hits=3, republish_s=30.0)
+#: The tracker on its own: no quality gate, no merging (tested below and in test_quality.py).
+NO_GATE = QualitySettings(enabled=False)
+NO_MERGE = MergeSettings(enabled=False)
 
 
 def textured(seed: int = 0, width: int = 640, height: int = 480) -> np.ndarray:
@@ -47,7 +50,7 @@ def walk(x0: int, y0: int, dx: int, dy: int, n: int, size: int = 80) -> list[Box
 
 
 def test_one_person_becomes_one_track_published_once_when_it_ends() -> None:
-    tracker = Tracker(SETTINGS)
+    tracker = Tracker(SETTINGS, merge=NO_MERGE)
     path = walk(50, 100, 6, 1, 40)
     during = feed(tracker, [[b] for b in path])
     assert during == []
@@ -88,7 +91,7 @@ def test_a_gap_shorter_than_max_missed_keeps_the_track() -> None:
 
 
 def test_a_gap_of_max_missed_frames_ends_the_track() -> None:
-    tracker = Tracker(SETTINGS)
+    tracker = Tracker(SETTINGS, merge=NO_MERGE)
     path = walk(100, 100, 4, 0, 30)
     frames = [[b] for b in path[:10]] + [[]] * SETTINGS.max_missed + [[b] for b in path[15:]]
     published = feed(tracker, frames) + tracker.flush()
@@ -103,7 +106,7 @@ def test_a_track_below_min_hits_is_never_published() -> None:
 
 
 def test_the_best_crop_is_the_sharp_one() -> None:
-    tracker = Tracker(SETTINGS)
+    tracker = Tracker(SETTINGS, gate=NO_GATE)
     box = (200, 150, 100, 100)
     blurred = cv2.GaussianBlur(FRAME, (0, 0), 4)
     for i in range(10):
@@ -153,3 +156,76 @@ def test_associate_is_greedy_by_iou() -> None:
     tracks = [(0, 0, 100, 100), (50, 0, 100, 100)]
     detections = [(55, 0, 100, 100), (5, 0, 100, 100), (500, 500, 10, 10)]
     assert sorted(associate(tracks, detections, 0.3)) == [(0, 1), (1, 0)]
+
+
+# --- quality gate and merging inside the tracker ----------------------------------------------
+
+
+def test_a_track_without_enough_usable_views_is_held_back_by_its_reason() -> None:
+    tracker = Tracker(SETTINGS, merge=NO_MERGE)
+    dark = (FRAME // 12).astype(np.uint8)
+    feed(tracker, [[(200, 150, 100, 100)]] * 10, image=dark)
+    feed(tracker, [[(10, 10, 60, 60)]] * (SETTINGS.min_hits - 1), start=10)  # too short
+    assert tracker.flush() == []
+    assert tracker.held_back == {"dark": 1, UNCONFIRMED: 1}
+
+
+def test_the_gate_bypasses_every_frame_mode() -> None:
+    tracker = Tracker(SETTINGS, mode="every-frame")
+    dark = (FRAME // 12).astype(np.uint8)
+    assert len(feed(tracker, [[(200, 150, 100, 100)]] * 4, image=dark)) == 4
+    assert tracker.held_back == {}
+
+
+def test_an_occluded_person_comes_back_as_the_same_track_published_once() -> None:
+    tracker = Tracker(SETTINGS)
+    path = walk(100, 100, 4, 0, 30)
+    frames = [[b] for b in path[:10]] + [[]] * (SETTINGS.max_missed + 3) + [[b] for b in path[18:]]
+    during = feed(tracker, frames)
+    assert during == []  # the ended track waited for its continuation
+    published = tracker.flush()
+    assert [p.track for p in published] == [1]
+    assert tracker.merged == 1
+
+
+def test_someone_else_in_the_same_place_is_not_merged() -> None:
+    tracker = Tracker(SETTINGS)
+    other = FRAME.copy()
+    other[..., 0] //= 5  # another colour: appearance differs
+    other[..., 1] //= 2
+    box = (200, 150, 100, 100)
+    feed(tracker, [[box]] * 10)
+    feed(tracker, [[]] * (SETTINGS.max_missed + 1), start=10)
+    feed(tracker, [[box]] * 10, image=other, start=16)
+    assert sorted(p.track for p in tracker.flush()) == [1, 2]
+    assert tracker.merged == 0
+
+
+def test_an_ended_track_is_published_after_the_merge_window() -> None:
+    merge = MergeSettings(window_s=1.0)
+    tracker = Tracker(SETTINGS, merge=merge)
+    feed(tracker, [[(200, 150, 100, 100)]] * 10)
+    ended = 10 + SETTINGS.max_missed - 1  # the frame in which the track ends (clock 1.4)
+    assert feed(tracker, [[]] * SETTINGS.max_missed, start=10) == []
+    waiting = feed(tracker, [[]] * 9, start=ended + 1)  # clock 1.5 .. 2.3: within the window
+    assert waiting == []
+    (published,) = feed(tracker, [[]] * 2, start=ended + 10)  # clock 2.4: window over
+    assert published.track == 1
+
+
+def test_after_a_camera_cut_appearance_alone_merges_far_away() -> None:
+    tracker = Tracker(SETTINGS)
+    shot_b = np.full_like(FRAME, 30)  # the next shot: another background ...
+    shot_b[200:400, 450:550] = FRAME[150:350, 200:300]  # ... the same person, elsewhere
+    feed(tracker, [[(200, 150, 100, 100)]] * 10)
+    feed(tracker, [[(450, 200, 100, 100)]] * 10, image=shot_b, start=10)
+    assert [p.track for p in tracker.flush()] == [1]
+    assert tracker.merged == 1
+
+
+def test_without_a_cut_a_far_away_lookalike_is_someone_else() -> None:
+    tracker = Tracker(SETTINGS)
+    feed(tracker, [[(20, 20, 100, 100)]] * 10)
+    feed(tracker, [[]] * (SETTINGS.max_missed + 1), start=10)
+    feed(tracker, [[(480, 320, 100, 100)]] * 10, start=16)
+    assert sorted(p.track for p in tracker.flush()) == [1, 2]

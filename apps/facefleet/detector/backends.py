@@ -28,10 +28,13 @@ HAAR_WEIGHT_SCALE = 4.0
 
 @dataclass(frozen=True)
 class Detection:
-    """One face: box (x, y, w, h) in frame pixels and a score in 0..1."""
+    """One face: box (x, y, w, h) in frame pixels and a score in 0..1. YuNet adds five
+    landmarks in frame pixels: right eye, left eye, nose tip, right and left mouth corner (the
+    person's right and left); Haar gives none."""
 
     box: Box
     score: float
+    landmarks: tuple[tuple[float, float], ...] = ()
 
 
 class FaceDetector(Protocol):
@@ -129,7 +132,10 @@ class YuNetDetector:
         for row in () if faces is None else faces:
             box = self._scale.to_frame((row[0], row[1], row[2], row[3]), factor, image)
             if min(box[2], box[3]) >= self.settings.min_face_px:
-                found.append(Detection(box, min(1.0, max(0.0, float(row[14])))))
+                points = tuple(
+                    (float(row[k]) / factor, float(row[k + 1]) / factor) for k in range(4, 14, 2)
+                )
+                found.append(Detection(box, min(1.0, max(0.0, float(row[14]))), points))
         return found
 
 

@@ -23,17 +23,30 @@ def crop(image: Image, box: Box, margin: float) -> Image:
     return image[y : y + h, x : x + w].copy()
 
 
-def sharpness(image: Image, box: Box) -> float:
-    """Variance of the Laplacian of the grey face: high for crisp edges, low for blur."""
+def face_grey(image: Image, box: Box) -> Image:
+    """The face (no margin, clipped) in grey, scaled down to at most SHARPNESS_WIDTH wide;
+    empty when the box is under 3 pixels on a side."""
     x, y, w, h = expand(box, 0.0, (image.shape[1], image.shape[0]))
     if w < 3 or h < 3:
-        return 0.0
+        return np.zeros((0, 0), np.uint8)
     face = image[y : y + h, x : x + w]
     if w > SHARPNESS_WIDTH:
         size = (SHARPNESS_WIDTH, max(3, round(h * SHARPNESS_WIDTH / w)))
         face = cv2.resize(face, size, interpolation=cv2.INTER_AREA)
-    grey = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.ndim == 3 else face
+    grey: Image = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.ndim == 3 else face
+    return grey
+
+
+def laplacian_variance(grey: Image) -> float:
+    """High for crisp edges, low for blur; 0.0 for an empty image."""
+    if grey.size == 0:
+        return 0.0
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def sharpness(image: Image, box: Box) -> float:
+    """Variance of the Laplacian of the grey face: high for crisp edges, low for blur."""
+    return laplacian_variance(face_grey(image, box))
 
 
 def quality(score: float, box: Box, sharp: float) -> float:

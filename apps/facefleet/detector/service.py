@@ -25,7 +25,13 @@ from facefleet.config import ConfigError, redacted
 from facefleet.contract import CONTENT_TYPES, FaceMeta, faces_topic, new_face_id
 from facefleet.detector.backends import FaceDetector, create_detector
 from facefleet.detector.settings import DetectorConfig, PublishSettings
-from facefleet.detector.sources import FrameSource, has_gstreamer, open_source, parse_source
+from facefleet.detector.sources import (
+    Frame,
+    FrameSource,
+    has_gstreamer,
+    open_source,
+    parse_source,
+)
 from facefleet.detector.sources import redact as redact_source
 from facefleet.detector.tracker import Publication, Tracker
 from facefleet.service import Heartbeat, resolve_node, stop_event
@@ -66,6 +72,14 @@ class Figures:
         self.dropped = 0
         self.unacked = 0
         self.errors = 0
+        self.held_back: dict[str, int] = {}
+        self.merged = 0
+
+    def tracks_settled(self, held_back: dict[str, int], merged: int) -> None:
+        """The tracker's counts of tracks held back by the quality gate and merged."""
+        with self._lock:
+            self.held_back = held_back
+            self.merged = merged
 
     def frame_done(self, faces: int, tracks_active: int) -> None:
         now = time.monotonic()
@@ -95,6 +109,8 @@ class Figures:
             "dropped": self.dropped,
             "unacked": self.unacked,
             "errors": self.errors,
+            "held_back": dict(self.held_back),
+            "merged": self.merged,
         }
 
 
@@ -209,6 +225,25 @@ class FacePublisher:
         return len(self._pending)
 
 
+class Pipeline:
+    """Detection and tracking, frame by frame: what the service runs, and what `facefleet
+    evaluate` scores (the same code and configuration, without the broker)."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.backend: FaceDetector = create_detector(cfg.detection)
+        self.tracker = Tracker(
+            cfg.tracking, cfg.publish.margin, cfg.publish.mode, cfg.quality, cfg.merge
+        )
+
+    def process(self, frame: Frame) -> tuple[int, list[Publication]]:
+        """(faces detected, crops to publish now); cv2.error when detection fails."""
+        detections = self.backend.detect(frame.image)
+        published = self.tracker.update(
+            frame.image, detections, frame.captured, frame.clock, frame.index
+        )
+        return len(detections), published
+
+
 class Detector:
     """One run of the service: the loop and its clean shutdown."""
 
@@ -218,10 +253,9 @@ class Detector:
             self.node = resolve_node(cfg.node)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.backend: FaceDetector = create_detector(cfg.detection)
+        self.pipeline = Pipeline(cfg)
         self.source: FrameSource = open_source(cfg.camera)
         self.figures = Figures()
-        self.tracker = Tracker(cfg.tracking, cfg.publish.margin, cfg.publish.mode)
         self.client = mqtt_setup.make_client(cfg.mqtt, f"facefleet-detector-{self.node}")
         self.client.max_queued_messages_set(cfg.publish.max_queued)
         self.heartbeat = Heartbeat(
@@ -232,7 +266,7 @@ class Detector:
             self.client,
             topic=faces_topic(cfg.prefix, self.node),
             node=self.node,
-            detector=self.backend.name,
+            detector=self.pipeline.backend.name,
             settings=cfg.publish,
             figures=self.figures,
         )
@@ -248,7 +282,7 @@ class Detector:
             "camera_reopens": self.source.reopens,
             "frames_dropped": self.source.dropped,
             "source": redact_source(self.cfg.camera.source),
-            "backend": self.backend.name,
+            "backend": self.pipeline.backend.name,
         }
 
     def run(self, stop: threading.Event) -> int:
@@ -269,21 +303,28 @@ class Detector:
                     return
                 continue
             try:
-                detections = self.backend.detect(frame.image)
+                faces, publications = self.pipeline.process(frame)
             except cv2.error as exc:
                 self.figures.errors += 1
                 log.warning("detection failed on frame %d: %s", frame.index, exc)
                 continue
-            for publication in self.tracker.update(
-                frame.image, detections, frame.captured, frame.clock
-            ):
+            for publication in publications:
                 self.publisher.publish(publication)
             self.publisher.poll()
-            self.figures.frame_done(len(detections), self.tracker.active)
+            self._settle_tracks()
+            self.figures.frame_done(faces, self.pipeline.tracker.active)
+
+    def _settle_tracks(self) -> None:
+        tracker = self.pipeline.tracker
+        if tracker.merged != self.figures.merged or sum(tracker.held_back.values()) != sum(
+            self.figures.held_back.values()
+        ):
+            self.figures.tracks_settled(dict(tracker.held_back), tracker.merged)
 
     def _shutdown(self) -> None:
-        for publication in self.tracker.flush():
+        for publication in self.pipeline.tracker.flush():
             self.publisher.publish(publication)
+        self._settle_tracks()
         self.figures.tracks_active = 0
         self.source.close()
         unacked = self.publisher.drain(self.cfg.publish.flush_timeout_s)

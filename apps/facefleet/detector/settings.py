@@ -13,7 +13,8 @@ from facefleet.settings import ServiceSettings
 class CameraSettings:
     """Where frames come from. `source` is a V4L2 device path or index, a GStreamer pipeline
     (`gst:` prefix or containing `!`), an RTSP/HTTP URL, a video file, a folder of images, or
-    `synthetic:` (a generated scene with moving faces that needs nothing from outside)."""
+    `synthetic:` (a synthetic test scene, not a camera: generated persons with looks of their
+    own enter, move and leave; needs nothing from outside)."""
 
     source: str = "synthetic:"
     width: int = 640
@@ -79,6 +80,88 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class QualitySettings:
+    """The gate a face must pass before it is published (mode `best`; `every-frame` is the
+    homework's comparison mode and publishes every detection ungated).
+
+    A detection is usable when its box is at least `min_face_px` on its shorter side in frame
+    (capture) pixels and at least `edge_px` away from every frame border (a face cut by the
+    border is not a face to keep); its YuNet score is at least `min_score` (Haar's score is
+    no probability and is not gated: `detection.haar_min_neighbors` is its threshold); the mean
+    brightness of the face (grey, 0..255) is within `min_luma`..`max_luma`; its contrast (the
+    standard deviation of that grey) is at least `min_contrast`; its sharpness (variance of the
+    Laplacian on the face scaled to at most 128 px wide) is at least `min_sharpness`; and, where
+    the detector gives landmarks (YuNet; Haar has none), both eyes are above the nose and the
+    nose above the mouth, and the yaw estimated from the nose's offset between the eyes is at
+    most `max_yaw_deg` (0 frontal, 90 profile: three-quarter views pass, profiles do not). A
+    track is published only once `min_usable` of its detections, and at least
+    `min_usable_share` of them, were usable, with the best usable view as its crop; otherwise
+    it is held back and counted by its most frequent reason in the heartbeat's `held_back`.
+    `enabled = false` publishes every track that reaches `tracking.min_hits`, with its best
+    view."""
+
+    enabled: bool = True
+    min_usable: int = 3
+    min_usable_share: float = 0.5
+    min_face_px: int = 48
+    edge_px: int = 2
+    min_score: float = 0.75
+    min_luma: float = 25.0
+    max_luma: float = 230.0
+    min_contrast: float = 12.0
+    min_sharpness: float = 25.0
+    max_yaw_deg: float = 75.0
+
+    def __post_init__(self) -> None:
+        if self.min_usable < 1:
+            raise ValueError("min_usable must be at least 1")
+        if not 0 <= self.min_usable_share <= 1:
+            raise ValueError("min_usable_share must be 0..1")
+        if self.min_face_px < 1 or self.edge_px < 0:
+            raise ValueError("min_face_px must be positive and edge_px not negative")
+        if not 0 <= self.min_score < 1:
+            raise ValueError("min_score must be 0..1")
+        if not 0 <= self.min_luma < self.max_luma <= 255:
+            raise ValueError("need 0 <= min_luma < max_luma <= 255")
+        if self.min_contrast < 0 or self.min_sharpness < 0:
+            raise ValueError("min_contrast and min_sharpness must not be negative")
+        if not 0 < self.max_yaw_deg <= 90:
+            raise ValueError("max_yaw_deg must be 0..90")
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """One person, one track: a new track that looks like a recent one continues it (mode
+    `best`), across occlusions, detector misses and camera cuts.
+
+    A track that ends waits `window_s` seconds before it is published, for a continuation. When
+    a new track is confirmed (`tracking.min_hits`), it continues an ended or currently unseen
+    track last seen before it started when their appearance (HSV histograms of the face and of
+    the region below it, Bhattacharyya distance 0..1) is within `max_appearance_distance` and
+    the new face is within `max_distance` face widths of where the old one was, at 0.5..2 times
+    its size. Across a camera cut (the mean grey difference of consecutive frames at 32x18
+    above `cut_threshold`, 0..255) position says nothing, so appearance alone decides, within
+    the stricter `cut_max_appearance_distance`."""
+
+    enabled: bool = True
+    window_s: float = 2.0
+    max_distance: float = 2.0
+    max_appearance_distance: float = 0.35
+    cut_threshold: float = 20.0
+    cut_max_appearance_distance: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.window_s < 0 or self.max_distance <= 0:
+            raise ValueError("window_s must not be negative and max_distance must be positive")
+        if not (
+            0 < self.max_appearance_distance <= 1 and 0 < self.cut_max_appearance_distance <= 1
+        ):
+            raise ValueError("appearance distances must be 0..1")
+        if self.cut_threshold <= 0:
+            raise ValueError("cut_threshold must be positive")
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     """`best`: one crop per track; `every-frame`: every face of every frame (the homework).
 
@@ -110,4 +193,6 @@ class DetectorConfig(ServiceSettings):
     camera: CameraSettings = field(default_factory=CameraSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)

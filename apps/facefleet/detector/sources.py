@@ -7,7 +7,8 @@ open -> reopening -> lost (backoff at its maximum) -> open, logged once per tran
 
 Finite sources (video file, folder of images, `synthetic:`) are read as fast as the consumer
 asks unless `realtime` paces them at their frame rate; `loop` restarts them, otherwise the end
-of the source sets `state` to "ended".
+of the source sets `state` to "ended". Their frames' `clock` is media time (the frame number
+over the frame rate, from the start), paced or not.
 """
 
 from __future__ import annotations
@@ -278,10 +279,12 @@ class FiniteSource:
             self.state = "ended"
             log.info("source %s ended after %d frames", self.spec.target, self._index)
             return None
+        # the clock of a finite source is its media time, so that the tracker's windows
+        # (republish_s, merge.window_s) mean the same whether it is read paced or flat out
+        due = self._paced_from + self._index / self.fps
         if self.camera.realtime:
-            due = self._paced_from + self._index / self.fps
             time.sleep(max(0.0, due - time.monotonic()))
-        frame = Frame(image, self._index, utc_timestamp(), time.monotonic())
+        frame = Frame(image, self._index, utc_timestamp(), due)
         self._index += 1
         return frame
 

@@ -1,12 +1,17 @@
 """The offline `synthetic:` camera: a generated scene whose ground truth is known.
 
-A few persons (one public-domain portrait, see `facefleet/assets/SOURCES.md`, varied by scale,
-mirroring, brightness and colour) enter a room, move across it and leave at planned frames. Two
+A synthetic test scene, not a camera: a few persons enter a room, move across it and leave at
+planned frames. Each person is made from the one bundled public-domain portrait (see
+`facefleet/assets/SOURCES.md`) with a look of their own: hair and clothes repainted in one of
+`len(LOOKS)` colour pairs, another skin tone, a wider or narrower face, mirrored or not, and a
+size of their own; YuNet and the Haar cascade both detect every look (tests/detector). Two
 horizontal lanes keep them apart, and no more than two are ever visible at once, so the number of
-distinct persons a tracker should report equals `persons`. Everything is a pure function of the
-parameters: the same URI gives the same frames on every machine.
+distinct persons a tracker should report equals `persons` (up to `len(LOOKS)` persons look
+different; more repeat the looks). Everything is a pure function of the parameters: the same URI
+gives the same frames on every machine.
 
-URI: `synthetic:?persons=4&seconds=10&fps=15&size=640x480&seed=0` (every parameter optional).
+URI: `synthetic:?persons=8&seconds=40&fps=15&size=640x480&seed=0` (every parameter optional;
+these are the defaults).
 """
 
 from __future__ import annotations
@@ -31,9 +36,32 @@ NOISE_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
+class Look:
+    """How one person differs from the portrait: hair and clothes colour (OpenCV HSV: hue
+    0..180, saturation and value 0..255; the shading of the original is kept) and the gains of
+    the skin (B, G, R)."""
+
+    hair: tuple[int, int, int]
+    clothes: tuple[int, int, int]
+    skin: tuple[float, float, float]
+
+
+LOOKS = (
+    Look(hair=(0, 0, 30), clothes=(0, 0, 0), skin=(1.0, 1.0, 1.0)),
+    Look(hair=(15, 150, 70), clothes=(120, 200, 200), skin=(0.62, 0.7, 0.85)),
+    Look(hair=(10, 200, 150), clothes=(60, 200, 160), skin=(0.5, 0.56, 0.68)),
+    Look(hair=(20, 90, 140), clothes=(0, 210, 200), skin=(0.9, 0.95, 1.1)),
+    Look(hair=(0, 0, 120), clothes=(25, 200, 230), skin=(0.8, 0.78, 0.82)),
+    Look(hair=(5, 170, 110), clothes=(150, 150, 170), skin=(0.58, 0.64, 0.8)),
+    Look(hair=(25, 120, 40), clothes=(100, 60, 230), skin=(1.05, 1.0, 0.95)),
+    Look(hair=(170, 90, 60), clothes=(10, 120, 90), skin=(0.7, 0.8, 0.95)),
+)
+
+
+@dataclass(frozen=True)
 class SceneParams:
-    persons: int = 4
-    seconds: float = 10.0
+    persons: int = 8
+    seconds: float = 40.0
     fps: float = 15.0
     width: int = 640
     height: int = 480
@@ -92,7 +120,7 @@ class Person:
     end: tuple[int, int]
     tile_size: tuple[int, int]
     mirrored: bool
-    gains: tuple[float, float, float]
+    look: Look
 
     def visible(self, frame: int) -> bool:
         return self.first_frame <= frame <= self.last_frame
@@ -123,7 +151,7 @@ def plan_persons(params: SceneParams, rng: np.random.Generator) -> list[Person]:
     persons = []
     for i in range(n):
         tile_h = int(lane_h * rng.uniform(0.55, 0.85))
-        tile_w = int(tile_h * aspect)
+        tile_w = int(tile_h * aspect * rng.uniform(0.88, 1.12))
         lane_top = (i % 2) * lane_h
         y0 = lane_top + int(rng.uniform(0, lane_h - tile_h))
         y1 = lane_top + int(rng.uniform(0, lane_h - tile_h))
@@ -132,8 +160,6 @@ def plan_persons(params: SceneParams, rng: np.random.Generator) -> list[Person]:
         x0, x1 = (left, right) if i % 2 == 0 else (right, left)
         first = round(spacing * (i + 0.1))
         last = min(frames - 1, first + max(1, round(spacing * 1.8)) - 1)
-        brightness = rng.uniform(0.7, 1.2)
-        tint = rng.uniform(0.85, 1.15, size=3)
         persons.append(
             Person(
                 index=i,
@@ -143,11 +169,7 @@ def plan_persons(params: SceneParams, rng: np.random.Generator) -> list[Person]:
                 end=(x1, y1),
                 tile_size=(tile_w, tile_h),
                 mirrored=i % 2 == 1,
-                gains=(
-                    float(brightness * tint[0]),
-                    float(brightness * tint[1]),
-                    float(brightness * tint[2]),
-                ),
+                look=LOOKS[(i + params.seed) % len(LOOKS)],
             )
         )
     return persons
@@ -159,6 +181,47 @@ def load_face_asset() -> Image:
     if image is None:
         raise RuntimeError(f"cannot decode the bundled asset {FACE_ASSET}")
     return image
+
+
+class Portrait:
+    """The bundled portrait and where its hair, clothes and skin are (soft masks, 0..1)."""
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        height, width = image.shape[:2]
+        self.hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+        rows, cols = np.mgrid[0:height, 0:width]
+        face = ((cols - 0.5 * width) / (0.27 * width)) ** 2 + (
+            (rows - 0.56 * height) / (0.29 * height)
+        ) ** 2 <= 1
+        hue, saturation, value = (self.hsv[..., k] for k in range(3))
+        backdrop = (saturation < 40) & (value > 150)
+        skin_coloured = (hue < 25) & (saturation > 50) & (value > 110)
+        hair = (rows < 0.62 * height) & ~face & ~backdrop & (value > 40)
+        clothes = (rows > 0.7 * height) & ~face & ~backdrop & ~hair & ~skin_coloured
+        skin = ~hair & ~clothes & ~backdrop
+        self.hair, self.clothes, self.skin = (self._soft(m) for m in (hair, clothes, skin))
+
+    @staticmethod
+    def _soft(mask: Image) -> Image:
+        soft: Image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0)
+        return soft[:, :, None]
+
+    def _painted(self, hsv: tuple[int, int, int]) -> Image:
+        pixel = np.array([[hsv]], np.uint8)
+        colour = cv2.cvtColor(pixel, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+        shade = self.hsv[..., 2:3].astype(np.float32) / 255.0
+        painted: Image = colour * (0.45 + 0.9 * shade)
+        return painted
+
+    def dressed(self, look: Look) -> Image:
+        """The portrait in `look`, as float32 BGR."""
+        out = self.image.astype(np.float32)
+        out = out * (1 - self.skin) + out * np.array(look.skin, np.float32) * self.skin
+        for mask, colour in ((self.hair, look.hair), (self.clothes, look.clothes)):
+            out = out * (1 - mask) + self._painted(colour) * mask
+        clipped: Image = np.clip(out, 0, 255)
+        return clipped
 
 
 def make_background(width: int, height: int, rng: np.random.Generator) -> Image:
@@ -204,14 +267,14 @@ class SyntheticScene:
 
     @cached_property
     def _tiles(self) -> list[tuple[Image, Image]]:
-        face = load_face_asset()
+        portrait = Portrait(load_face_asset())
         tiles = []
         for person in self.persons:
-            tile = cv2.resize(face, person.tile_size, interpolation=cv2.INTER_AREA)
+            dressed = portrait.dressed(person.look)
+            tile = cv2.resize(dressed, person.tile_size, interpolation=cv2.INTER_AREA)
             if person.mirrored:
                 tile = cv2.flip(tile, 1)
-            colour = tile.astype(np.float32) * np.array(person.gains, np.float32)
-            tiles.append((np.clip(colour, 0, 255), head_mask(*person.tile_size)))
+            tiles.append((tile, head_mask(*person.tile_size)))
         return tiles
 
     def frame(self, index: int) -> Image:
