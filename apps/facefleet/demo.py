@@ -10,7 +10,6 @@ is accounted for downstream, and prints a JSON summary as its last line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config import ConfigError, dump_toml
+from facefleet.detector.settings import DetectorChoice, choose_detector
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.statusboard import StatusBoard
 
@@ -93,29 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    backend: str
-    model: str
-
-
-def choose_detection(args: argparse.Namespace) -> Detection:
-    if args.model is not None:
-        if not args.model.is_file():
-            raise ConfigError(f"--model: {args.model} does not exist")
-        backend = args.backend
-        if backend == "auto":
-            backend = "haar" if args.model.suffix == ".xml" else "yunet"
-        return Detection(backend, str(args.model.resolve()))
-    if args.backend == "haar":
-        return Detection("haar", "")
-    model = shared_dir() / DEFAULT_MODEL
-    if model.is_file():
-        return Detection("yunet", str(model.resolve()))
-    if args.backend == "yunet":
-        raise ConfigError(f"no YuNet model at {model}: pass --model FILE or --backend haar")
-    log.info("YuNet model not found at %s; using the Haar cascade", model)
-    return Detection("haar", "")
+def choose_detection(args: argparse.Namespace) -> DetectorChoice:
+    choice = choose_detector(args.backend, args.model, shared_dir() / DEFAULT_MODEL)
+    if choice.note:
+        log.info("%s", choice.note)
+    return choice
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -197,7 +179,8 @@ class Demo:
             check=False,
         )
         if check.returncode != 0:
-            raise ConfigError(check.stderr.strip().splitlines()[-1] if check.stderr else name)
+            said = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "rejected"
+            raise ConfigError(f"{name}: {said.removeprefix(f'facefleet {name}: config error: ')}")
         with open(self.workdir / f"{name}.log", "ab") as logfile:
             self.services[name] = subprocess.Popen(
                 [sys.executable, "-m", "facefleet", name, "--config", str(path)],

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from facefleet.config import read_secret
+from facefleet.config import ConfigError, read_secret
 from facefleet.wire import PackedProperties, install
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,43 @@ def make_client(
         password = read_secret(settings.password_file) if settings.password_file else None
         client.username_pw_set(settings.username, password)
     if settings.tls:
+        client.tls_set_context(tls_context(settings))
+    return client
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context; a CA, certificate or key file that cannot be used is a
+    ConfigError naming the file and what is wrong with it."""
+    try:
         context = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file or None
         )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if settings.cert_file:
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"CA file {settings.ca_file}: not a usable CA certificate ({_ssl_reason(exc)})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.cert_file:
+        try:
             context.load_cert_chain(settings.cert_file, settings.key_file)
-        client.tls_set_context(context)
-    return client
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"certificate {settings.cert_file} with key {settings.key_file}: not usable "
+                f"({_ssl_reason(exc)})"
+            ) from None
+    return context
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """`[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)` ->
+    `no certificate or crl found`."""
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc.args[-1]) if exc.args else str(exc)
+        text = text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
+        return "not PEM data of the right kind" if text == "PEM lib" else text
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def connect_properties(
