@@ -52,7 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         type=Path,
         default=Path(".demo/storage"),
-        help="where the processor stores faces (default .demo/storage)",
+        help="where the processor stores faces (default .demo/storage; kept across runs)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="empty the storage directory before the run"
     )
     parser.add_argument(
         "--until-eof",
@@ -64,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=("best", "every-frame"),
         default="best",
-        help="best: one crop per person (default); every-frame: the homework",
+        help="best: one crop per person (default); every-frame: every face of every frame, "
+        "as the course homework facefleet grew out of did",
     )
     parser.add_argument("--encoding", choices=("jpeg", "png"), default="jpeg")
     parser.add_argument(
@@ -87,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=600.0,
         help="--until-eof: give up draining after this many seconds (600)",
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=30.0,
+        help="--until-eof: give up when the source has not delivered a frame after this many "
+        "seconds (30)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (configs, logs, broker data)"
@@ -122,6 +133,8 @@ class Demo:
         self.overrides = parse_overrides(args.overrides)
         self.workdir = Path(tempfile.mkdtemp(prefix="facefleet-demo-"))
         self.storage = args.storage.resolve()
+        if args.fresh:
+            shutil.rmtree(self.storage, ignore_errors=True)
         self.edge = LocalBroker("edge", workdir=self.workdir / "edge-broker")
         self.cloud = LocalBroker(
             "cloud", workdir=self.workdir / "cloud-broker", processors=(CLOUD_NODE,)
@@ -233,6 +246,11 @@ class Demo:
             f"stored {pro.get('stored', 0)}  dead-lettered {pro.get('dead_lettered', 0)}"
         )
 
+    def camera_trouble(self, board: StatusBoard) -> str:
+        """The detector's reason for having no frames ("" while it has them)."""
+        det = board.get(EDGE_NODE, "detector")
+        return str(det.get("camera_error") or "") if det.get("camera") != "open" else ""
+
     def drained(self, board: StatusBoard) -> bool:
         det = board.get(EDGE_NODE, "detector")
         fwd = board.get(EDGE_NODE, "forwarder")
@@ -311,6 +329,7 @@ class Demo:
             board.close()
             self.edge.cleanup()
             self.cloud.cleanup()
+            print(self.storage_note(), file=sys.stderr, flush=True)
             if self.args.keep:
                 print(f"work directory kept: {self.workdir}", flush=True)
             else:
@@ -319,15 +338,35 @@ class Demo:
         return 0 if drained or not self.args.until_eof else 1
 
     def watch(self, board: StatusBoard, stop: threading.Event) -> bool:
-        """Progress lines until ^C, or with --until-eof until the source ended and drained."""
+        """Progress lines until ^C, or with --until-eof until the source ended and drained.
+
+        While the source does not open, the progress line is replaced by the detector's reason
+        (once per change); --until-eof gives up after --open-timeout without a frame."""
         deadline: float | None = None
+        started = time.monotonic()
+        said = ""
         while not stop.wait(2.0):
-            print(self.progress(board), flush=True)
+            trouble = self.camera_trouble(board)
+            if trouble and trouble != said:
+                print(f"source {self.args.source}: {trouble} (the detector retries)", flush=True)
+            elif not trouble:
+                print(self.progress(board), flush=True)
+            said = trouble
             detector = self.services["detector"]
             if detector.poll() is not None and detector.returncode != 0:
                 raise RuntimeError(f"detector failed: {self.log_tail('detector')}")
             if not self.args.until_eof:
                 continue
+            never_opened = board.get(EDGE_NODE, "detector").get("frames", 0) == 0
+            if never_opened and time.monotonic() - started > self.args.open_timeout:
+                reason = trouble or "no frames"
+                print(
+                    f"facefleet demo: source {self.args.source} gave no frame in "
+                    f"{self.args.open_timeout:.0f} s: {reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return False
             if detector.poll() is not None:
                 deadline = deadline or time.monotonic() + self.args.timeout
                 if self.drained(board):
@@ -341,6 +380,15 @@ class Demo:
                     )
                     return False
         return False
+
+    def storage_note(self) -> str:
+        """What the demo leaves behind: the storage grows across runs unless --fresh."""
+        files = [p for p in self.storage.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        return (
+            f"storage {self.storage}: {len(files)} files, {size / 1e6:.1f} MB, kept across "
+            "runs (--fresh empties it first)"
+        )
 
     def run_monitor(self, stop: threading.Event) -> None:
         settings = self.cloud.settings_for(MONITOR_IDENTITY)

@@ -183,6 +183,26 @@ def test_trend_alerts() -> None:
     assert "spool:cam1:forwarder" not in model.active
 
 
+def test_a_camera_alert_carries_the_detectors_reason() -> None:
+    model = FleetModel(clock=Clock())
+    model.apply(
+        status(
+            "cam1",
+            "detector",
+            camera="reopening",
+            camera_error="connection refused (10.0.0.9:554)",
+            source="rtsp://10.0.0.9/x",
+        )
+    )
+    model.evaluate()
+    assert model.active["camera:cam1:detector"].text == (
+        "camera reopening: connection refused (10.0.0.9:554) (rtsp://10.0.0.9/x)"
+    )
+    assert model.log[-1].text.endswith(
+        "camera reopening: connection refused (10.0.0.9:554) (rtsp://10.0.0.9/x)"
+    )
+
+
 def test_model_memory_is_bounded_and_faces_per_minute() -> None:
     clock = Clock(600.0)
     model = FleetModel(clock=clock, max_detections=20, max_thumbnails=5, max_log=10)

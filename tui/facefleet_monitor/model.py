@@ -451,10 +451,14 @@ class FleetModel:
         body = status.body
         if status.service == "detector":
             camera = body.get("camera")
+            why = f": {body['camera_error']}" if body.get("camera_error") else ""
+            source = f" ({body['source']})" if why and body.get("source") else ""
             if camera == "lost":
-                yield Alert(f"camera:{key}", ERROR, node.name, status.service, "camera lost")
+                line = f"camera lost{why}{source}"
+                yield Alert(f"camera:{key}", ERROR, node.name, status.service, line)
             elif camera == "reopening":
-                yield Alert(f"camera:{key}", WARNING, node.name, status.service, "camera reopening")
+                line = f"camera reopening{why}{source}"
+                yield Alert(f"camera:{key}", WARNING, node.name, status.service, line)
         if status.service == "forwarder":
             depths = [b.get("spool_depth") for b in list(status.trend)[-3:]]
             if (

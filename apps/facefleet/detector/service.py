@@ -245,6 +245,7 @@ class Detector:
         return {
             **self.figures.snapshot(),
             "camera": self.source.state,
+            "camera_error": self.source.error,
             "camera_reopens": self.source.reopens,
             "frames_dropped": self.source.dropped,
             "source": redact_source(self.cfg.camera.source),
