@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -369,3 +370,63 @@ async def test_load_1000_messages_per_second_stays_responsive(edge_broker: Local
     assert result["max_key_latency_s"] < 5.0, "keys were not answered"
     assert result["drained_s"] < result["publish_s"] + 60, "the monitor never caught up"
     assert result["rss_growth_mb"] < 150
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@async_test
+async def test_an_unreachable_broker_is_named_with_its_reason_on_screen_and_in_alerts() -> None:
+    from facefleet.mqtt import MqttSettings
+
+    port = _free_port()
+    cfg = MonitorConfig(mqtt=MqttSettings(host="127.0.0.1", port=port), label="the broker")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="unreachable"
+        )
+        await pilot.pause(0.3)
+        assert "the broker unreachable: connection refused (retrying)" in screen_text(app)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert f"127.0.0.1:{port} unreachable: connection refused" in screen_text(app)
+
+
+@async_test
+async def test_a_tls_failure_says_what_is_wrong_with_the_certificate(
+    cloud_broker: LocalBroker, tmp_path: Path
+) -> None:
+    from facefleet.pki import ensure_ca, issue
+
+    foreign_ca = ensure_ca(tmp_path / "other-pki").cert  # not the CA that signed the broker
+    settings = cloud_broker.settings_for("monitor")
+    cfg = MonitorConfig(mqtt=dataclasses.replace(settings, ca_file=str(foreign_ca)), label="cloud")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="TLS failure"
+        )
+        # both CAs are called "facefleet fleet CA": the signature does not match
+        assert app.model.connection.detail.endswith(
+            "TLS: the broker's certificate is not trusted: certificate signature failure"
+        ), app.model.connection.detail
+        assert any(a.service == "broker" for a in app.model.active.values())
+    # our certificate from a CA the broker does not know: the broker's alert, in words
+    foreign = issue(tmp_path / "other-pki", "monitor")
+    cfg = MonitorConfig(
+        mqtt=dataclasses.replace(settings, cert_file=str(foreign.cert), key_file=str(foreign.key)),
+        label="cloud",
+    )
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="refused cert"
+        )
+        assert "TLS: the broker refused our certificate (tlsv1 alert" in app.model.connection.detail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from facefleet.config import ConfigError
 from facefleet.fleet import mqtt_settings
 from facefleet.inventory import load_inventory
+from facefleet.mqtt import MqttSettings, why_unreachable
 from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args
@@ -84,3 +86,10 @@ def test_the_role_default_is_the_rule_the_tools_follow() -> None:
         'facefleet_pki_dir: "{{ playbook_dir | dirname }}/.pki/{{ inventory_dir | basename }}"'
         in defaults
     )
+
+
+def test_why_unreachable_names_a_refused_port() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert why_unreachable(MqttSettings(host="127.0.0.1", port=port)) == "connection refused"

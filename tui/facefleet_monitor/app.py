@@ -193,7 +193,10 @@ class MonitorApp(App[int]):
         self.handled += len(events)
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
+        if not self.query("#connection"):  # the app is closing
+            return
         self.model.apply(message.event)
+        self.model.evaluate()  # the broker alert appears now, not at the next tick
         self._draw_connection()  # rare and important: show it now
 
     # --- redraw on a timer ----------------------------------------------------------------
@@ -242,6 +245,7 @@ class MonitorApp(App[int]):
             "connecting": f"◌ connecting to {label} …",
             "connected": f"● connected to {label}",
             "reconnecting": f"◌ broker {label} lost: reconnecting …",
+            "unreachable": f"✖ {label} unreachable: {conn.detail.split(': ', 1)[-1]} (retrying)",
             "refused": f"✖ {label} refused the monitor: {conn.detail.split(': ', 1)[-1]}"
             " (retrying)",
             "closed": f"○ disconnected from {label}",

@@ -67,7 +67,8 @@ class FeedError:
 @dataclass(frozen=True)
 class ConnectionEvent:
     """The feed's connection to the broker changed: connecting, connected, reconnecting,
-    refused or closed."""
+    unreachable (TCP or TLS failed; `detail` says why), refused (by the broker: not authorised)
+    or closed."""
 
     state: str
     detail: str = ""
@@ -415,6 +416,18 @@ class FleetModel:
         self.active = active
 
     def _alerts(self, now: float) -> Iterable[Alert]:
+        if self.connection.state in ("unreachable", "refused", "reconnecting"):
+            address, _, reason = self.connection.detail.partition(": ")
+            what = {"unreachable": "unreachable", "refused": "refused the monitor"}.get(
+                self.connection.state, "connection lost"
+            )
+            yield Alert(
+                f"broker:{self.connection.state}:{reason}",
+                ERROR,
+                "",
+                "broker",
+                f"{address} {what}: {reason}" if reason else f"{address} {what}",
+            )
         for node in self.nodes.values():
             for status in node.ordered_services():
                 yield from self._service_alerts(node, status, now)

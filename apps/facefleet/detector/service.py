@@ -227,7 +227,7 @@ class Detector:
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, SERVICE, cfg.heartbeat_s, self.status
         )
-        mqtt_setup.ConnectionTracker(self.client, "edge", on_up=self._online)
+        mqtt_setup.ConnectionTracker(self.client, "edge", self._online, cfg.mqtt)
         self.publisher = FacePublisher(
             self.client,
             topic=faces_topic(cfg.prefix, self.node),

@@ -153,8 +153,8 @@ class Forwarder:
         self.cloud_heartbeat = Heartbeat(
             self.cloud, cfg.prefix, self.node, "forwarder", cfg.heartbeat_s, self.figures
         )
-        self.edge_link = ConnectionTracker(self.edge, "edge", self._edge_up)
-        self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up)
+        self.edge_link = ConnectionTracker(self.edge, "edge", self._edge_up, cfg.edge)
+        self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up, cfg.cloud)
         self.edge.on_message = self._on_edge_message
         self.cloud.on_publish = self._on_cloud_puback
         self.cloud.on_message = self._on_cloud_message

@@ -93,7 +93,7 @@ class Processor:
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, f"processor{suffix}", cfg.heartbeat_s, self.figures
         )
-        self.link = ConnectionTracker(self.client, "cloud", self._up)
+        self.link = ConnectionTracker(self.client, "cloud", self._up, cfg.mqtt)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 
