@@ -245,4 +245,9 @@ class Processor:
 
 def run(cfg: ProcessorConfig) -> int:
     check(cfg)
-    return Processor(cfg, stop_event()).run()
+    processor = Processor(cfg, stop_event())
+    try:
+        processor.sink.check_writable(processor.node)
+    except StorageUnavailable as exc:  # an outage, not a setup problem: faces wait and retry
+        log.warning("storage not reachable at start (%s); faces will wait for it", exc)
+    return processor.run()
