@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_detection(args: argparse.Namespace) -> DetectorChoice:
     choice = choose_detector(args.backend, args.model, shared_dir() / DEFAULT_MODEL)
     if choice.note:
-        log.info("%s", choice.note)
+        log.info("%s", choice.note)  # and in the monitor (Demo.notes): the UI hides this line
     return choice
 
 
@@ -130,6 +130,8 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.detection = choose_detection(args)
+        #: what the demo printed before the monitor took the screen, passed to it (--note)
+        self.notes: list[str] = [self.detection.note] if self.detection.note else []
         self.overrides = parse_overrides(args.overrides)
         self.workdir = Path(tempfile.mkdtemp(prefix="facefleet-demo-"))
         self.storage = args.storage.resolve()
@@ -242,7 +244,7 @@ class Demo:
         return (
             f"frames {det.get('frames', 0)}  fps {det.get('fps', 0):.1f}  "
             f"faces {det.get('faces_detected', 0)}  published {det.get('published', 0)}  "
-            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded', 0)}  "
+            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded_faces', 0)}  "
             f"stored {pro.get('stored', 0)}  dead-lettered {pro.get('dead_lettered', 0)}"
         )
 
@@ -406,6 +408,7 @@ class Demo:
                 settings.cert_file,
                 "--key",
                 settings.key_file,
+                *[arg for note in self.notes for arg in ("--note", note)],
             ],
             check=False,
         )

@@ -26,6 +26,8 @@ class MonitorConfig:
     refresh_hz: float = 4.0
     max_detections: int = 500
     max_thumbnails: int = 64
+    #: lines printed before the UI started (the demo's), shown in the UI and the alert log
+    notes: tuple[str, ...] = ()
 
     @property
     def broker_label(self) -> str:
@@ -108,4 +110,10 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         raise ConfigError(str(exc)) from None
     if settings.tls:
         tls_context(settings)  # a file that is not a certificate or key: one line, before the UI
-    return MonitorConfig(mqtt=settings, prefix=prefix, expected=expected, image_protocol=args.image)
+    return MonitorConfig(
+        mqtt=settings,
+        prefix=prefix,
+        expected=expected,
+        image_protocol=args.image,
+        notes=tuple(args.note or ()),
+    )

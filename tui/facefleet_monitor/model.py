@@ -82,11 +82,14 @@ FeedEvent = StatusEvent | FaceEvent | FeedError | ConnectionEvent
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One heartbeat as kept in a service's recent history."""
+    """A run of identical heartbeats (same state and figures) in a service's recent history:
+    the last at `at`, the first at `since`, `count` of them. An idle service adds no lines."""
 
     at: float
     state: str
     summary: str
+    since: float = 0.0
+    count: int = 1
 
 
 @dataclass
@@ -302,7 +305,12 @@ class FleetModel:
             with contextlib.suppress(ValueError):
                 seen = min(now, parse_timestamp(body["ts"]).timestamp())
         status.seen_at = seen
-        status.history.append(HistoryEntry(seen, status.reported, summarize(event.service, body)))
+        summary = summarize(event.service, body)
+        last = status.history[-1] if status.history else None
+        if last is not None and (last.state, last.summary) == (status.reported, summary):
+            status.history[-1] = HistoryEntry(seen, last.state, summary, last.since, last.count + 1)
+        else:
+            status.history.append(HistoryEntry(seen, status.reported, summary, seen))
         status.trend.append(body)
 
     def _apply_face(self, event: FaceEvent, now: float) -> None:
@@ -526,12 +534,26 @@ def format_face_time(ts: str | None) -> str:
     return ts[11:23] if ts else "-"
 
 
+#: How a heartbeat figure is named on screen, where its key alone would mislead.
+FIGURE_LABELS = {
+    "forwarded_faces": "faces_sent",
+    "forwarded": "msgs_sent",  # faces and relayed heartbeats
+}
+
+
 def summarize(service: str, body: dict[str, Any]) -> str:
     """The figures of a heartbeat that matter most, in one short line."""
     keys = {
         "detector": ("fps", "camera", "faces_detected", "published", "errors"),
         "logger": ("events", "faces", "errors"),
-        "forwarder": ("spool_depth", "spool_oldest_age_s", "forwarded", "dropped", "errors"),
+        "forwarder": (
+            "spool_depth",
+            "spool_oldest_age_s",
+            "forwarded_faces",
+            "forwarded",
+            "dropped",
+            "errors",
+        ),
         "processor": ("received", "stored", "dead_lettered", "storage_errors", "errors"),
     }.get(service, ())
     parts = []
@@ -540,5 +562,5 @@ def summarize(service: str, body: dict[str, Any]) -> str:
             value = body[key]
             if isinstance(value, float):
                 value = f"{value:.1f}"
-            parts.append(f"{key}={value}")
+            parts.append(f"{FIGURE_LABELS.get(key, key)}={value}")
     return " ".join(parts)
