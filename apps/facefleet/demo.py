@@ -385,6 +385,8 @@ class Demo:
 
     def storage_note(self) -> str:
         """What the demo leaves behind: the storage grows across runs unless --fresh."""
+        if not self.storage.is_dir():
+            return f"storage {self.storage}: nothing stored"
         files = [p for p in self.storage.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)
         return (

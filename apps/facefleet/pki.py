@@ -195,6 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pki(args: argparse.Namespace) -> int:
+    if args.dir.exists() and not args.dir.is_dir():
+        raise ConfigError(f"--dir {args.dir}: not a directory")
     try:
         if args.pki_command == "ca":
             result = ensure_ca(args.dir)

@@ -93,3 +93,19 @@ def test_why_unreachable_names_a_refused_port() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert why_unreachable(MqttSettings(host="127.0.0.1", port=port)) == "connection refused"
+
+
+def test_pki_dir_that_is_a_file_and_a_model_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = facefleet("pki", "--dir", str(tmp_path / "file"), "ca")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"facefleet pki: config error: --dir {tmp_path / 'file'}: not a directory\n",
+    )
+    (tmp_path / "model.onnx").write_text("not a model")
+    (tmp_path / "face.png").write_bytes(b"")
+    result = facefleet("detect", "--model", str(tmp_path / "model.onnx"), str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "cannot load the YuNet model: model_proto.has_graph() in function 'populateNet'\n"
+    )
