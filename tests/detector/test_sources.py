@@ -26,6 +26,7 @@ from facefleet.detector.sources import (
     redact,
 )
 from facefleet.detector.synthetic import SceneParams
+from tests.helpers import refused_port
 
 
 def test_parse_camera_uris() -> None:
@@ -215,14 +216,6 @@ def test_live_source_that_cannot_open_goes_from_reopening_to_lost(tmp_path: Path
         assert source.read(5.0) is not None
     finally:
         source.close()
-
-
-def refused_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_diagnose_names_why_a_live_source_did_not_open(tmp_path: Path) -> None:

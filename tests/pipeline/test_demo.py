@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,29 +11,25 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_shared
+from tests.helpers import refused_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def run_demo(tmp_path: Path, *extra: str) -> dict[str, Any]:
-    storage = tmp_path / "storage"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facefleet",
-            "demo",
-            "--headless",
-            "--until-eof",
-            "--storage",
-            str(storage),
-            *extra,
-        ],
+def demo_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`facefleet demo --headless --until-eof ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "facefleet", "demo", "--headless", "--until-eof", *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+
+
+def run_demo(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    storage = tmp_path / "storage"
+    result = demo_process("--storage", str(storage), *extra)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     images = [p for p in storage.rglob("faces/**/*") if p.suffix in (".jpg", ".png")]
@@ -66,13 +61,6 @@ def test_best_crop_mode_sends_far_fewer_bytes_than_the_homework_mode(tmp_path: P
     assert homework["uplink_face_bytes"] > 20 * best["uplink_face_bytes"]
 
 
-def refused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize(
     ("source", "reason"),
     [
@@ -83,27 +71,15 @@ def refused_port() -> int:
 def test_a_source_that_never_opens_is_named_with_its_reason_and_until_eof_gives_up(
     tmp_path: Path, source: str, reason: str
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facefleet",
-            "demo",
-            "--headless",
-            "--until-eof",
-            "--backend",
-            "haar",
-            "--open-timeout",
-            "6",
-            "--storage",
-            str(tmp_path / "storage"),
-            "--source",
-            source,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = demo_process(
+        "--backend",
+        "haar",
+        "--open-timeout",
+        "6",
+        "--storage",
+        str(tmp_path / "storage"),
+        "--source",
+        source,
     )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     said = [line for line in result.stdout.splitlines() if line.startswith(f"source {source}:")]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
-from tests.helpers import cloud_inventory
+from tests.helpers import cloud_inventory, refused_port
 from textual.widgets import DataTable, TabbedContent
 from tui_helpers import (
     Publisher,
@@ -374,20 +374,11 @@ async def test_load_1000_messages_per_second_stays_responsive(edge_broker: Local
     assert result["rss_growth_mb"] < 150
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @async_test
 async def test_an_unreachable_broker_is_named_with_its_reason_on_screen_and_in_alerts() -> None:
     from facefleet.mqtt import MqttSettings
 
-    port = _free_port()
+    port = refused_port()
     cfg = MonitorConfig(mqtt=MqttSettings(host="127.0.0.1", port=port), label="the broker")
     app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
     async with app.run_test(size=SIZE) as pilot:

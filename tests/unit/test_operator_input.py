@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args
 from tests.conftest import ROOT
+from tests.helpers import refused_port
 
 
 def facefleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,9 +89,7 @@ def test_the_role_default_is_the_rule_the_tools_follow() -> None:
 
 
 def test_why_unreachable_names_a_refused_port() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = refused_port()
     assert why_unreachable(MqttSettings(host="127.0.0.1", port=port)) == "connection refused"
 
 
