@@ -142,25 +142,31 @@ class S3Sink:
     """
 
     def __init__(self, settings: StorageSettings) -> None:
+        self.bucket = settings.bucket
+        self.conditional_put = settings.conditional_put
+        self.settings = settings
+        # the processor retries on top of boto3's two attempts
+        self.client = self._client(settings.timeout_s, attempts=2)
+        self.endpoint = settings.endpoint_url or "AWS"
+
+    def _client(self, timeout_s: float, attempts: int) -> S3Client:
         import boto3
         from botocore.config import Config
 
-        self.bucket = settings.bucket
-        self.conditional_put = settings.conditional_put
         config = Config(
-            retries={"mode": "standard", "max_attempts": 2},  # the processor retries on top
-            connect_timeout=min(5.0, settings.timeout_s),
-            read_timeout=settings.timeout_s,
-            request_checksum_calculation=settings.checksums,
-            response_checksum_validation=settings.checksums,
+            retries={"mode": "standard", "max_attempts": attempts},
+            connect_timeout=min(5.0, timeout_s),
+            read_timeout=timeout_s,
+            request_checksum_calculation=self.settings.checksums,
+            response_checksum_validation=self.settings.checksums,
         )
-        self.client: S3Client = boto3.client(
+        client: S3Client = boto3.client(
             "s3",
-            region_name=settings.region or None,
-            endpoint_url=settings.endpoint_url or None,
+            region_name=self.settings.region or None,
+            endpoint_url=self.settings.endpoint_url or None,
             config=config,
         )
-        self.endpoint = settings.endpoint_url or "AWS"
+        return client
 
     def describe(self) -> str:
         return f"s3://{self.bucket} ({self.endpoint})"
@@ -169,8 +175,10 @@ class S3Sink:
         from botocore.exceptions import ClientError, NoCredentialsError
 
         key = probe_key(node)
+        # one quick attempt: a slow or stopped store must not hold the start (faces wait)
+        probe = self._client(min(5.0, self.settings.timeout_s), attempts=1)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"facefleet processor start\n")
+            probe.put_object(Bucket=self.bucket, Key=key, Body=b"facefleet processor start\n")
         except NoCredentialsError:
             raise ConfigError(
                 f"s3://{self.bucket}: no AWS credentials (an instance profile on EC2, or "
