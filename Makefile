@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
-.PHONY: help venv system-deps demo test test-nolab test-fast flaky-loop check lint typecheck ansible-lint \
+.PHONY: help venv demo-deps system-deps demo test test-nolab test-fast flaky-loop check lint \
+        typecheck ansible-lint \
         lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
@@ -22,17 +23,30 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create .venv with facefleet and everything it needs
 
-system-deps: ## install the Debian packages the demo, tests and lab need (root)
-	@if command -v mosquitto >/dev/null && command -v debootstrap >/dev/null \
-	    && command -v systemd-nspawn >/dev/null && command -v ssh >/dev/null; then :; \
+# Debian packages: the demo needs mosquitto and python3-venv; the lab (tests/fleet, make lab,
+# bench --lab) also debootstrap, systemd-nspawn, ssh and ip. Each target names what is missing
+# and installs it when run as root.
+DEMO_PACKAGES := mosquitto:mosquitto
+LAB_PACKAGES := mosquitto_pub:mosquitto-clients debootstrap:debootstrap systemd-nspawn:systemd-container ssh:openssh-client ip:iproute2
+define install_missing
+	@missing=""; for pair in $(1); do PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	        mosquitto mosquitto-clients debootstrap systemd-container openssh-client iproute2 \
-	        python3-venv ca-certificates >/dev/null; \
+	        $$missing ca-certificates >/dev/null; \
 	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
-	else echo "missing system packages; run 'sudo make system-deps'" >&2; exit 1; fi
+	else echo "missing Debian packages:$$missing; run 'sudo make $(2)'" >&2; exit 1; fi
+endef
 
-demo: system-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
+demo-deps: ## install the Debian packages the demo needs (mosquitto, python3-venv; root)
+	$(call install_missing,$(DEMO_PACKAGES),demo-deps)
+
+system-deps: ## install the Debian packages the demo, tests and lab need (root)
+	$(call install_missing,$(DEMO_PACKAGES) $(LAB_PACKAGES),system-deps)
+
+demo: demo-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
 	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
 
 test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~25 min)
@@ -41,7 +55,7 @@ test: system-deps venv ## everything CI runs: static checks, unit, integration, 
 test-nolab: system-deps venv ## everything but the lab: static checks, unit and integration tests
 	$(PY) -m tests.stages --skip lab $(PYTEST_ARGS)
 
-test-fast: venv ## unit tests only (seconds)
+test-fast: venv ## unit tests only (a couple of minutes)
 	$(PY) -m tests.stages --only unit $(PYTEST_ARGS)
 
 flaky-loop: system-deps venv ## the monitor, fleet-status and relay tests 20 times; failures in build/flaky/

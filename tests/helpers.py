@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -234,3 +235,11 @@ def cloud_inventory(cloud_broker: LocalBroker, path: Path) -> Path:
         """)
     )
     return path
+
+
+def refused_port() -> int:
+    """A loopback port nobody listens on (bound, then closed): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

@@ -4,6 +4,13 @@ Every service has a frozen dataclass tree (see the `settings` classes in each se
 `load()` reads the TOML file Ansible renders, applies `FACEFLEET_<SECTION>__<KEY>` environment
 overrides (`FACEFLEET_<KEY>` for top-level keys), checks every value against the field's type
 and choices, and raises ConfigError with one line naming the file, the key and the problem.
+
+The override rule: every `FACEFLEET_*` variable is a config override, except the tools' own
+variables (`TOOL_VARIABLES`, `TOOL_PREFIXES`: the test data directory, the lab, the fault suite
+and the benchmarks). An override naming no setting of the service is an error that names the
+variable, and so is a bad value that came from a variable. TOML values must have the setting's
+type (`width = "640"` is an error); only values from the environment, which are always strings,
+are converted.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ else:  # pragma: no cover - exercised on Python 3.10 hosts only
     import tomli as tomllib
 
 ENV_PREFIX = "FACEFLEET_"
+#: FACEFLEET_* variables that are not config overrides: where the test data lives, and the
+#: settings of the lab, the fault suite and the benchmarks (exported in the operator's shell, so
+#: every service started from it sees them).
+TOOL_VARIABLES = ("FACEFLEET_SHARED",)
+TOOL_PREFIXES = ("FACEFLEET_LAB_", "FACEFLEET_FAULT_", "FACEFLEET_BENCH_")
 SECRET_MARKERS = ("password", "secret", "token", "key_material")
 
 T = TypeVar("T")
@@ -31,6 +43,27 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """A configuration problem, phrased as one line an operator can act on."""
+
+
+class EnvValue(str):
+    """A setting's value taken from an environment variable: a string that remembers the
+    variable, so type conversion is allowed and an error names the variable, not the file."""
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> EnvValue:
+        text = super().__new__(cls, value)
+        text.variable = variable
+        return text
+
+
+def is_config_variable(name: str) -> bool:
+    """True for the FACEFLEET_* variables that override config keys (see the module doc)."""
+    return (
+        name.startswith(ENV_PREFIX)
+        and name not in TOOL_VARIABLES
+        and not name.startswith(TOOL_PREFIXES)
+    )
 
 
 def load(cls: type[T], path: str | Path | None, env: Mapping[str, str] | None = None) -> T:
@@ -45,6 +78,15 @@ def load(cls: type[T], path: str | Path | None, env: Mapping[str, str] | None = 
             raise ConfigError(f"{where}: file not found") from None
         except PermissionError:
             raise ConfigError(f"{where}: permission denied") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{where}: is a directory, not a config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}); TOML files are UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     apply_env(cls, data, os.environ if env is None else env)
@@ -52,18 +94,44 @@ def load(cls: type[T], path: str | Path | None, env: Mapping[str, str] | None = 
 
 
 def apply_env(cls: type[Any], data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Overlay FACEFLEET_* variables onto the parsed file, in place."""
-    sections = {f.name for f in dataclasses.fields(cls) if _is_section(cls, f.name)}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
+    """Overlay FACEFLEET_* variables onto the parsed file, in place; a variable that names no
+    setting of `cls` is a ConfigError naming it."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    sections = {name for name in fields if _is_section(cls, name)}
+    for name, value in sorted(env.items()):
+        if not is_config_variable(name):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if "__" in key:
-            section, _, field = key.partition("__")
-            if section in sections:
-                data.setdefault(section, {})[field] = value
-        elif key in {f.name for f in dataclasses.fields(cls)} and key not in sections:
-            data[key] = value
+        section, _, field = key.partition("__") if "__" in key else ("", "", key)
+        if section:
+            if section not in sections:
+                known = ", ".join(sorted(sections)) or "none"
+                raise ConfigError(
+                    f"environment variable {name}: no section [{section}] "
+                    f"(sections: {known}; top-level keys are FACEFLEET_<KEY>)"
+                )
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"environment variable {name}: {section} is not a table")
+            section_fields = {
+                f.name for f in dataclasses.fields(typing.get_type_hints(cls)[section])
+            }
+            if field not in section_fields:
+                raise ConfigError(f"environment variable {name}: [{section}] has no key {field}")
+            table[field] = EnvValue(value, name)
+        elif field in fields and field not in sections:
+            data[field] = EnvValue(value, name)
+        else:
+            keys = ", ".join(f"{ENV_PREFIX}{k.upper()}" for k in sorted(fields - sections))
+            hint = (
+                f"; [{field}] is a section: FACEFLEET_{field.upper()}__<KEY>"
+                if field in sections
+                else ""
+            )
+            raise ConfigError(
+                f"environment variable {name}: no top-level setting {field} "
+                f"(top-level keys: {keys}{hint})"
+            )
 
 
 def _is_section(cls: type[Any], name: str) -> bool:
@@ -95,16 +163,23 @@ def build(
                 section_base = spec.default_factory()
             values[name] = build(hint, data.get(name, {}), where, f"{path}{name}.", section_base)
         elif name in data:
+            value = data[name]
             try:
-                values[name] = coerce(hint, data[name])
+                values[name] = coerce(hint, value)
             except (TypeError, ValueError) as exc:
+                if isinstance(value, EnvValue):
+                    raise ConfigError(
+                        f"environment variable {value.variable} ({path}{name}): {exc}"
+                    ) from None
                 raise ConfigError(f"{where}: {path}{name}: {exc}") from None
         elif base is not None:
             values[name] = getattr(base, name)
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {path.rstrip('.') or 'config'}: {exc}") from None
+        variables = sorted(v.variable for v in data.values() if isinstance(v, EnvValue))
+        source = f"{where} with {', '.join(variables)}" if variables else where
+        raise ConfigError(f"{source}: {path.rstrip('.') or 'config'}: {exc}") from None
 
 
 def coerce(hint: Any, value: Any) -> Any:
@@ -122,33 +197,44 @@ def coerce(hint: Any, value: Any) -> Any:
         return coerce(args[0], value)
     if origin is tuple:
         item = typing.get_args(hint)[0]
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, EnvValue):
+            value = [EnvValue(part.strip(), value.variable) for part in value.split(",")]
+            value = [part for part in value if part]
         if not isinstance(value, list):
-            raise ValueError(f"expected a list (got {value!r})")
+            raise ValueError(f"expected a list (got {_shown(value)})")
         return tuple(coerce(item, v) for v in value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        if isinstance(value, EnvValue) and value.lower() in ("true", "1", "yes", "on"):
             return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        if isinstance(value, EnvValue) and value.lower() in ("false", "0", "no", "off"):
             return False
-        raise ValueError(f"expected true or false (got {value!r})")
+        expected = "true or false" if isinstance(value, EnvValue) else "a boolean (true or false)"
+        raise ValueError(f"expected {expected} (got {_shown(value)})")
     if hint in (int, float):
         kind = "an integer" if hint is int else "a number"
-        allowed = (int, str) if hint is int else (int, float, str)
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            raise ValueError(f"expected {kind} (got {value!r})")
+        allowed: tuple[type, ...] = (int,) if hint is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, (*allowed, EnvValue)):
+            raise ValueError(f"expected {kind} (got {_shown(value)})")
         try:
             return hint(value)
         except ValueError:
-            raise ValueError(f"expected {kind} (got {value!r})") from None
+            raise ValueError(f"expected {kind} (got {_shown(value)})") from None
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"expected a string (got {value!r})")
-        return value
+            raise ValueError(f"expected a string (got {_shown(value)})")
+        return str(value)
     raise TypeError(f"unsupported setting type {hint!r}")
+
+
+def _shown(value: Any) -> str:
+    """A value as the operator wrote it: a TOML string in quotes, so `"640"` reads as text."""
+    if isinstance(value, EnvValue):
+        return repr(str(value))
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}"
+    return repr(value)
 
 
 def redacted(config: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ is accounted for downstream, and prints a JSON summary as its last line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config import ConfigError, dump_toml
+from facefleet.detector.settings import DetectorChoice, choose_detector
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.statusboard import StatusBoard
 
@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         type=Path,
         default=Path(".demo/storage"),
-        help="where the processor stores faces (default .demo/storage)",
+        help="where the processor stores faces (default .demo/storage; kept across runs)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="empty the storage directory before the run"
     )
     parser.add_argument(
         "--until-eof",
@@ -66,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=("best", "every-frame"),
         default="best",
-        help="best: one crop per person (default); every-frame: the homework",
+        help="best: one crop per person (default); every-frame: every face of every frame, "
+        "as the course homework facefleet grew out of did",
     )
     parser.add_argument("--encoding", choices=("jpeg", "png"), default="jpeg")
     parser.add_argument(
@@ -91,33 +95,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--until-eof: give up draining after this many seconds (600)",
     )
     parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=30.0,
+        help="--until-eof: give up when the source has not delivered a frame after this many "
+        "seconds (30)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (configs, logs, broker data)"
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    backend: str
-    model: str
-
-
-def choose_detection(args: argparse.Namespace) -> Detection:
-    if args.model is not None:
-        if not args.model.is_file():
-            raise ConfigError(f"--model: {args.model} does not exist")
-        backend = args.backend
-        if backend == "auto":
-            backend = "haar" if args.model.suffix == ".xml" else "yunet"
-        return Detection(backend, str(args.model.resolve()))
-    if args.backend == "haar":
-        return Detection("haar", "")
-    model = shared_dir() / DEFAULT_MODEL
-    if model.is_file():
-        return Detection("yunet", str(model.resolve()))
-    if args.backend == "yunet":
-        raise ConfigError(f"no YuNet model at {model}: pass --model FILE or --backend haar")
-    log.info("YuNet model not found at %s; using the Haar cascade", model)
-    return Detection("haar", "")
+def choose_detection(args: argparse.Namespace) -> DetectorChoice:
+    choice = choose_detector(args.backend, args.model, shared_dir() / DEFAULT_MODEL)
+    if choice.note:
+        log.info("%s", choice.note)  # and in the monitor (Demo.notes): the UI hides this line
+    return choice
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -139,9 +132,13 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.detection = choose_detection(args)
+        #: what the demo printed before the monitor took the screen, passed to it (--note)
+        self.notes: list[str] = [self.detection.note] if self.detection.note else []
         self.overrides = parse_overrides(args.overrides)
         self.workdir = Path(tempfile.mkdtemp(prefix="facefleet-demo-"))
         self.storage = args.storage.resolve()
+        if args.fresh:
+            shutil.rmtree(self.storage, ignore_errors=True)
         self.edge = LocalBroker("edge", workdir=self.workdir / "edge-broker")
         self.cloud = LocalBroker(
             "cloud", workdir=self.workdir / "cloud-broker", processors=(CLOUD_NODE,)
@@ -199,7 +196,8 @@ class Demo:
             check=False,
         )
         if check.returncode != 0:
-            raise ConfigError(check.stderr.strip().splitlines()[-1] if check.stderr else name)
+            said = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "rejected"
+            raise ConfigError(f"{name}: {said.removeprefix(f'facefleet {name}: config error: ')}")
         with open(self.workdir / f"{name}.log", "ab") as logfile:
             self.services[name] = subprocess.Popen(
                 [sys.executable, "-m", "facefleet", name, "--config", str(path)],
@@ -248,9 +246,14 @@ class Demo:
         return (
             f"frames {det.get('frames', 0)}  fps {det.get('fps', 0):.1f}  "
             f"faces {det.get('faces_detected', 0)}  published {det.get('published', 0)}  "
-            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded', 0)}  "
+            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded_faces', 0)}  "
             f"stored {pro.get('stored', 0)}  dead-lettered {pro.get('dead_lettered', 0)}"
         )
+
+    def camera_trouble(self, board: StatusBoard) -> str:
+        """The detector's reason for having no frames ("" while it has them)."""
+        det = board.get(EDGE_NODE, "detector")
+        return str(det.get("camera_error") or "") if det.get("camera") != "open" else ""
 
     def drained(self, board: StatusBoard) -> bool:
         det = board.get(EDGE_NODE, "detector")
@@ -330,6 +333,7 @@ class Demo:
             board.close()
             self.edge.cleanup()
             self.cloud.cleanup()
+            print(self.storage_note(), file=sys.stderr, flush=True)
             if self.args.keep:
                 print(f"work directory kept: {self.workdir}", flush=True)
             else:
@@ -338,15 +342,35 @@ class Demo:
         return 0 if drained or not self.args.until_eof else 1
 
     def watch(self, board: StatusBoard, stop: threading.Event) -> bool:
-        """Progress lines until ^C, or with --until-eof until the source ended and drained."""
+        """Progress lines until ^C, or with --until-eof until the source ended and drained.
+
+        While the source does not open, the progress line is replaced by the detector's reason
+        (once per change); --until-eof gives up after --open-timeout without a frame."""
         deadline: float | None = None
+        started = time.monotonic()
+        said = ""
         while not stop.wait(2.0):
-            print(self.progress(board), flush=True)
+            trouble = self.camera_trouble(board)
+            if trouble and trouble != said:
+                print(f"source {self.args.source}: {trouble} (the detector retries)", flush=True)
+            elif not trouble:
+                print(self.progress(board), flush=True)
+            said = trouble
             detector = self.services["detector"]
             if detector.poll() is not None and detector.returncode != 0:
                 raise RuntimeError(f"detector failed: {self.log_tail('detector')}")
             if not self.args.until_eof:
                 continue
+            never_opened = board.get(EDGE_NODE, "detector").get("frames", 0) == 0
+            if never_opened and time.monotonic() - started > self.args.open_timeout:
+                reason = trouble or "no frames"
+                print(
+                    f"facefleet demo: source {self.args.source} gave no frame in "
+                    f"{self.args.open_timeout:.0f} s: {reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return False
             if detector.poll() is not None:
                 deadline = deadline or time.monotonic() + self.args.timeout
                 if self.drained(board):
@@ -360,6 +384,17 @@ class Demo:
                     )
                     return False
         return False
+
+    def storage_note(self) -> str:
+        """What the demo leaves behind: the storage grows across runs unless --fresh."""
+        if not self.storage.is_dir():
+            return f"storage {self.storage}: nothing stored"
+        files = [p for p in self.storage.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        return (
+            f"storage {self.storage}: {len(files)} files, {size / 1e6:.1f} MB, kept across "
+            "runs (--fresh empties it first)"
+        )
 
     def run_monitor(self, stop: threading.Event) -> None:
         settings = self.cloud.settings_for(MONITOR_IDENTITY)
@@ -377,6 +412,7 @@ class Demo:
                 settings.cert_file,
                 "--key",
                 settings.key_file,
+                *[arg for note in self.notes for arg in ("--note", note)],
             ],
             check=False,
         )

@@ -220,18 +220,7 @@ def watch(
 
 def mqtt_settings(info: InventoryInfo, pki_dir: Path | None) -> MqttSettings:
     """The monitor's read-only identity on the cloud broker (certificates from the PKI dir)."""
-    directory = pki_dir or info.pki_dir
-    if directory is None:
-        raise ConfigError(
-            "the inventory sets no facefleet_pki_dir; give --pki-dir (the directory with ca.crt "
-            f"and {info.identity}.crt/.key)"
-        )
-    files = [
-        directory / name for name in ("ca.crt", f"{info.identity}.crt", f"{info.identity}.key")
-    ]
-    for path in files:
-        if not path.is_file():
-            raise ConfigError(f"{path}: not found (the fleet PKI is made by site.yml)")
+    files = info.pki_files(pki_dir)
     return MqttSettings(
         host=info.broker_host,
         port=info.broker_port,

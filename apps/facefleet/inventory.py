@@ -6,9 +6,9 @@ Read by the monitor and by `facefleet fleet status` (one copy, in the facefleet 
 file; we read its JSON. The variable names are the contract with the Ansible roles:
 `facefleet_cloud_broker_host` (default: `ansible_host` of the first host in `cloud`),
 `facefleet_cloud_broker_port` (8883), `facefleet_prefix` (facefleet), `facefleet_pki_dir`
-(a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`) and
-`facefleet_monitor_identity` (monitor). Expected nodes are the hosts of the groups `edge` and
-`cloud`, children included.
+(a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`; by default the one
+`site.yml` makes, see `default_pki_dir`) and `facefleet_monitor_identity` (monitor). Expected
+nodes are the hosts of the groups `edge` and `cloud`, children included.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config import ConfigError
-from facefleet.contract import DEFAULT_PREFIX
+from facefleet.contract import DEFAULT_PREFIX, valid_node
 
 DEFAULT_BROKER_PORT = 8883
 DEFAULT_IDENTITY = "monitor"
@@ -42,18 +42,60 @@ class InventoryInfo:
     prefix: str
     identity: str
     pki_dir: Path | None
+    #: "facefleet_pki_dir" when the inventory sets it, "default" for `default_pki_dir`
+    pki_dir_from: str = "facefleet_pki_dir"
 
-    @property
-    def ca_file(self) -> Path | None:
-        return self.pki_dir / "ca.crt" if self.pki_dir else None
+    def pki_files(self, directory: Path | None = None) -> tuple[Path, Path, Path]:
+        """CA, certificate and key of the monitor identity in `directory` (default: the
+        inventory's PKI directory); a missing one is a ConfigError that says where to look."""
+        directory = directory or self.pki_dir
+        if directory is None:
+            raise ConfigError(
+                "the inventory sets no facefleet_pki_dir and no facefleet checkout (site.yml) "
+                "was found around it, in the current directory or beside this facefleet: set "
+                "facefleet_pki_dir"
+            )
+        files = (
+            directory / "ca.crt",
+            directory / f"{self.identity}.crt",
+            directory / f"{self.identity}.key",
+        )
+        for path in files:
+            if not path.is_file():
+                origin = (
+                    "set by facefleet_pki_dir"
+                    if self.pki_dir_from != "default"
+                    else (
+                        "the default of site.yml for this inventory; set facefleet_pki_dir if "
+                        "yours is elsewhere"
+                    )
+                )
+                raise ConfigError(
+                    f"{path}: not found (the fleet PKI is made by site.yml; {directory} is "
+                    f"{origin})"
+                )
+        return files
 
-    @property
-    def cert_file(self) -> Path | None:
-        return self.pki_dir / f"{self.identity}.crt" if self.pki_dir else None
 
-    @property
-    def key_file(self) -> Path | None:
-        return self.pki_dir / f"{self.identity}.key" if self.pki_dir else None
+def find_checkout(inventory: Path) -> Path | None:
+    """The facefleet checkout whose site.yml deploys this inventory: the nearest directory
+    above the inventory with site.yml and roles/facefleet, else the current directory, else
+    the checkout this facefleet package runs from."""
+    candidates = [*inventory.resolve().parents, Path.cwd(), Path(__file__).resolve().parents[2]]
+    for directory in candidates:
+        if (directory / "site.yml").is_file() and (directory / "roles" / "facefleet").is_dir():
+            return directory
+    return None
+
+
+def default_pki_dir(inventory: Path) -> Path | None:
+    """Where site.yml keeps the PKI when the inventory sets no facefleet_pki_dir: the role
+    default `<checkout>/.pki/<inventory directory name>` (roles/facefleet/defaults/main.yml)."""
+    checkout = find_checkout(inventory)
+    if checkout is None:
+        return None
+    inventory_dir = inventory if inventory.is_dir() else inventory.parent
+    return checkout / ".pki" / inventory_dir.resolve().name
 
 
 def ansible_inventory_binary() -> str:
@@ -134,6 +176,12 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
     cloud = group_hosts(data, "cloud")
     if not nodes:
         raise ConfigError(f"{inventory}: no hosts in the groups 'edge' or 'cloud'")
+    bad = [node for node in nodes if not valid_node(node)]
+    if bad:
+        raise ConfigError(
+            f"{inventory}: host name {bad[0]!r} is not a valid node name (letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit, at most 63 characters)"
+        )
     # Group variables land in every member's hostvars: look on the cloud hosts first.
     order = cloud + [n for n in nodes if n not in cloud]
 
@@ -164,9 +212,11 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
     prefix = str(var("facefleet_prefix") or DEFAULT_PREFIX)
     identity = str(var("facefleet_monitor_identity") or DEFAULT_IDENTITY)
     pki_value = var("facefleet_pki_dir")
-    pki_dir = None
+    pki_dir: Path | None
     if pki_value is not None:
         pki_dir = Path(_render(str(pki_value), inventory, "facefleet_pki_dir")).expanduser()
+    else:
+        pki_dir = default_pki_dir(inventory)
     return InventoryInfo(
         nodes=nodes,
         broker_host=str(host),
@@ -174,6 +224,7 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
         prefix=prefix,
         identity=identity,
         pki_dir=pki_dir,
+        pki_dir_from="facefleet_pki_dir" if pki_value is not None else "default",
     )
 
 

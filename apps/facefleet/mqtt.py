@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from facefleet.config import read_secret
+from facefleet.config import ConfigError, read_secret
 from facefleet.wire import PackedProperties, install
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,89 @@ def make_client(
         password = read_secret(settings.password_file) if settings.password_file else None
         client.username_pw_set(settings.username, password)
     if settings.tls:
+        client.tls_set_context(tls_context(settings))
+    return client
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context; a CA, certificate or key file that cannot be used is a
+    ConfigError naming the file and what is wrong with it."""
+    try:
         context = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file or None
         )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if settings.cert_file:
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"CA file {settings.ca_file}: not a usable CA certificate ({_ssl_reason(exc)})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.cert_file:
+        try:
             context.load_cert_chain(settings.cert_file, settings.key_file)
-        client.tls_set_context(context)
-    return client
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"certificate {settings.cert_file} with key {settings.key_file}: not usable "
+                f"({_ssl_reason(exc)})"
+            ) from None
+    return context
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """`[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)` ->
+    `no certificate or crl found`."""
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc.args[-1]) if exc.args else str(exc)
+        text = text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
+        return "not PEM data of the right kind" if text == "PEM lib" else text
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+#: How long `why_unreachable` waits for the TCP connection and the TLS handshake each.
+PROBE_TIMEOUT_S = 3.0
+
+
+def why_unreachable(settings: MqttSettings, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """Why a connection attempt to the broker failed, found by repeating its first steps
+    (paho's connect-failure callback carries no reason): name lookup, TCP connect, the TLS
+    handshake with the same context, and the server's verdict on our certificate."""
+    try:
+        sock = socket.create_connection((settings.host, settings.port), timeout=timeout_s)
+    except socket.gaierror:
+        return f"host name {settings.host} not found"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.timeout:  # noqa: UP041 - not yet TimeoutError on the edge's Python 3.9
+        return f"timed out after {timeout_s:g} s (no answer: address, port or firewall?)"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    with sock:
+        if not settings.tls:
+            return "the broker accepted TCP but the MQTT connection failed"
+        try:
+            context = tls_context(settings)
+        except ConfigError as exc:
+            return str(exc)
+        try:
+            tls = context.wrap_socket(sock, server_hostname=settings.host)
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS: the broker's certificate is not trusted: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"TLS failure: {_ssl_reason(exc)}"
+        except OSError as exc:
+            return f"TLS: {exc.strerror or exc}"
+        with tls:
+            tls.settimeout(1.0)
+            try:
+                tls.recv(1)  # TLS 1.3 judges our certificate after the handshake
+            except ssl.SSLError as exc:
+                return f"TLS: the broker refused our certificate ({_ssl_reason(exc)})"
+            except socket.timeout:  # noqa: UP041 - it waits for our CONNECT: TLS is fine
+                pass
+            except OSError as exc:
+                return f"TLS: {exc.strerror or exc}"
+    return "TLS and TCP work; the MQTT connection failed"
 
 
 def connect_properties(
@@ -148,8 +224,15 @@ class ConnectionTracker:
     `on_up` hook (used to resubscribe and republish `online`, so a reconnect restores both).
     """
 
-    def __init__(self, client: mqtt.Client, name: str, on_up: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: mqtt.Client,
+        name: str,
+        on_up: Callable[[], None],
+        settings: MqttSettings | None = None,
+    ) -> None:
         self.name = name
+        self.settings = settings
         self.connected = threading.Event()
         self.reconnects = 0
         self._on_up = on_up
@@ -177,8 +260,16 @@ class ConnectionTracker:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._failing:  # once per outage, not once per attempt
-            log.warning("%s broker unreachable; retrying with backoff", self.name)
             self._failing = True
+            if self.settings is None:
+                log.warning("%s broker unreachable; retrying with backoff", self.name)
+                return
+            log.warning(
+                "%s broker %s unreachable: %s; retrying with backoff",
+                self.name,
+                self.settings.address,
+                why_unreachable(self.settings),
+            )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any

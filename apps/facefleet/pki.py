@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from facefleet.config import ConfigError
+from facefleet.contract import valid_node
 
 CA_NAME = "facefleet fleet CA"
 
@@ -128,8 +129,14 @@ def issue(
 
     With `server_names` it is a server certificate (DNS names or IP addresses as SANs);
     otherwise a client certificate with CN = name. `days` may be negative for tests that need
-    an expired certificate.
+    an expired certificate. `name` becomes a file name and a certificate CN (the MQTT username
+    the broker's ACL sees), so it must be a valid node name.
     """
+    if not valid_node(name):
+        raise ConfigError(
+            f"{name!r} is not a valid identity: letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit, at most 63 characters (the node-name rule)"
+        )
     ca = ensure_ca(directory)
     ca_cert = _load_cert(ca.cert)
     assert ca_cert is not None
@@ -188,6 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pki(args: argparse.Namespace) -> int:
+    if args.dir.exists() and not args.dir.is_dir():
+        raise ConfigError(f"--dir {args.dir}: not a directory")
     try:
         if args.pki_command == "ca":
             result = ensure_ca(args.dir)

@@ -76,12 +76,54 @@ def test_table_output(scene_folder: tuple[Path, dict[str, int]]) -> None:
     assert row.split()[:2] == ["frame05.jpg", str(counts["frame05.jpg"])]
 
 
-def test_default_model_missing_is_a_clear_error(tmp_path: Path) -> None:
-    result = detect(str(tmp_path), "--json", env={"FACEFLEET_SHARED": str(tmp_path / "none")})
+def test_without_the_model_detect_falls_back_to_haar_as_the_readme_says(
+    scene_folder: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    folder, counts = scene_folder
+    no_model = {"FACEFLEET_SHARED": str(tmp_path / "none")}
+    result = detect(str(folder / "frame05.jpg"), "--json", env=no_model)
+    assert result.returncode == 0, result.stderr
+    assert "using the Haar cascade" in result.stderr
+    assert len(json.loads(result.stdout)["faces"]) == counts["frame05.jpg"]
+    asked = detect(str(folder), "--backend", "yunet", env=no_model)
+    assert asked.returncode == 2
+    assert "--model" in asked.stderr and "Traceback" not in asked.stderr
+
+
+def test_a_missing_path_is_reported_first(tmp_path: Path) -> None:
+    result = detect(str(tmp_path / "nope"), env={"FACEFLEET_SHARED": str(tmp_path / "none")})
     assert result.returncode == 2
-    assert "--model" in result.stderr
-    assert "haar" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr
+        == f"facefleet detect: config error: {tmp_path / 'nope'}: no such image or folder\n"
+    )
+    assert result.stdout == ""
+
+
+def test_a_folder_without_images_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    result = detect(str(tmp_path))
+    assert result.returncode == 2
+    assert "no images in this folder" in result.stderr
+    assert result.stdout == ""
+
+
+def test_opencv_messages_become_one_facefleet_line_per_image(
+    scene_folder: tuple[Path, dict[str, int]],
+) -> None:
+    folder, counts = scene_folder
+    whole = (folder / "frame05.jpg").read_bytes()
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    result = detect(str(folder), "--backend", "haar", "--json")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"facefleet detect: {folder / 'broken.png'}: not a readable image "
+        "(readHeader IHDR chunk shall be first. This data may be broken or malformed.)",
+        f"facefleet detect: {folder / 'cut.jpg'}: damaged image, read in part "
+        "(Premature end of JPEG file)",
+    ]
+    assert len(result.stdout.splitlines()) == len(counts) + 1  # the damaged one is read
 
 
 @pytest.mark.shared

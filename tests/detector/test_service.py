@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +239,7 @@ def test_a_missing_camera_is_reported_lost_and_retried(
         )
         assert lost[-1]["state"] == "online"
         assert lost[-1]["frames"] == 0
+        assert lost[-1]["camera_error"] == "no such device"  # the monitor shows it
         assert service.stop(timeout_s=30) == 0, service.log()
     finally:
         if service.alive():
@@ -244,5 +247,13 @@ def test_a_missing_camera_is_reported_lost_and_retried(
     wait_until(lambda: any(s["state"] == "stopped" for s in statuses(collector)), 10, "stopped")
     collector.close()
     log = service.log()
-    assert log.count("unavailable; reopening") == 1  # once per transition, not per attempt
-    assert log.count("lost; still retrying") == 1
+    tries = [
+        line
+        for line in log.splitlines()
+        if "camera /dev/video-facefleet-test: no such device; next try in" in line
+    ]
+    assert tries and "WARNING" in tries[0] and "ERROR" in tries[-1]  # reopening, then lost
+    # one line per try, so at most one per backoff (0.1 s, doubling to 0.4 s): not per read
+    times = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in tries]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert all(gap >= 0.09 for gap in gaps), gaps

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +19,14 @@ from facefleet.detector.sources import (
     FiniteSource,
     LiveSource,
     SourceSpec,
+    diagnose,
     has_gstreamer,
     open_source,
     parse_source,
     redact,
 )
 from facefleet.detector.synthetic import SceneParams
+from tests.helpers import refused_port
 
 
 def test_parse_camera_uris() -> None:
@@ -211,3 +216,47 @@ def test_live_source_that_cannot_open_goes_from_reopening_to_lost(tmp_path: Path
         assert source.read(5.0) is not None
     finally:
         source.close()
+
+
+def test_diagnose_names_why_a_live_source_did_not_open(tmp_path: Path) -> None:
+    missing = "/dev/video-facefleet-test-absent"
+    assert diagnose(SourceSpec("v4l2", missing)) == "no such device"
+    plain = tmp_path / "video0"
+    plain.write_text("")
+    assert diagnose(SourceSpec("v4l2", str(plain))).startswith("not a device")
+    assert diagnose(SourceSpec("v4l2", "/dev/null")).startswith("unsupported format")
+    port = refused_port()
+    url = f"rtsp://127.0.0.1:{port}/x"
+    assert diagnose(SourceSpec("stream", url)) == f"connection refused (127.0.0.1:{port})"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        answered = f"rtsp://127.0.0.1:{server.getsockname()[1]}/x"
+        assert diagnose(SourceSpec("stream", answered)).startswith("the server answers, but no")
+
+
+def test_a_camera_that_never_opens_logs_its_reason_once_per_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    camera = CameraSettings(
+        source="/dev/video-facefleet-absent", reopen_min_s=0.1, reopen_max_s=0.4
+    )
+    caplog.set_level(logging.WARNING, logger="facefleet.detector.sources")
+    source = LiveSource(parse_source(camera.source), camera)
+    try:
+        wait_for(lambda: source.state == "lost")
+        time.sleep(0.5)
+    finally:
+        source.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert source.error == "no such device"
+    assert all(
+        re.fullmatch(
+            r"camera /dev/video-facefleet-absent: no such device; next try in [0-9.]+ s "
+            r"\(\d\d:\d\d:\d\d\)",
+            line,
+        )
+        for line in lines
+    ), lines
+    # tries after 0.1, 0.2, 0.4, 0.4, ... s: one line each, not one per frame read
+    assert 3 <= len(lines) <= 8

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from facefleet.config import ConfigError, dump_toml
 from facefleet.contract import storage_key
 from facefleet.processor.settings import StorageSettings
 from facefleet.processor.sinks import FilesystemSink, S3Sink
@@ -52,3 +56,54 @@ def test_filesystem_sink_writes_image_and_sidecar_once(tmp_path: Path) -> None:
     assert image.read_bytes() == payload
     assert json.loads(image.with_suffix(".json").read_text())["track"] == "1"
     assert not list(tmp_path.rglob(".tmp-*"))  # no temporary files left behind
+
+
+@pytest.mark.s3
+def test_the_processor_checks_at_start_that_it_can_write_and_says_what_is_missing(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "processor.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "node": "cloud1",
+                "storage": {
+                    "kind": "s3",
+                    "bucket": "never-created",
+                    "endpoint_url": s3_server.url,
+                    "region": "us-east-1",
+                },
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "facefleet", "processor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **S3_ENV},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "facefleet processor: config error: s3://never-created: cannot write "
+        "probe/cloud1-processor: NoSuchBucket: the bucket does not exist (create it; facefleet "
+        "does not)"
+    )
+    s3_server.client().create_bucket(Bucket="never-created")
+    sink = S3Sink(
+        StorageSettings(
+            kind="s3", bucket="never-created", endpoint_url=s3_server.url, region="us-east-1"
+        )
+    )
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    sink.check_writable("cloud1")  # the same check passes once the bucket is there
+    assert s3_server.client().head_object(Bucket="never-created", Key="probe/cloud1-processor")
+
+
+def test_a_storage_directory_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    sink = FilesystemSink(tmp_path)
+    (tmp_path / "probe").write_text("a file where the probe directory would go")
+    with pytest.raises(ConfigError, match="cannot write"):
+        sink.check_writable("cloud1")

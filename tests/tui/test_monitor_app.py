@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
-from tests.helpers import cloud_inventory
+from tests.helpers import cloud_inventory, refused_port
+from textual.widgets import DataTable, TabbedContent
 from tui_helpers import (
     Publisher,
     async_test,
@@ -204,11 +206,12 @@ async def test_survives_a_broker_restart(edge_broker: LocalBroker) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.model.connection.state == "connected")
         edge_broker.stop()
+        # lost, then each reconnect attempt fails: the reason replaces "reconnecting"
         await wait_until(
-            pilot, lambda: app.model.connection.state == "reconnecting", what="reconnecting"
+            pilot, lambda: app.model.connection.state == "unreachable", what="unreachable"
         )
         await pilot.pause(0.1)
-        assert "reconnecting" in screen_text(app)
+        assert "test broker unreachable: connection refused (retrying)" in screen_text(app)
         edge_broker.start()
         await wait_until(
             pilot,
@@ -369,3 +372,115 @@ async def test_load_1000_messages_per_second_stays_responsive(edge_broker: Local
     assert result["max_key_latency_s"] < 5.0, "keys were not answered"
     assert result["drained_s"] < result["publish_s"] + 60, "the monitor never caught up"
     assert result["rss_growth_mb"] < 150
+
+
+@async_test
+async def test_an_unreachable_broker_is_named_with_its_reason_on_screen_and_in_alerts() -> None:
+    from facefleet.mqtt import MqttSettings
+
+    port = refused_port()
+    cfg = MonitorConfig(mqtt=MqttSettings(host="127.0.0.1", port=port), label="the broker")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="unreachable"
+        )
+        await pilot.pause(0.3)
+        assert "the broker unreachable: connection refused (retrying)" in screen_text(app)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert f"127.0.0.1:{port} unreachable: connection refused" in screen_text(app)
+
+
+@async_test
+async def test_a_tls_failure_says_what_is_wrong_with_the_certificate(
+    cloud_broker: LocalBroker, tmp_path: Path
+) -> None:
+    from facefleet.pki import ensure_ca, issue
+
+    foreign_ca = ensure_ca(tmp_path / "other-pki").cert  # not the CA that signed the broker
+    settings = cloud_broker.settings_for("monitor")
+    cfg = MonitorConfig(mqtt=dataclasses.replace(settings, ca_file=str(foreign_ca)), label="cloud")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="TLS failure"
+        )
+        # both CAs are called "facefleet fleet CA": the signature does not match
+        assert app.model.connection.detail.endswith(
+            "TLS: the broker's certificate is not trusted: certificate signature failure"
+        ), app.model.connection.detail
+        assert any(a.service == "broker" for a in app.model.active.values())
+    # our certificate from a CA the broker does not know: the broker's alert, in words
+    foreign = issue(tmp_path / "other-pki", "monitor")
+    cfg = MonitorConfig(
+        mqtt=dataclasses.replace(settings, cert_file=str(foreign.cert), key_file=str(foreign.key)),
+        label="cloud",
+    )
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(
+            pilot, lambda: app.model.connection.state == "unreachable", what="refused cert"
+        )
+        assert "TLS: the broker refused our certificate (tlsv1 alert" in app.model.connection.detail
+
+
+@async_test
+async def test_keys_a_person_tries_first(edge_broker: LocalBroker) -> None:
+    """? shows every key; tab and shift+tab move between views; arrows move between rows and
+    scroll the fleet table sideways at 80 columns; lines said before the UI are in it."""
+    pub = Publisher(edge_broker.settings_for())
+    publish_retained(pub)
+    cfg = MonitorConfig(
+        mqtt=edge_broker.settings_for(),
+        label="test broker",
+        expected=EXPECTED,
+        notes=("YuNet model not found at /x.onnx; using the Haar cascade",),
+    )
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: len(app.model.nodes) >= 4, what="retained statuses")
+        assert app.model.log[0].text.endswith("using the Haar cascade")
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        for key, action in (("tab", "Next view"), ("p", "Freeze/resume"), ("ctrl+p", "command")):
+            assert key in text and action in text, text
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        tabs = app.query_one("#tabs", TabbedContent)
+        seen = []
+        for _ in range(4):
+            await pilot.press("tab")
+            seen.append(tabs.active)
+        assert seen == ["detections", "node", "alerts", "fleet"]
+        await pilot.press("shift+tab")
+        assert tabs.active == "alerts"
+        await pilot.press("1")
+        table = app.query_one("#fleet-table", DataTable)
+        start = table.cursor_row
+        await pilot.press("down")
+        assert table.cursor_row == start + 1
+        assert table.scroll_x == 0
+        for _ in range(5):
+            await pilot.press("right")
+        await pilot.pause(0.1)
+        assert table.scroll_x > 0  # the columns past the service states are reachable
+        app.show_node("cloud1")  # a cloud node publishes no faces: it stores the fleet's
+        await pilot.pause(0.2)
+        stored = app.model.nodes["cloud1"].services["processor"].figure("stored")
+        assert f"{stored} faces stored by its processor" in screen_text(app)
+    pub.close()
+
+
+def test_identical_heartbeats_make_one_history_line() -> None:
+    from facefleet_monitor.model import FleetModel
+
+    clock = [1000.0]
+    model = FleetModel(clock=lambda: clock[0])
+    for stored in (1, 1, 1, 2):
+        body = status_body("cloud1", "processor", stored=stored)
+        model.apply(StatusEvent("cloud1", "processor", body))
+        clock[0] += 5
+    history = list(model.nodes["cloud1"].services["processor"].history)
+    assert [(h.count, h.since, h.at) for h in history] == [(3, 1000.0, 1010.0), (1, 1015.0, 1015.0)]

@@ -83,3 +83,29 @@ def test_node_view(fleet: tuple[MonitorApp, Publisher], snap_compare: Any) -> No
 def test_alerts_view(fleet: tuple[MonitorApp, Publisher], snap_compare: Any) -> None:
     app, pub = fleet
     assert snap_compare(app, terminal_size=SIZE, run_before=before(app, pub, "4"))
+
+
+SMALL = (80, 24)
+
+
+@pytest.mark.parametrize(
+    ("view", "keys", "node"),
+    [
+        ("fleet", ("1",), None),
+        ("detections", ("2",), None),
+        ("node", (), "cam2"),
+        ("alerts", ("4",), None),
+        ("help", ("question_mark",), None),
+    ],
+)
+def test_every_view_at_80x24(
+    fleet: tuple[MonitorApp, Publisher],
+    snap_compare: Any,
+    view: str,
+    keys: tuple[str, ...],
+    node: str | None,
+) -> None:
+    """The smallest usual terminal: node and service states visible in the fleet table (the
+    rest scrolls sideways), the footer's keys readable, the help screen whole."""
+    app, pub = fleet
+    assert snap_compare(app, terminal_size=SMALL, run_before=before(app, pub, *keys, node=node))

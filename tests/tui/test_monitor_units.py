@@ -14,6 +14,7 @@ from tui_helpers import face_meta, make_jpeg, status_body
 
 from facefleet.config import ConfigError
 from facefleet.inventory import load_inventory
+from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args, parse_address
 from facefleet_monitor.feed import FlowGate, parse_face, parse_status
@@ -182,6 +183,26 @@ def test_trend_alerts() -> None:
     assert "spool:cam1:forwarder" not in model.active
 
 
+def test_a_camera_alert_carries_the_detectors_reason() -> None:
+    model = FleetModel(clock=Clock())
+    model.apply(
+        status(
+            "cam1",
+            "detector",
+            camera="reopening",
+            camera_error="connection refused (10.0.0.9:554)",
+            source="rtsp://10.0.0.9/x",
+        )
+    )
+    model.evaluate()
+    assert model.active["camera:cam1:detector"].text == (
+        "camera reopening: connection refused (10.0.0.9:554) (rtsp://10.0.0.9/x)"
+    )
+    assert model.log[-1].text.endswith(
+        "camera reopening: connection refused (10.0.0.9:554) (rtsp://10.0.0.9/x)"
+    )
+
+
 def test_model_memory_is_bounded_and_faces_per_minute() -> None:
     clock = Clock(600.0)
     model = FleetModel(clock=clock, max_detections=20, max_thumbnails=5, max_log=10)
@@ -263,7 +284,18 @@ def test_options_errors(tmp_path: Path) -> None:
     cert.write_text("x")
     with pytest.raises(ConfigError, match="go together"):
         config_from_args(parse_args("--broker", "h:1", "--cert", str(cert)))
-    config = config_from_args(parse_args("--broker", "h", "--ca", str(cert), "--prefix", "ff"))
+    # a file that is not a certificate: one line naming it, before the UI starts
+    with pytest.raises(ConfigError, match=f"CA file {cert}: not a usable CA certificate"):
+        config_from_args(parse_args("--broker", "h", "--ca", str(cert)))
+    ca = ensure_ca(tmp_path / "pki").cert
+    monitor = issue(tmp_path / "pki", "monitor")
+    with pytest.raises(ConfigError, match="key values mismatch"):
+        config_from_args(
+            parse_args(
+                "--broker", "h", "--cert", str(monitor.cert), "--key", str(ca.parent / "ca.key")
+            )
+        )
+    config = config_from_args(parse_args("--broker", "h", "--ca", str(ca), "--prefix", "ff"))
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls, config.prefix) == (
         "h",
         8883,
@@ -306,9 +338,8 @@ def test_inventory_through_ansible_inventory(tmp_path: Path) -> None:
         "monitor",
     )
     assert info.pki_dir == tmp_path.resolve() / "pki"
-    assert info.cert_file == tmp_path.resolve() / "pki" / "monitor.crt"
     # the certificates are not there: a one-line error, not a traceback
-    with pytest.raises(ConfigError, match=r"CA .*file not found"):
+    with pytest.raises(ConfigError, match=r"pki/ca.crt: not found \(the fleet PKI is made by site"):
         config_from_args(parse_args("--inventory", str(path)))
     # explicit overrides
     path.write_text(

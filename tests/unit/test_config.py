@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from facefleet import config
+from facefleet.detector.settings import DetectorConfig
 from facefleet.forwarder.settings import ForwarderConfig
 from facefleet.processor.settings import ProcessorConfig
 
@@ -81,3 +83,108 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path: Path) -> No
     )
     assert missing.returncode == 2
     assert "file not found" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[camera]\nwidth = "640"\n', 'camera.width: expected an integer (got the string "640")'),
+        (
+            '[camera]\nloop = "yes"\n',
+            'camera.loop: expected a boolean (true or false) (got the string "yes")',
+        ),
+        ('[camera]\nfps = "15"\n', 'camera.fps: expected a number (got the string "15")'),
+        ("heartbeat_s = true\n", "heartbeat_s: expected a number (got True)"),
+    ],
+)
+def test_toml_strings_are_not_numbers_or_booleans(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(DetectorConfig, path, env={})
+    assert str(info.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FACEFLEET_CAMRA__SOURCE": "/dev/video0"},
+            "environment variable FACEFLEET_CAMRA__SOURCE: no section [camra]",
+        ),
+        (
+            {"FACEFLEET_HEARTBEAT": "5"},
+            "environment variable FACEFLEET_HEARTBEAT: no top-level setting heartbeat",
+        ),
+        (
+            {"FACEFLEET_CAMERA__SOURSE": "x"},
+            "environment variable FACEFLEET_CAMERA__SOURSE: [camera] has no key sourse",
+        ),
+        ({"FACEFLEET_CAMERA": "x"}, "[camera] is a section: FACEFLEET_CAMERA__<KEY>"),
+        ({"FACEFLEET_INSTANCE": "2"}, "no top-level setting instance"),  # a processor key only
+        (
+            {"FACEFLEET_CAMERA__WIDTH": "wide"},
+            "environment variable FACEFLEET_CAMERA__WIDTH (camera.width): "
+            "expected an integer (got 'wide')",
+        ),
+        (
+            {"FACEFLEET_HEARTBEAT_S": "-1"},
+            "with FACEFLEET_HEARTBEAT_S: config: heartbeat_s must be positive",
+        ),
+    ],
+)
+def test_environment_errors_name_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text("[camera]\nwidth = 640\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(DetectorConfig, path, env=env)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_tool_variables_are_not_config_overrides(tmp_path: Path) -> None:
+    env = {
+        "FACEFLEET_SHARED": "../shared",
+        "FACEFLEET_LAB_REUSE": "1",
+        "FACEFLEET_FAULT_LOAD_S": "60",
+        "FACEFLEET_BENCH_ANYTHING": "x",
+        "FACEFLEET_CAMERA__LOOP": "yes",
+        "FACEFLEET_NODE": "edge-7",
+    }
+    cfg = config.load(DetectorConfig, None, env=env)
+    assert (cfg.camera.loop, cfg.node) == (True, "edge-7")
+
+
+def test_the_file_is_blamed_only_for_its_own_values(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text("[camera]\nwidth = -3\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(DetectorConfig, path, env={"FACEFLEET_NODE": "e1"})
+    assert str(info.value).startswith(f"{path}: camera")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.mkdir(), "is a directory, not a config file"),
+        (lambda p: p.write_bytes(b'node = "caf\xe9"\n'), "not UTF-8 text (byte 0xe9 at offset 11)"),
+        (lambda p: p.write_text('node = "bad/name"\n'), "node 'bad/name' is not a valid node name"),
+    ],
+)
+def test_unreadable_config_files_give_one_line_and_exit_2(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    path = tmp_path / "detector.toml"
+    make(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "facefleet", "detector", "--check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -18,13 +18,14 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
 from facefleet_monitor.config import MonitorConfig
 from facefleet_monitor.feed import FlowGate, Inbox, MonitorFeed
 from facefleet_monitor.model import (
+    AlertLogEntry,
     ConnectionEvent,
     FeedEvent,
     FleetModel,
@@ -34,6 +35,38 @@ from facefleet_monitor.views import SORT_MODES, AlertsView, DetectionsView, Flee
 
 THUMBNAIL_PX = 320
 TABS = ("fleet", "detections", "node", "alerts")
+#: Keys of the widgets themselves (not app bindings), for the help screen.
+WIDGET_KEYS = (
+    ("up / down, page up / down", "move between rows of a table"),
+    ("left / right", "scroll a table wider than the screen"),
+    ("enter", "fleet: open the node's page"),
+    ("esc", "leave the filter"),
+    ("ctrl+p", "command palette: every action, and 'Node <name>' to jump to a node"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the monitor: the app's bindings (one source) and the tables' own keys."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Close"),
+        Binding("question_mark", "app.pop_screen", "Close", show=False),
+        Binding("q", "app.pop_screen", "Close", show=False),
+    ]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help { width: auto; max-width: 90%; height: auto; max-height: 90%;
+            border: round $primary; padding: 0 1; background: $surface; }
+    """
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        width = max(len(key) for key, _ in self.keys)
+        lines = [f"[b]{key:<{width}}[/]  {text}" for key, text in self.keys]
+        yield Static("\n".join(["[b]Keys[/] (esc or ? closes)", "", *lines]), id="help")
 
 
 def image_widget_class(protocol: str) -> type[Widget]:
@@ -93,16 +126,37 @@ class MonitorApp(App[int]):
     TITLE = "facefleet monitor"
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave the monitor"),
-        Binding("1", "show_tab('fleet')", "Fleet", id="tab-fleet", tooltip="Fleet health"),
+        # the tab labels show 1-4; the footer keeps room for the rest at 80 columns
+        Binding(
+            "1", "show_tab('fleet')", "Fleet", show=False, id="tab-fleet", tooltip="Fleet health"
+        ),
         Binding(
             "2",
             "show_tab('detections')",
             "Detections",
+            show=False,
             id="tab-detections",
             tooltip="Live faces, thumbnail, faces per minute",
         ),
-        Binding("3", "show_tab('node')", "Node", id="tab-node", tooltip="The selected node"),
-        Binding("4", "show_tab('alerts')", "Alerts", id="tab-alerts", tooltip="Problems"),
+        Binding(
+            "3", "show_tab('node')", "Node", show=False, id="tab-node", tooltip="The selected node"
+        ),
+        Binding(
+            "4", "show_tab('alerts')", "Alerts", show=False, id="tab-alerts", tooltip="Problems"
+        ),
+        Binding(
+            "tab", "cycle_tab(1)", "Next view", id="next-view", priority=True, tooltip="Next view"
+        ),
+        Binding(
+            "shift+tab",
+            "cycle_tab(-1)",
+            "Previous view",
+            show=False,
+            id="previous-view",
+            priority=True,
+            tooltip="Previous view",
+        ),
+        Binding("question_mark", "help", "Help", id="help", tooltip="Every key"),
         Binding(
             "p",
             "toggle_pause",
@@ -170,6 +224,9 @@ class MonitorApp(App[int]):
 
     def on_mount(self) -> None:
         self.sub_title = self.config.broker_label
+        for note in self.config.notes:  # said before the UI took the screen: keep them
+            self.model.log.append(AlertLogEntry(self.clock(), "info", "", note))
+            self.notify(note, title="before the monitor started", timeout=10)
         self.model.evaluate()
         self.redraw(force=True)
         self.set_interval(1 / self.config.refresh_hz, self._tick, name="redraw")
@@ -193,7 +250,10 @@ class MonitorApp(App[int]):
         self.handled += len(events)
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
+        if not self.query("#connection"):  # the app is closing
+            return
         self.model.apply(message.event)
+        self.model.evaluate()  # the broker alert appears now, not at the next tick
         self._draw_connection()  # rare and important: show it now
 
     # --- redraw on a timer ----------------------------------------------------------------
@@ -242,6 +302,7 @@ class MonitorApp(App[int]):
             "connecting": f"◌ connecting to {label} …",
             "connected": f"● connected to {label}",
             "reconnecting": f"◌ broker {label} lost: reconnecting …",
+            "unreachable": f"✖ {label} unreachable: {conn.detail.split(': ', 1)[-1]} (retrying)",
             "refused": f"✖ {label} refused the monitor: {conn.detail.split(': ', 1)[-1]}"
             " (retrying)",
             "closed": f"○ disconnected from {label}",
@@ -331,6 +392,21 @@ class MonitorApp(App[int]):
             "alerts": "#alerts-active",
         }[tab]
         self.query_one(main, DataTable).focus()
+
+    def action_cycle_tab(self, step: int) -> None:
+        active = self.query_one("#tabs", TabbedContent).active
+        self.action_show_tab(TABS[(TABS.index(active) + step) % len(TABS)])
+
+    def action_help(self) -> None:
+        keys = [
+            (
+                binding.key_display or self.get_key_display(binding),
+                binding.tooltip or binding.description,
+            )
+            for binding in self.BINDINGS
+            if isinstance(binding, Binding) and binding.action != "leave_filter"
+        ]
+        self.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
 
     def action_toggle_pause(self) -> None:
         self.model.set_paused(not self.model.paused)

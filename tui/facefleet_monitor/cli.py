@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how thumbnails are drawn (auto: kitty/sixel when the terminal has it)",
     )
     parser.add_argument("--log-file", metavar="FILE", help="write the monitor's log here")
+    parser.add_argument(
+        "--note",
+        action="append",
+        metavar="TEXT",
+        help="a line to show in the UI and its alert log at start (the demo passes what it "
+        "printed before the UI took the screen; repeatable)",
+    )
 
 
 def run_monitor(args: argparse.Namespace) -> int:

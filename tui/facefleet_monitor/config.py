@@ -9,7 +9,7 @@ from pathlib import Path
 from facefleet.config import ConfigError
 from facefleet.contract import DEFAULT_PREFIX
 from facefleet.inventory import load_inventory
-from facefleet.mqtt import MqttSettings
+from facefleet.mqtt import MqttSettings, tls_context
 
 IMAGE_PROTOCOLS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
@@ -26,6 +26,8 @@ class MonitorConfig:
     refresh_hz: float = 4.0
     max_detections: int = 500
     max_thumbnails: int = 64
+    #: lines printed before the UI started (the demo's), shown in the UI and the alert log
+    notes: tuple[str, ...] = ()
 
     @property
     def broker_label(self) -> str:
@@ -70,13 +72,9 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         info = load_inventory(Path(args.inventory))
         expected = info.nodes
         host, port, prefix = info.broker_host, info.broker_port, info.prefix
-        if info.pki_dir is not None:
+        if not (args.ca or args.cert):  # the options name the certificates themselves
             tls = True
-            ca = _existing("facefleet_pki_dir: CA", info.ca_file)
-            cert = _existing(f"facefleet_pki_dir: {info.identity} certificate", info.cert_file)
-            key = _existing(f"facefleet_pki_dir: {info.identity} key", info.key_file)
-        elif port == 8883:
-            tls = True
+            ca, cert, key = (str(path) for path in info.pki_files())
     if args.broker:
         host, port = parse_address(args.broker, 8883 if (args.ca or args.cert) else 1883)
     if args.prefix:
@@ -110,4 +108,12 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return MonitorConfig(mqtt=settings, prefix=prefix, expected=expected, image_protocol=args.image)
+    if settings.tls:
+        tls_context(settings)  # a file that is not a certificate or key: one line, before the UI
+    return MonitorConfig(
+        mqtt=settings,
+        prefix=prefix,
+        expected=expected,
+        image_protocol=args.image,
+        notes=tuple(args.note or ()),
+    )

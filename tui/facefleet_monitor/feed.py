@@ -180,6 +180,8 @@ class MonitorFeed:
         self.client: mqtt.Client | None = None
         self._stopping = False
         self._connected_once = False
+        self._unreachable_reason = ""
+        self._up = False  # between a CONNACK and the next disconnect
 
     @property
     def client_id(self) -> str:
@@ -189,6 +191,7 @@ class MonitorFeed:
     def start(self) -> None:
         client = ffmqtt.make_client(self.settings, self.client_id)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -226,13 +229,30 @@ class MonitorFeed:
         if self._connected_once:
             log.info("reconnected to %s", self.settings.address)
         self._connected_once = True
+        self._unreachable_reason = ""
+        self._up = True
         self._emit(ConnectionEvent("connected", self.settings.address))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """A connection attempt failed before MQTT (TCP or TLS): find out why and say it, once
+        per reason (paho retries with backoff; the next attempt waits for this probe)."""
+        if self._stopping:
+            return
+        reason = ffmqtt.why_unreachable(self.settings)
+        if reason != self._unreachable_reason:
+            self._unreachable_reason = reason
+            log.warning("broker %s unreachable: %s", self.settings.address, reason)
+            self._emit(ConnectionEvent("unreachable", f"{self.settings.address}: {reason}"))
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if self._stopping:
             self._emit(ConnectionEvent("closed", self.settings.address))
+            return
+        was_up, self._up = self._up, False
+        if not was_up:  # closed during TLS or before CONNACK (e.g. our certificate refused)
+            self._on_connect_fail(client, userdata)
             return
         log.warning("lost the broker %s (%s); reconnecting", self.settings.address, reason)
         self._emit(ConnectionEvent("reconnecting", f"{self.settings.address}: {reason}"))

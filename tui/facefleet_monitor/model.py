@@ -67,7 +67,8 @@ class FeedError:
 @dataclass(frozen=True)
 class ConnectionEvent:
     """The feed's connection to the broker changed: connecting, connected, reconnecting,
-    refused or closed."""
+    unreachable (TCP or TLS failed; `detail` says why), refused (by the broker: not authorised)
+    or closed."""
 
     state: str
     detail: str = ""
@@ -81,11 +82,14 @@ FeedEvent = StatusEvent | FaceEvent | FeedError | ConnectionEvent
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One heartbeat as kept in a service's recent history."""
+    """A run of identical heartbeats (same state and figures) in a service's recent history:
+    the last at `at`, the first at `since`, `count` of them. An idle service adds no lines."""
 
     at: float
     state: str
     summary: str
+    since: float = 0.0
+    count: int = 1
 
 
 @dataclass
@@ -301,7 +305,12 @@ class FleetModel:
             with contextlib.suppress(ValueError):
                 seen = min(now, parse_timestamp(body["ts"]).timestamp())
         status.seen_at = seen
-        status.history.append(HistoryEntry(seen, status.reported, summarize(event.service, body)))
+        summary = summarize(event.service, body)
+        last = status.history[-1] if status.history else None
+        if last is not None and (last.state, last.summary) == (status.reported, summary):
+            status.history[-1] = HistoryEntry(seen, last.state, summary, last.since, last.count + 1)
+        else:
+            status.history.append(HistoryEntry(seen, status.reported, summary, seen))
         status.trend.append(body)
 
     def _apply_face(self, event: FaceEvent, now: float) -> None:
@@ -415,6 +424,18 @@ class FleetModel:
         self.active = active
 
     def _alerts(self, now: float) -> Iterable[Alert]:
+        if self.connection.state in ("unreachable", "refused", "reconnecting"):
+            address, _, reason = self.connection.detail.partition(": ")
+            what = {"unreachable": "unreachable", "refused": "refused the monitor"}.get(
+                self.connection.state, "connection lost"
+            )
+            yield Alert(
+                f"broker:{self.connection.state}:{reason}",
+                ERROR,
+                "",
+                "broker",
+                f"{address} {what}: {reason}" if reason else f"{address} {what}",
+            )
         for node in self.nodes.values():
             for status in node.ordered_services():
                 yield from self._service_alerts(node, status, now)
@@ -451,10 +472,14 @@ class FleetModel:
         body = status.body
         if status.service == "detector":
             camera = body.get("camera")
+            why = f": {body['camera_error']}" if body.get("camera_error") else ""
+            source = f" ({body['source']})" if why and body.get("source") else ""
             if camera == "lost":
-                yield Alert(f"camera:{key}", ERROR, node.name, status.service, "camera lost")
+                line = f"camera lost{why}{source}"
+                yield Alert(f"camera:{key}", ERROR, node.name, status.service, line)
             elif camera == "reopening":
-                yield Alert(f"camera:{key}", WARNING, node.name, status.service, "camera reopening")
+                line = f"camera reopening{why}{source}"
+                yield Alert(f"camera:{key}", WARNING, node.name, status.service, line)
         if status.service == "forwarder":
             depths = [b.get("spool_depth") for b in list(status.trend)[-3:]]
             if (
@@ -509,12 +534,26 @@ def format_face_time(ts: str | None) -> str:
     return ts[11:23] if ts else "-"
 
 
+#: How a heartbeat figure is named on screen, where its key alone would mislead.
+FIGURE_LABELS = {
+    "forwarded_faces": "faces_sent",
+    "forwarded": "msgs_sent",  # faces and relayed heartbeats
+}
+
+
 def summarize(service: str, body: dict[str, Any]) -> str:
     """The figures of a heartbeat that matter most, in one short line."""
     keys = {
         "detector": ("fps", "camera", "faces_detected", "published", "errors"),
         "logger": ("events", "faces", "errors"),
-        "forwarder": ("spool_depth", "spool_oldest_age_s", "forwarded", "dropped", "errors"),
+        "forwarder": (
+            "spool_depth",
+            "spool_oldest_age_s",
+            "forwarded_faces",
+            "forwarded",
+            "dropped",
+            "errors",
+        ),
         "processor": ("received", "stored", "dead_lettered", "storage_errors", "errors"),
     }.get(service, ())
     parts = []
@@ -523,5 +562,5 @@ def summarize(service: str, body: dict[str, Any]) -> str:
             value = body[key]
             if isinstance(value, float):
                 value = f"{value:.1f}"
-            parts.append(f"{key}={value}")
+            parts.append(f"{FIGURE_LABELS.get(key, key)}={value}")
     return " ".join(parts)

@@ -199,7 +199,6 @@ class DetectionsView(Horizontal):
             ("score", "Score"),
             ("size", "Size"),
             ("bytes", "Bytes"),
-            ("note", "Note"),
         ):
             table.add_column(label, key=key)
 
@@ -218,8 +217,7 @@ class DetectionsView(Horizontal):
                     str(d.track),
                     f"{d.score:.2f}",
                     f"{d.box[2]}x{d.box[3]}",
-                    str(d.size),
-                    Text(d.problem, style="bold red") if d.problem else "",
+                    Text(f"{d.size} ✖ {d.problem}", style="bold red") if d.problem else str(d.size),
                     key=d.id,
                 )
             self._shown = ids
@@ -308,9 +306,15 @@ class NodeView(Vertical):
             if node.expected
             else ("not in the inventory" if model.has_inventory else "seen on the broker")
         )
-        faces = f"{node.faces_total} faces"
-        if node.last_face_ts:
-            faces += f", last at {format_face_time(node.last_face_ts)}"
+        processor = node.services.get("processor")
+        stored = processor.figure("stored") if processor else None
+        if node.kind == "cloud" or isinstance(stored, int):
+            # a cloud node publishes no faces: what it did is store the fleet's
+            faces = f"{stored if isinstance(stored, int) else 0} faces stored by its processor"
+        else:
+            faces = f"{node.faces_total} faces seen from it"
+            if node.last_face_ts:
+                faces += f", last at {format_face_time(node.last_face_ts)}"
         self.query_one("#node-title", Static).update(
             Text.assemble(
                 (node.name, "bold"),
@@ -341,9 +345,10 @@ class NodeView(Vertical):
         rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
         entries.sort(key=lambda e: (-e[0].at, rank.get(e[1], 99)))
         for entry, service in entries[:100]:
-            history.add_row(
-                format_clock(entry.at), service, state_text(entry.state), entry.summary or "-"
-            )
+            when = format_clock(entry.at)
+            if entry.count > 1:
+                when = f"{format_clock(entry.since)}-{when} ({entry.count}x)"
+            history.add_row(when, service, state_text(entry.state), entry.summary or "-")
 
 
 class AlertsView(Vertical):

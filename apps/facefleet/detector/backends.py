@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -192,5 +193,10 @@ def create_detector(settings: DetectionSettings) -> FaceDetector:
 
 
 def _first_line(exc: BaseException) -> str:
+    """OpenCV's message without its source location: `OpenCV(4.14.0) /io/.../x.cpp:799:
+    error: (-215:Assertion failed) model_proto.has_graph() in function 'populateNet'` ->
+    `model_proto.has_graph() in function 'populateNet'` (not a model of this kind)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    return re.sub(r"^OpenCV\([^)]*\) \S+: error: \([^)]*\) ", "", lines[-1])

@@ -261,7 +261,7 @@ class Detector:
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, SERVICE, cfg.heartbeat_s, self.status
         )
-        mqtt_setup.ConnectionTracker(self.client, "edge", on_up=self._online)
+        mqtt_setup.ConnectionTracker(self.client, "edge", self._online, cfg.mqtt)
         self.publisher = FacePublisher(
             self.client,
             topic=faces_topic(cfg.prefix, self.node),
@@ -279,6 +279,7 @@ class Detector:
         return {
             **self.figures.snapshot(),
             "camera": self.source.state,
+            "camera_error": self.source.error,
             "camera_reopens": self.source.reopens,
             "frames_dropped": self.source.dropped,
             "source": redact_source(self.cfg.camera.source),

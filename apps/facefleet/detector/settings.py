@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from facefleet.config import ConfigError
 from facefleet.mqtt import MqttSettings
 from facefleet.settings import ServiceSettings
 
@@ -196,3 +198,32 @@ class DetectorConfig(ServiceSettings):
     quality: QualitySettings = field(default_factory=QualitySettings)
     merge: MergeSettings = field(default_factory=MergeSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+
+
+@dataclass(frozen=True)
+class DetectorChoice:
+    """The backend and model a command runs with; `note` says why it is not what was asked."""
+
+    backend: Literal["yunet", "haar"]
+    model: str
+    note: str = ""
+
+
+def choose_detector(backend: str, model: Path | None, yunet_model: Path) -> DetectorChoice:
+    """Resolve `auto` (YuNet when its model is there, else the zero-download Haar cascade)
+    and check an explicit model file. `yunet_model` is the default YuNet model file."""
+    if model is not None:
+        if not model.is_file():
+            raise ConfigError(f"--model: {model} does not exist")
+        haar = backend == "haar" or (backend == "auto" and model.suffix == ".xml")
+        chosen: Literal["yunet", "haar"] = "haar" if haar else "yunet"
+        return DetectorChoice(chosen, str(model.resolve()))
+    if backend == "haar":
+        return DetectorChoice("haar", "")
+    if yunet_model.is_file():
+        return DetectorChoice("yunet", str(yunet_model.resolve()))
+    if backend == "yunet":
+        raise ConfigError(f"no YuNet model at {yunet_model}: pass --model FILE or --backend haar")
+    return DetectorChoice(
+        "haar", "", f"YuNet model not found at {yunet_model}; using the Haar cascade"
+    )

@@ -3,7 +3,9 @@
 Live sources (V4L2 camera, GStreamer pipeline, RTSP/HTTP stream) are read by a grabber thread
 that keeps only the newest frame: a slow consumer skips frames (counted in `dropped`) instead of
 falling behind. A live source that fails is reopened with exponential backoff; its `state` goes
-open -> reopening -> lost (backoff at its maximum) -> open, logged once per transition.
+open -> reopening -> lost (backoff at its maximum) -> open. Each failed open is logged once, with
+the reason (`diagnose`: no such device, permission denied, connection refused, ...) and the time
+of the next try, and the reason is kept in `error` for the heartbeat.
 
 Finite sources (video file, folder of images, `synthetic:`) are read as fast as the consumer
 asks unless `realtime` paces them at their frame rate; `loop` restarts them, otherwise the end
@@ -14,7 +16,10 @@ over the frame rate, from the start), paced or not.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -109,6 +114,8 @@ class FrameSource(Protocol):
     state: CameraState
     reopens: int
     dropped: int
+    #: why the source is not delivering frames ("" while it is)
+    error: str
 
     def read(self, timeout_s: float) -> Frame | None:
         """The next frame; None when none arrived within the timeout or the source ended."""
@@ -137,6 +144,62 @@ def open_source(camera: CameraSettings) -> FrameSource:
 
 def has_gstreamer() -> bool:
     return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
+
+
+#: Ports of the stream schemes when the URL names none.
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
+PROBE_TIMEOUT_S = 3.0
+
+
+def diagnose(spec: SourceSpec) -> str:
+    """Why a live source did not open, in words an operator can act on. OpenCV only says
+    "not opened", so this looks at the device node or tries the stream's TCP port."""
+    if spec.kind == "v4l2":
+        return _diagnose_device(
+            f"/dev/video{spec.target}" if isinstance(spec.target, int) else str(spec.target)
+        )
+    if spec.kind == "stream":
+        return _diagnose_stream(str(spec.target))
+    return "the GStreamer pipeline did not start (try it with gst-launch-1.0)"
+
+
+def _diagnose_device(path: str) -> str:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such device"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISCHR(info.st_mode):
+        return "not a device (a V4L2 camera is a character device)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied (the user needs the video group)"
+    return "unsupported format, or not a capture device, or busy"
+
+
+def _diagnose_stream(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return "bad port in the URL"
+    if not parts.hostname or port is None or scheme == "udp":
+        return "no stream (OpenCV could not open it)"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except socket.gaierror:
+        return f"host name {parts.hostname} not found"
+    except ConnectionRefusedError:
+        return f"connection refused ({parts.hostname}:{port})"
+    except socket.timeout:  # noqa: UP041 - not yet TimeoutError on the edge's Python 3.9
+        return f"connection timed out ({parts.hostname}:{port})"
+    except OSError as exc:
+        return f"{exc.strerror or exc} ({parts.hostname}:{port})"
+    return "the server answers, but no video (wrong path or credentials, or unsupported format)"
 
 
 def open_capture(spec: SourceSpec, camera: CameraSettings) -> cv2.VideoCapture:
@@ -174,7 +237,7 @@ class LiveSource:
         self.state: CameraState = "reopening"
         self.reopens = 0
         self.dropped = 0
-        self._logged_state = False
+        self.error = ""
         self._opener = opener
         self._latest: Frame | None = None
         self._ready = threading.Condition()
@@ -202,7 +265,7 @@ class LiveSource:
             capture = self._opener(self.spec, self.camera)
             if not capture.isOpened():
                 capture.release()
-                self._transition("lost" if delay >= self.camera.reopen_max_s else "reopening")
+                self._open_failed(delay)
                 self._closed.wait(delay)
                 delay = min(delay * 2, self.camera.reopen_max_s)
                 continue
@@ -210,17 +273,29 @@ class LiveSource:
                 self.reopens += 1
             ever_open = True
             delay = self.camera.reopen_min_s
-            self._transition("open")
+            self.state, self.error = "open", ""
+            log.info("camera %s open", self.name)
             index = self._grab(capture, index)
             capture.release()
         log.debug("frame grabber for %s stopped", self.name)
+
+    def _open_failed(self, delay: float) -> None:
+        """One line per failed attempt (so at most one per backoff), with the next try."""
+        self.error = diagnose(self.spec)
+        self.state = "lost" if delay >= self.camera.reopen_max_s else "reopening"
+        retry_at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+        level = logging.ERROR if self.state == "lost" else logging.WARNING
+        log.log(
+            level, "camera %s: %s; next try in %g s (%s)", self.name, self.error, delay, retry_at
+        )
 
     def _grab(self, capture: cv2.VideoCapture, index: int) -> int:
         """Read until the source fails or the source is closed; returns the next index."""
         while not self._closed.is_set():
             ok, image = capture.read()
             if not ok or image is None:
-                self._transition("reopening")
+                self.state, self.error = "reopening", "stopped delivering frames"
+                log.warning("camera %s stopped delivering frames; reopening", self.name)
                 break
             frame = Frame(image, index, utc_timestamp(), time.monotonic())
             index += 1
@@ -230,21 +305,6 @@ class LiveSource:
                 self._latest = frame
                 self._ready.notify()
         return index
-
-    def _transition(self, state: CameraState) -> None:
-        """Log a state change once (the first state too), never each attempt."""
-        if state == self.state and self._logged_state:
-            return
-        self.state = state
-        self._logged_state = True
-        if state == "open":
-            log.info("camera %s open", self.name)
-        elif state == "reopening":
-            log.warning("camera %s unavailable; reopening with backoff", self.name)
-        else:
-            log.error(
-                "camera %s lost; still retrying every %g s", self.name, self.camera.reopen_max_s
-            )
 
 
 class FiniteSource:
@@ -256,6 +316,7 @@ class FiniteSource:
         self.state: CameraState = "open"
         self.reopens = 0
         self.dropped = 0
+        self.error = ""
         self._native_fps = 0.0
         self._images = self._start()
         self._index = 0

@@ -133,7 +133,8 @@ class Forwarder:
         self._done: list[int] = []  # confirmed, not yet deleted from the spool
         self._deleted_at = time.monotonic()
         self._next_due = math.inf  # earliest `due` among the unconfirmed
-        self.forwarded = 0
+        self.forwarded = 0  # messages: faces and the edge services' relayed heartbeats
+        self.forwarded_faces = 0
         self.confirmed = 0
         self.resent = 0
         self._resent_logged = 0
@@ -153,8 +154,8 @@ class Forwarder:
         self.cloud_heartbeat = Heartbeat(
             self.cloud, cfg.prefix, self.node, "forwarder", cfg.heartbeat_s, self.figures
         )
-        self.edge_link = ConnectionTracker(self.edge, "edge", self._edge_up)
-        self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up)
+        self.edge_link = ConnectionTracker(self.edge, "edge", self._edge_up, cfg.edge)
+        self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up, cfg.cloud)
         self.edge.on_message = self._on_edge_message
         self.cloud.on_publish = self._on_cloud_puback
         self.cloud.on_message = self._on_cloud_message
@@ -207,6 +208,7 @@ class Forwarder:
             "spool_bytes": self.spool.bytes,
             "spool_oldest_age_s": self.spool.oldest_age_s(),
             "forwarded": self.forwarded,
+            "forwarded_faces": self.forwarded_faces,
             "uplink_bytes": self.uplink_bytes,
             "uplink_face_bytes": self.uplink_face_bytes,
             "inflight": len(self.inflight),
@@ -297,6 +299,7 @@ class Forwarder:
                 self.forwarded += 1
                 self.uplink_bytes += entry.size
                 if entry.face_id is not None:
+                    self.forwarded_faces += 1
                     self.uplink_face_bytes += entry.size
             if entry.face_id is None:
                 self._done.append(entry.seq)

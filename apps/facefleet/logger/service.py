@@ -78,7 +78,7 @@ class AuditLogger:
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, "logger", cfg.heartbeat_s, self.figures
         )
-        self.link = ConnectionTracker(self.client, "edge", self._up)
+        self.link = ConnectionTracker(self.client, "edge", self._up, cfg.mqtt)
         self.client.on_message = self._on_message
 
     def _up(self) -> None:

@@ -93,7 +93,7 @@ class Processor:
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, f"processor{suffix}", cfg.heartbeat_s, self.figures
         )
-        self.link = ConnectionTracker(self.client, "cloud", self._up)
+        self.link = ConnectionTracker(self.client, "cloud", self._up, cfg.mqtt)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 
@@ -245,4 +245,9 @@ class Processor:
 
 def run(cfg: ProcessorConfig) -> int:
     check(cfg)
-    return Processor(cfg, stop_event()).run()
+    processor = Processor(cfg, stop_event())
+    try:
+        processor.sink.check_writable(processor.node)
+    except StorageUnavailable as exc:  # an outage, not a setup problem: faces wait and retry
+        log.warning("storage not reachable at start (%s); faces will wait for it", exc)
+    return processor.run()

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from facefleet.config import ConfigError
 from facefleet.contract import FaceMeta, storage_key
 from facefleet.processor.settings import StorageSettings
 
@@ -38,6 +39,26 @@ class Sink(Protocol):
         """Keep a rejected message with its reason; returns where it went."""
 
     def describe(self) -> str: ...
+
+    def check_writable(self, node: str) -> None:
+        """Write a small probe (`probe/<node>-processor`) at start; ConfigError saying what
+        is missing when the store refuses it, StorageUnavailable when it cannot be reached."""
+
+
+#: S3 error codes that no retry fixes: the operator must create or grant something.
+S3_SETUP_ERRORS = {
+    "NoSuchBucket": "the bucket does not exist (create it; facefleet does not)",
+    "AccessDenied": "access denied (the processor's role needs the policy in "
+    "iam/processor-policy.json)",
+    "InvalidAccessKeyId": "the access key is not known to S3",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "PermanentRedirect": "the bucket is in another region (set processor_s3_region)",
+    "AuthorizationHeaderMalformed": "wrong region for this bucket (set processor_s3_region)",
+}
+
+
+def probe_key(node: str) -> str:
+    return f"probe/{node}-processor"
 
 
 def dead_letter_key(topic: str, payload: bytes, details: dict[str, Any]) -> str:
@@ -63,6 +84,14 @@ class FilesystemSink:
 
     def describe(self) -> str:
         return f"directory {self.root}"
+
+    def check_writable(self, node: str) -> None:
+        try:
+            self._write_atomic(self.root / probe_key(node), b"facefleet processor start\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"storage directory {self.root}: cannot write: {exc.strerror}"
+            ) from None
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,28 +142,57 @@ class S3Sink:
     """
 
     def __init__(self, settings: StorageSettings) -> None:
+        self.bucket = settings.bucket
+        self.conditional_put = settings.conditional_put
+        self.settings = settings
+        # the processor retries on top of boto3's two attempts
+        self.client = self._client(settings.timeout_s, attempts=2)
+        self.endpoint = settings.endpoint_url or "AWS"
+
+    def _client(self, timeout_s: float, attempts: int) -> S3Client:
         import boto3
         from botocore.config import Config
 
-        self.bucket = settings.bucket
-        self.conditional_put = settings.conditional_put
         config = Config(
-            retries={"mode": "standard", "max_attempts": 2},  # the processor retries on top
-            connect_timeout=min(5.0, settings.timeout_s),
-            read_timeout=settings.timeout_s,
-            request_checksum_calculation=settings.checksums,
-            response_checksum_validation=settings.checksums,
+            retries={"mode": "standard", "max_attempts": attempts},
+            connect_timeout=min(5.0, timeout_s),
+            read_timeout=timeout_s,
+            request_checksum_calculation=self.settings.checksums,
+            response_checksum_validation=self.settings.checksums,
         )
-        self.client: S3Client = boto3.client(
+        client: S3Client = boto3.client(
             "s3",
-            region_name=settings.region or None,
-            endpoint_url=settings.endpoint_url or None,
+            region_name=self.settings.region or None,
+            endpoint_url=self.settings.endpoint_url or None,
             config=config,
         )
-        self.endpoint = settings.endpoint_url or "AWS"
+        return client
 
     def describe(self) -> str:
         return f"s3://{self.bucket} ({self.endpoint})"
+
+    def check_writable(self, node: str) -> None:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        key = probe_key(node)
+        # one quick attempt: a slow or stopped store must not hold the start (faces wait)
+        probe = self._client(min(5.0, self.settings.timeout_s), attempts=1)
+        try:
+            probe.put_object(Bucket=self.bucket, Key=key, Body=b"facefleet processor start\n")
+        except NoCredentialsError:
+            raise ConfigError(
+                f"s3://{self.bucket}: no AWS credentials (an instance profile on EC2, or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in processor_environment)"
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in S3_SETUP_ERRORS:
+                raise ConfigError(
+                    f"s3://{self.bucket}: cannot write {key}: {code}: {S3_SETUP_ERRORS[code]}"
+                ) from None
+            raise StorageUnavailable(f"put {key}: {code or exc}") from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"put {key}: {exc}") from exc
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,0 +1,159 @@
+"""The README's deployment section, run as written against the lab.
+
+An operator copies `inventory/example`, edits what the README says to edit (hosts and their
+addresses, the SSH user, the broker's name, the bucket), and runs the commands of the README's
+"### Deploy" block: site.yml, the monitor in a terminal, fleet status. Nothing sets
+`facefleet_pki_dir`: the monitor and fleet status must find the PKI site.yml made for this
+inventory by the same default. The lab's own deployment is restored at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import shlex
+import shutil
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.fleet.conftest import ALL_AT_ONCE, INVENTORY, Lab, deploy
+
+pytestmark = pytest.mark.fleet
+
+NAME = "docs-test"  # inventory/<NAME>, the README's inventory/mine
+
+
+def readme_deploy_commands() -> list[str]:
+    """The shell lines of the README's `### Deploy` block, for inventory/<NAME>."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Deploy\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [line.replace("inventory/mine", f"inventory/{NAME}") for line in lines if line]
+
+
+def edit_copied_inventory(directory: Path, lab: Lab) -> None:
+    """Point the copy at the lab: hosts and addresses, SSH, broker address, bucket. The lab has
+    no DNS, no apt mirror, no internet and moto as S3: its own inventory's values say how."""
+    lab_inventory = yaml.safe_load(INVENTORY.read_text())["all"]
+    lab_vars: dict[str, Any] = dict(lab_inventory["vars"])
+    lab_vars.pop("facefleet_pki_dir")  # the point of the test: site.yml's default
+    children = lab_inventory["children"]
+    hosts = {
+        "all": {
+            "children": {
+                group: {"hosts": {h: {"ansible_host": lab.hosts[h]} for h in lab.groups[group]}}
+                for group in ("cloud", "edge")
+            }
+            | {"lab_s3": {"hosts": {lab.cloud: {}}}}
+        }
+    }
+    (directory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    shutil.rmtree(directory / "host_vars")  # the example's cameras are not in the lab
+
+    def edit(group: str, changes: dict[str, Any]) -> None:
+        path = directory / "group_vars" / f"{group}.yml"
+        values = yaml.safe_load(path.read_text()) or {}
+        path.write_text(yaml.safe_dump({**values, **changes}, sort_keys=False))
+
+    broker = lab.hosts[lab.cloud]
+    edit(
+        "all",
+        {
+            **lab_vars,
+            "facefleet_cloud_broker_host": broker,
+            "facefleet_cloud_broker_names": [broker],
+        },
+    )
+    edit("cloud", {**children["cloud"]["vars"], "mosquitto_update_cache": False})
+    edit("edge", {**children["edge"]["vars"], "mosquitto_update_cache": False})
+    (directory / "group_vars" / "lab_s3.yml").write_text(
+        yaml.safe_dump(children["lab_s3"]["vars"], sort_keys=False)
+    )
+
+
+def run_in_terminal(argv: list[str], expect: list[str], timeout_s: float) -> str:
+    """Run a full-screen program in a 120x40 pseudo-terminal until every text in `expect` was
+    drawn, press q, and return what it drew (escape sequences removed)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm-256color"},
+        start_new_session=True,
+    )
+    os.close(follower)
+    drawn = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    drawn += os.read(leader, 65536)
+                except OSError:  # the program ended
+                    break
+            text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b" ", drawn).decode(errors="replace")
+            if all(item in text for item in expect):
+                break
+        os.write(leader, b"q")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    return re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b" ", drawn).decode(errors="replace")
+
+
+def test_the_readme_deploys_a_copy_of_the_example_inventory(lab: Lab) -> None:
+    copy, pki = ROOT / "inventory" / NAME, ROOT / ".pki" / NAME
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(pki, ignore_errors=True)
+    cp, playbook, monitor, status = readme_deploy_commands()
+    try:
+        subprocess.run(shlex.split(cp), cwd=ROOT, check=True)
+        edit_copied_inventory(copy, lab)
+        result = subprocess.run(
+            shlex.split(playbook),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        )
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        assert (pki / "ca.crt").is_file() and (pki / "monitor.key").is_file()
+
+        fleet = subprocess.run(
+            shlex.split(status), cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert fleet.returncode == 0, fleet.stdout + fleet.stderr
+        for host in lab.hosts:
+            assert host in fleet.stdout
+
+        screen = run_in_terminal(shlex.split(monitor), ["connected to", *lab.hosts], timeout_s=90)
+        assert "connected to" in screen, screen[-3000:]
+        assert "unreachable" not in screen and "refused" not in screen
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(pki, ignore_errors=True)
+        # the other fleet tests share this lab: put its own deployment (and PKI) back
+        restore = deploy(lab.source, **ALL_AT_ONCE)
+        assert restore.returncode == 0, restore.tail()
