@@ -17,15 +17,14 @@ from tests.helpers import face_meta, jpeg_bytes
 @pytest.mark.s3
 @pytest.mark.parametrize("conditional_put", [True, False])
 def test_s3_sink_writes_once_with_metadata(
-    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
 ) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
-    s3_server.client().create_bucket(Bucket="faces")
     sink = S3Sink(
         StorageSettings(
             kind="s3",
-            bucket="faces",
+            bucket=s3_bucket,
             endpoint_url=s3_server.url,
             region="us-east-1",
             conditional_put=conditional_put,
@@ -35,11 +34,11 @@ def test_s3_sink_writes_once_with_metadata(
     meta = face_meta("edge1", payload)
     assert sink.store(meta, payload) is True
     assert sink.store(meta, payload) is False  # a redelivery is a duplicate, not a second write
-    head = s3_server.client().head_object(Bucket="faces", Key=storage_key(meta))
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=storage_key(meta))
     assert head["Metadata"]["id"] == meta.id
     assert head["Metadata"]["sha256"] == meta.sha256
     where = sink.dead_letter("facefleet/edge1/faces", "bad", b"junk", {"properties": {}})
-    assert where.startswith("s3://faces/deadletter/")
+    assert where.startswith(f"s3://{s3_bucket}/deadletter/")
 
 
 def test_filesystem_sink_writes_image_and_sidecar_once(tmp_path: Path) -> None:
