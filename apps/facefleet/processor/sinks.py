@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from facefleet.contract import FaceMeta, storage_key
+from facefleet.contract import DEAD_LETTER_PREFIX, FaceMeta, storage_key
 from facefleet.processor.settings import StorageSettings
 
 if TYPE_CHECKING:
@@ -47,7 +48,18 @@ def dead_letter_key(topic: str, payload: bytes, details: dict[str, Any]) -> str:
     digest = hashlib.sha256(
         topic.encode() + b"\0" + json.dumps(details, sort_keys=True).encode() + b"\0" + payload
     ).hexdigest()[:16]
-    return f"deadletter/{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
+    return f"{DEAD_LETTER_PREFIX}{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
+
+
+_DEAD_LETTER_RE = re.compile(r"^deadletter/(\d{4}/\d{2}/\d{2}/\d{6})_[0-9a-f]{16}\.(bin|json)$")
+
+
+def dead_letter_time(key: str) -> datetime | None:
+    """When the dead letter at `key` was written (from its key); None for other keys."""
+    match = _DEAD_LETTER_RE.match(key)
+    if not match:
+        return None
+    return datetime.strptime(match[1], "%Y/%m/%d/%H%M%S").replace(tzinfo=timezone.utc)
 
 
 class FilesystemSink:
