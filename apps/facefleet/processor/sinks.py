@@ -117,6 +117,16 @@ class FilesystemSink:
         return str(path.with_suffix(".bin"))
 
 
+def encryption_arguments(settings: StorageSettings) -> dict[str, Any]:
+    """put_object's server-side encryption arguments for `settings.encryption`."""
+    if settings.encryption == "none":
+        return {}
+    arguments: dict[str, Any] = {"ServerSideEncryption": settings.encryption}
+    if settings.kms_key_id:
+        arguments["SSEKMSKeyId"] = settings.kms_key_id
+    return arguments
+
+
 class S3Sink:
     """One object per face with the contract's user properties as object metadata.
 
@@ -130,6 +140,7 @@ class S3Sink:
 
         self.bucket = settings.bucket
         self.conditional_put = settings.conditional_put
+        self.encryption = encryption_arguments(settings)
         config = Config(
             retries={"mode": "standard", "max_attempts": 2},  # the processor retries on top
             connect_timeout=min(5.0, settings.timeout_s),
@@ -169,6 +180,7 @@ class S3Sink:
                 Body=payload,
                 ContentType=meta.content_type,
                 Metadata=meta.as_dict(),
+                **self.encryption,
                 **extra,
             )
         except ClientError as exc:
@@ -204,12 +216,14 @@ class S3Sink:
                 Body=payload,
                 ContentType="application/octet-stream",
                 Metadata=metadata,
+                **self.encryption,
             )
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key[: -len(".bin")] + ".json",
                 Body=json.dumps({"topic": topic, "reason": reason, **details}).encode(),
                 ContentType="application/json",
+                **self.encryption,
             )
         except self._errors() as exc:
             raise StorageUnavailable(f"dead-letter {key}: {exc}") from exc
