@@ -51,3 +51,32 @@ def test_full_spool_drops_are_counted_in_the_heartbeat(tmp_path: Path, policy: s
         forwarder.stop()
         edge.cleanup()
         cloud.cleanup()
+
+
+def test_faces_older_than_the_spool_age_limit_expire_counted(tmp_path: Path) -> None:
+    """Retention on the device: with the uplink down, faces past spool.max_age_s are deleted
+    undelivered, counted as `expired` in the heartbeat and logged."""
+    edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
+    cloud = LocalBroker("cloud", workdir=tmp_path / "cloud")  # never started: uplink down
+    config = forwarder_config(edge, cloud, tmp_path / "spool.sqlite", max_age_s=2.0)
+    forwarder = ServiceProcess("forwarder", config, tmp_path / "forwarder").start()
+    try:
+        wait_online(edge, "forwarder")
+        publisher = Publisher(edge.settings_for())
+        for i in range(10):
+            publisher.face(EDGE_NODE, seed=i)
+        status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
+
+        def latest() -> dict[str, int]:
+            messages = status.snapshot()
+            return json.loads(messages[-1].payload) if messages else {}
+
+        wait_until(lambda: latest().get("expired") == 10, 30, "10 faces expired")
+        assert latest()["spool_depth"] <= 1  # at most its own latest status message
+        assert "expired undelivered" in forwarder.log()
+        status.close()
+        publisher.close()
+    finally:
+        forwarder.stop()
+        edge.cleanup()
+        cloud.cleanup()
