@@ -1,7 +1,7 @@
 """site.yml on the systemd-nspawn lab: deploy, idempotence, host state, and the fleet at work.
 
 Real hosts with systemd, real mosquitto (TLS + ACL), the real services from the offline
-wheelhouse, moto's S3 server on the cloud host. Traffic goes only to the lab hosts' addresses.
+wheelhouse, SeaweedFS's S3 gateway on the cloud host. Traffic goes only to the lab hosts' addresses.
 """
 
 from __future__ import annotations
