@@ -3,7 +3,7 @@
 The spool as the forwarder drives it, without brokers: batches of 16 faces of 32 KB appended in
 one transaction, and each batch deleted (as on its receipts) in the transaction of the next
 append, as the forwarder's writer does. `secure_delete = true` (the default: freed pages zeroed,
-the WAL truncated after each delete) against `false` (SQLite's FAST mode, the former setting),
+the WAL truncated at most every second) against `false` (SQLite's FAST mode, the former setting),
 back to back in the same run; best of three each.
 """
 

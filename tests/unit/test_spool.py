@@ -127,7 +127,7 @@ def test_delivered_face_bytes_do_not_stay_in_the_spool_file_or_wal(tmp_path: Pat
 
 def test_faces_deleted_with_an_append_and_evicted_ones_are_scrubbed(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    spool = Spool(path, 100_000, "drop-oldest")
+    spool = Spool(path, 100_000, "drop-oldest", scrub_interval_s=0)
     spool.append_many([face_with_marker(b"CONFIRMED-FACE-MARKER")])
     spool.append_many([face_with_marker(b"EVICTED-FACE-MARKER")])
     first = spool.after(0, 1)[0]
@@ -152,3 +152,18 @@ def test_expired_faces_are_counted_gone_and_scrubbed(tmp_path: Path) -> None:
     assert not spool_files_contain(path, b"OLD-FACE-MARKER")
     spool.close()
     assert Spool(path, 10_000_000, "drop-oldest").expired == 2  # persisted
+
+
+def test_wal_scrubs_are_spaced_but_deleted_bytes_go_once_one_is_due(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 10_000_000, "drop-oldest", scrub_interval_s=0.5)
+    spool.append_many([face_with_marker(b"FIRST-MARKER"), face_with_marker(b"SECOND-MARKER")])
+    first, second = spool.after(0, 2)
+    spool.delete_many([first.seq])  # the first scrub is due at once
+    assert not spool_files_contain(path, b"FIRST-MARKER")
+    spool.delete_many([second.seq])  # within the interval: the WAL keeps its frames for now
+    assert spool_files_contain(path, b"SECOND-MARKER")
+    time.sleep(0.6)
+    spool.scrub()  # what the forwarder's writer does when idle
+    assert not spool_files_contain(path, b"SECOND-MARKER")
+    spool.close()

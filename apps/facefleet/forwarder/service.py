@@ -122,7 +122,11 @@ class Forwarder:
         self.receipts = receipts_topic(cfg.prefix, self.node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(
-            cfg.spool.path, cfg.spool.max_bytes, cfg.spool.when_full, cfg.spool.secure_delete
+            cfg.spool.path,
+            cfg.spool.max_bytes,
+            cfg.spool.when_full,
+            cfg.spool.secure_delete,
+            cfg.spool.scrub_interval_s,
         )
         # for the writer: messages to spool and (lists of sequence numbers) confirmed ones to
         # delete, in one queue so that either wakes it at once
@@ -262,6 +266,7 @@ class Forwarder:
             if not batch:
                 if confirmed:
                     self._delete(confirmed)
+                self._scrub()
                 continue
             try:
                 self.spool.append_many((item.message for item in batch), delete=confirmed)
@@ -287,6 +292,13 @@ class Forwarder:
                 return seqs
             if isinstance(item, list):
                 seqs += item
+
+    def _scrub(self) -> None:
+        try:
+            self.spool.scrub()
+        except Exception:  # the bytes stay until the next scrub succeeds
+            self.errors += 1
+            log.exception("could not scrub deleted messages from the spool's WAL")
 
     def _delete(self, seqs: list[int]) -> None:
         try:

@@ -79,10 +79,18 @@ class Spool:
     """Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
 
     def __init__(
-        self, path: str | Path, max_bytes: int, when_full: str, secure_delete: bool = True
+        self,
+        path: str | Path,
+        max_bytes: int,
+        when_full: str,
+        secure_delete: bool = True,
+        scrub_interval_s: float = 1.0,
     ) -> None:
         self.path = Path(path)
         self.secure_delete = secure_delete
+        self.scrub_interval_s = scrub_interval_s
+        self._unscrubbed = False
+        self._scrubbed_at = 0.0
         self.max_bytes = max_bytes
         self.when_full = when_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +101,8 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         # Faces are personal data: a deleted (delivered, expired, evicted) face must not stay
         # readable in the file. secure_delete=ON zeroes every freed page; the WAL still holds
-        # the frames that wrote the face, so `_scrub_wal` truncates it after each delete.
+        # the frames that wrote the face, so `scrub` truncates it, at most every
+        # `scrub_interval_s` (a truncation per delete batch cost four fifths of the throughput).
         # secure_delete=False is the former FAST mode (the benchmark's baseline): freed pages
         # keep old bytes until new messages reuse them.
         self._db.execute(f"PRAGMA secure_delete={'ON' if secure_delete else 'FAST'}")
@@ -192,7 +201,7 @@ class Spool:
                 self._recount()
                 raise
             if delete or dropped:
-                self._scrub_wal()
+                self._deleted()
             if dropped:
                 self.dropped += dropped
                 log.warning(
@@ -233,7 +242,7 @@ class Spool:
                 raise
             if removed:
                 self.expired += removed
-                self._scrub_wal()
+                self._deleted()
         return removed
 
     def _evict_oldest(self, need: int) -> int:
@@ -300,16 +309,33 @@ class Spool:
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
             if removed:
-                self._scrub_wal()
+                self._deleted()
             return removed
 
-    def _scrub_wal(self) -> None:
+    def _deleted(self) -> None:
+        """Rows were deleted (under the write lock): scrub now if the last scrub is old enough."""
+        self._unscrubbed = self.secure_delete
+        self._scrub_locked(force=False)
+
+    def scrub(self, force: bool = False) -> None:
+        """Truncate the WAL if deleted messages may still be in it and the last truncation is
+        `scrub_interval_s` old (or `force`). The forwarder's writer calls this whenever it is
+        idle, so deleted bytes stay in the WAL at most about that long."""
+        with self._lock:
+            self._scrub_locked(force)
+
+    def _scrub_locked(self, force: bool) -> None:
         """Copy the WAL into the database (where secure_delete zeroed the freed pages) and
-        truncate it, so no frame of a deleted message stays in the WAL file. Under the write
-        lock; a reader in the middle of a query makes SQLite skip the truncation this time
-        (the next delete does it)."""
-        if self.secure_delete:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        truncate it, so no frame of a deleted message stays in the WAL file. A reader in the
+        middle of a query makes SQLite skip the truncation; it is tried again next time."""
+        if not self._unscrubbed:
+            return
+        now = time.monotonic()
+        if not force and now - self._scrubbed_at < self.scrub_interval_s:
+            return
+        busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        self._scrubbed_at = now
+        self._unscrubbed = bool(busy)
 
     def _delete_locked(self, seqs: list[int]) -> int:
         self._db.execute("BEGIN IMMEDIATE")
@@ -341,4 +367,5 @@ class Spool:
         with self._read_lock:
             self._reader.close()
         with self._lock:
+            self._scrub_locked(force=True)
             self._db.close()
