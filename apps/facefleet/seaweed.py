@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.localbroker import free_port
+from facefleet.locals3 import LocalS3
 
 
 def weed_binary() -> str:
@@ -37,10 +38,11 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedS3:
+class SeaweedS3(LocalS3):
     """One `weed server` (master, volume, filer and S3 gateway in one process) with its data
     under `workdir`. Every listener, gRPC included, gets its own free loopback port, so several
-    instances (and other users of the machine) never collide."""
+    instances (and other users of the machine) never collide. `freeze`, `thaw` and `objects`
+    work as on LocalS3."""
 
     REGION = "us-east-1"
     ENV = {
@@ -57,11 +59,9 @@ class SeaweedS3:
     SSE_KEY = "facefleet-test-sse-key"
 
     def __init__(self, workdir: Path | None = None) -> None:
+        super().__init__()  # the S3 port, url and process
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="facefleet-seaweed-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
         self.startup_s = 0.0
 
     @property
@@ -164,15 +164,6 @@ class SeaweedS3:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def freeze(self) -> None:
-        """SIGSTOP: the endpoint accepts connections but never answers, until `thaw()`."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGCONT)
-
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGCONT)
@@ -209,12 +200,3 @@ class SeaweedS3:
                 response_checksum_validation="when_required",
             ),
         )
-
-    def objects(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        pages = (
-            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        )
-        for page in pages:
-            out += page.get("Contents", [])
-        return out

@@ -189,12 +189,7 @@ class Spool:
                     self._depth += 1
                     self._bytes += size
                     kept.append(True)
-                if dropped:
-                    self._db.execute(
-                        "INSERT INTO counters (name, value) VALUES ('dropped', ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                        (dropped,),
-                    )
+                self._add_to_counter("dropped", dropped)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -229,12 +224,7 @@ class Spool:
                     )
                 ]
                 removed = self._delete_rows(seqs)
-                if removed:
-                    self._db.execute(
-                        "INSERT INTO counters (name, value) VALUES ('expired', ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                        (removed,),
-                    )
+                self._add_to_counter("expired", removed)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -244,6 +234,15 @@ class Spool:
                 self.expired += removed
                 self._deleted()
         return removed
+
+    def _add_to_counter(self, name: str, amount: int) -> None:
+        """Inside the caller's transaction: counters survive restarts with the spool."""
+        if amount:
+            self._db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, amount),
+            )
 
     def _evict_oldest(self, need: int) -> int:
         freed = evicted = 0
