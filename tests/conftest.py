@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facefleet.localbroker import LocalBroker
-from facefleet.locals3 import LocalS3
+from facefleet.seaweed import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -50,14 +52,28 @@ def cloud_broker(tmp_path: Path) -> Iterator[LocalBroker]:
         yield broker
 
 
-S3Server = LocalS3
-S3_ENV = LocalS3.ENV
+S3Server = SeaweedS3
+S3_ENV = SeaweedS3.ENV
 
 
-@pytest.fixture
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server().start()
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3-compatible store (SeaweedFS) for the whole session: it takes seconds to
+    start, so tests share it and each works in a bucket of its own (`s3_bucket`)."""
+    server = S3Server(tmp_path_factory.mktemp("seaweed")).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket on the session's store, named after the test."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t{next(_bucket_numbers)}-{stem}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+_bucket_numbers = itertools.count(1)

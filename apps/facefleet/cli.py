@@ -83,6 +83,11 @@ TOOLS: dict[str, tuple[str, str, str]] = {
         "run_fleet",
         "fleet health as the cloud broker sees it (fleet status --inventory PATH)",
     ),
+    "faces": (
+        "facefleet.faces_cli",
+        "run_faces",
+        "list, get, delete and expire stored faces (directory or s3://BUCKET)",
+    ),
     "monitor": (
         "facefleet_monitor.cli",
         "run_monitor",

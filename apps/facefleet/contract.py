@@ -266,3 +266,41 @@ def storage_key(meta: FaceMeta) -> str:
     capture time only, so a redelivered message lands on the same key."""
     when = parse_timestamp(meta.ts)
     return f"faces/{meta.node}/{when:%Y/%m/%d/%H}/{meta.ts}_{meta.id}.{meta.extension}"
+
+
+FACES_PREFIX = "faces/"
+DEAD_LETTER_PREFIX = "deadletter/"
+#: Records of deletions (who deleted which faces when); retention never touches them.
+DELETIONS_PREFIX = "deletions/"
+#: Where a processor writes its start probe (it checks that the store takes a write).
+PROBE_PREFIX = "probe/"
+
+_KEY_RE = re.compile(
+    r"^faces/(?P<node>[^/]+)/\d{4}/\d{2}/\d{2}/\d{2}/"
+    r"(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)_(?P<id>[A-Za-z0-9_-]{1,64})"
+    r"\.(?P<ext>jpg|png)$"
+)
+
+
+@dataclass(frozen=True)
+class FaceKey:
+    """What a storage key says about its face (the inverse of `storage_key`)."""
+
+    key: str
+    node: str
+    ts: str
+    id: str
+    extension: str
+
+    @property
+    def captured(self) -> datetime:
+        return parse_timestamp(self.ts)
+
+
+def parse_storage_key(key: str) -> FaceKey | None:
+    """The face a key of the contract's layout names; None for any other key (sidecars,
+    dead letters, temporary files)."""
+    match = _KEY_RE.match(key)
+    if not match or not valid_node(match["node"]):
+        return None
+    return FaceKey(key, match["node"], match["ts"], match["id"], match["ext"])

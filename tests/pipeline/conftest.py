@@ -16,7 +16,6 @@ from facefleet.localbroker import LocalBroker
 from tests.conftest import S3_ENV, S3Server
 from tests.helpers import Collector, ServiceProcess, wait_until
 
-BUCKET = "faces"
 EDGE_NODE = "edge1"
 CLOUD_NODE = "cloud1"
 
@@ -30,6 +29,7 @@ class Relay:
     edge: LocalBroker
     cloud: LocalBroker
     s3: S3Server
+    bucket: str
     forwarder: ServiceProcess
     processor: ServiceProcess
     workdir: Path
@@ -37,7 +37,7 @@ class Relay:
     def stored_keys(self) -> list[str]:
         client = self.s3.client()
         keys: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             keys += [obj["Key"] for obj in page.get("Contents", [])]
         return keys
 
@@ -93,7 +93,9 @@ def forwarder_config(
     }
 
 
-def processor_config(cloud: LocalBroker, s3: S3Server, **storage: Any) -> dict[str, Any]:
+def processor_config(
+    cloud: LocalBroker, s3: S3Server, bucket: str, **storage: Any
+) -> dict[str, Any]:
     return {
         "node": CLOUD_NODE,
         "heartbeat_s": 1.0,
@@ -101,7 +103,7 @@ def processor_config(cloud: LocalBroker, s3: S3Server, **storage: Any) -> dict[s
         "workers": 4,
         "storage": {
             "kind": "s3",
-            "bucket": BUCKET,
+            "bucket": bucket,
             "endpoint_url": s3.url,
             "region": "us-east-1",
             "timeout_s": 2.0,
@@ -130,8 +132,7 @@ def wait_online(broker: LocalBroker, service: str, live: bool = False) -> None:
 
 
 @pytest.fixture
-def relay(tmp_path: Path, s3_server: S3Server) -> Iterator[Relay]:
-    s3_server.client().create_bucket(Bucket=BUCKET)
+def relay(tmp_path: Path, s3_server: S3Server, s3_bucket: str) -> Iterator[Relay]:
     edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
     cloud = LocalBroker("cloud", workdir=tmp_path / "cloud", processors=(CLOUD_NODE,)).start()
     forwarder = ServiceProcess(
@@ -140,9 +141,12 @@ def relay(tmp_path: Path, s3_server: S3Server) -> Iterator[Relay]:
         tmp_path / "forwarder",
     )
     processor = ServiceProcess(
-        "processor", processor_config(cloud, s3_server), tmp_path / "processor", env=S3_ENV
+        "processor",
+        processor_config(cloud, s3_server, s3_bucket),
+        tmp_path / "processor",
+        env=S3_ENV,
     )
-    relay = Relay(edge, cloud, s3_server, forwarder, processor, tmp_path)
+    relay = Relay(edge, cloud, s3_server, s3_bucket, forwarder, processor, tmp_path)
     try:
         processor.start()
         forwarder.start()

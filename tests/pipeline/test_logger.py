@@ -56,3 +56,38 @@ def test_audit_lines_for_faces_and_status_changes_without_image_bytes(
         publisher.close()
     finally:
         assert logger.stop() == 0
+
+
+def test_audit_lines_older_than_the_age_limit_are_deleted(edge_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    from facefleet.contract import parse_timestamp
+
+    audit = tmp_path / "audit" / "audit.jsonl"
+    audit.parent.mkdir()
+    logger = ServiceProcess(
+        "logger",
+        {
+            "node": "edge1",
+            "heartbeat_s": 1.0,
+            "mqtt": mqtt_table(edge_broker),
+            "audit": {"path": str(audit), "backups": 20, "stderr": False, "max_age_s": 4.0},
+        },
+        tmp_path / "logger",
+    ).start()
+    try:
+        wait_online(edge_broker, "logger")
+        publisher = Publisher(edge_broker.settings_for())
+        ids = {publisher.face("edge1", seed=i).id for i in range(5)}
+
+        def lines() -> list[dict[str, str]]:
+            files = sorted(audit.parent.glob("audit.jsonl*"))
+            return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+        wait_until(lambda: ids <= {r.get("id") for r in lines()}, 20, "faces audited")
+        wait_until(lambda: not ids & {r.get("id") for r in lines()}, 20, "old lines deleted")
+        now = datetime.now(timezone.utc)
+        assert all((now - parse_timestamp(r["logged"])).total_seconds() <= 5 for r in lines())
+        publisher.close()
+    finally:
+        logger.stop()

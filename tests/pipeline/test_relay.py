@@ -10,7 +10,7 @@ import pytest
 
 from facefleet.contract import FACE_PROPERTIES, all_status_filter
 from tests.helpers import Collector, Publisher, wait_until
-from tests.pipeline.conftest import BUCKET, EDGE_NODE, Relay
+from tests.pipeline.conftest import EDGE_NODE, Relay
 
 pytestmark = [pytest.mark.broker, pytest.mark.s3]
 
@@ -29,7 +29,7 @@ def test_faces_flow_to_s3_with_metadata(relay: Relay) -> None:
     metas = [publisher.face(EDGE_NODE, seed=i) for i in range(30)]
     keys = relay.wait_stored(30)
     assert_exactly_once(relay, [m.id for m in metas])
-    head = relay.s3.client().head_object(Bucket=BUCKET, Key=keys[0])
+    head = relay.s3.client().head_object(Bucket=relay.bucket, Key=keys[0])
     assert head["ContentType"] == "image/jpeg"
     assert set(FACE_PROPERTIES) <= set(head["Metadata"])
     assert keys[0].startswith(f"faces/{EDGE_NODE}/")

@@ -13,7 +13,7 @@ import pytest
 from facefleet.config import ConfigError, dump_toml
 from facefleet.contract import storage_key
 from facefleet.processor.settings import StorageSettings
-from facefleet.processor.sinks import FilesystemSink, S3Sink
+from facefleet.processor.sinks import FilesystemSink, S3Sink, StorageUnavailable
 from tests.conftest import S3_ENV, S3Server
 from tests.helpers import face_meta, jpeg_bytes
 
@@ -21,15 +21,14 @@ from tests.helpers import face_meta, jpeg_bytes
 @pytest.mark.s3
 @pytest.mark.parametrize("conditional_put", [True, False])
 def test_s3_sink_writes_once_with_metadata(
-    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
 ) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
-    s3_server.client().create_bucket(Bucket="faces")
     sink = S3Sink(
         StorageSettings(
             kind="s3",
-            bucket="faces",
+            bucket=s3_bucket,
             endpoint_url=s3_server.url,
             region="us-east-1",
             conditional_put=conditional_put,
@@ -39,11 +38,11 @@ def test_s3_sink_writes_once_with_metadata(
     meta = face_meta("edge1", payload)
     assert sink.store(meta, payload) is True
     assert sink.store(meta, payload) is False  # a redelivery is a duplicate, not a second write
-    head = s3_server.client().head_object(Bucket="faces", Key=storage_key(meta))
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=storage_key(meta))
     assert head["Metadata"]["id"] == meta.id
     assert head["Metadata"]["sha256"] == meta.sha256
     where = sink.dead_letter("facefleet/edge1/faces", "bad", b"junk", {"properties": {}})
-    assert where.startswith("s3://faces/deadletter/")
+    assert where.startswith(f"s3://{s3_bucket}/deadletter/")
 
 
 def test_filesystem_sink_writes_image_and_sidecar_once(tmp_path: Path) -> None:
@@ -107,3 +106,55 @@ def test_a_storage_directory_that_cannot_be_written_is_a_config_error(tmp_path: 
     (tmp_path / "probe").write_text("a file where the probe directory would go")
     with pytest.raises(ConfigError, match="cannot write"):
         sink.check_writable("cloud1")
+
+
+def test_s3_objects_are_encrypted_server_side(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SeaweedFS encrypts with SSE-S3 (it has a key) and reports it on HEAD; SSE-KMS it cannot
+    do (no KMS), but what boto3 sends is checked on the request itself."""
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    sent: list[dict[str, object]] = []
+
+    def sink(**storage: object) -> S3Sink:
+        settings = StorageSettings(
+            kind="s3",
+            bucket=s3_bucket,
+            endpoint_url=s3_server.url,
+            region="us-east-1",
+            retry_min_s=0.1,
+            **storage,
+        )
+        made = S3Sink(settings)
+        made.client.meta.events.register(
+            "before-parameter-build.s3.PutObject", lambda params, **_: sent.append(dict(params))
+        )
+        return made
+
+    payload = jpeg_bytes()
+    meta = face_meta("edge1", payload)
+    assert sink().store(meta, payload)  # AES256 is the default
+    assert sent[-1]["ServerSideEncryption"] == "AES256"
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=storage_key(meta))
+    assert head["ServerSideEncryption"] == "AES256"
+    sink().dead_letter("facefleet/edge1/faces", "bad", b"junk", {})
+    for item in s3_server.objects(s3_bucket, "deadletter/"):
+        head = s3_server.client().head_object(Bucket=s3_bucket, Key=item["Key"])
+        assert head["ServerSideEncryption"] == "AES256"
+
+    other = face_meta("edge1", payload)
+    with pytest.raises(StorageUnavailable):  # SeaweedFS has no KMS: the write must not pass
+        sink(encryption="aws:kms", kms_key_id="alias/facefleet").store(other, payload)
+    assert sent[-1]["ServerSideEncryption"] == "aws:kms"
+    assert sent[-1]["SSEKMSKeyId"] == "alias/facefleet"
+
+    assert sink(encryption="none").store(other, payload)
+    assert "ServerSideEncryption" not in sent[-1]
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=storage_key(other))
+    assert "ServerSideEncryption" not in head
+
+
+def test_kms_key_needs_kms_encryption() -> None:
+    with pytest.raises(ValueError, match="kms_key_id needs encryption"):
+        StorageSettings(kind="s3", bucket="faces", kms_key_id="alias/facefleet")

@@ -14,6 +14,12 @@ from tests.pipeline.conftest import EDGE_NODE, forwarder_config, wait_online
 pytestmark = pytest.mark.broker
 
 
+def latest_figures(status: Collector) -> dict[str, int]:
+    """The forwarder's latest heartbeat figures ({} before the first)."""
+    messages = status.snapshot()
+    return json.loads(messages[-1].payload) if messages else {}
+
+
 @pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])
 def test_full_spool_drops_are_counted_in_the_heartbeat(tmp_path: Path, policy: str) -> None:
     edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
@@ -29,22 +35,43 @@ def test_full_spool_drops_are_counted_in_the_heartbeat(tmp_path: Path, policy: s
             publisher.face(EDGE_NODE, seed=i)
         status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
 
-        def latest() -> dict[str, int]:
-            messages = status.snapshot()
-            return json.loads(messages[-1].payload) if messages else {}
-
         wait_until(
             lambda: (
-                latest().get("dropped", 0) > 0
-                and latest()["dropped"] + latest()["spool_depth"] >= 40
+                latest_figures(status).get("dropped", 0) > 0
+                and latest_figures(status)["dropped"] + latest_figures(status)["spool_depth"] >= 40
             ),
             20,
             "drops counted",
         )
-        figures = latest()
+        figures = latest_figures(status)
         assert figures["spool_bytes"] <= 65536
         assert figures["dropped"] + figures["spool_depth"] == 40
         assert "spool full" in forwarder.log()
+        status.close()
+        publisher.close()
+    finally:
+        forwarder.stop()
+        edge.cleanup()
+        cloud.cleanup()
+
+
+def test_faces_older_than_the_spool_age_limit_expire_counted(tmp_path: Path) -> None:
+    """Retention on the device: with the uplink down, faces past spool.max_age_s are deleted
+    undelivered, counted as `expired` in the heartbeat and logged."""
+    edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
+    cloud = LocalBroker("cloud", workdir=tmp_path / "cloud")  # never started: uplink down
+    config = forwarder_config(edge, cloud, tmp_path / "spool.sqlite", max_age_s=2.0)
+    forwarder = ServiceProcess("forwarder", config, tmp_path / "forwarder").start()
+    try:
+        wait_online(edge, "forwarder")
+        publisher = Publisher(edge.settings_for())
+        for i in range(10):
+            publisher.face(EDGE_NODE, seed=i)
+        status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
+
+        wait_until(lambda: latest_figures(status).get("expired") == 10, 30, "10 faces expired")
+        assert latest_figures(status)["spool_depth"] <= 1  # at most its own latest status message
+        assert "expired undelivered" in forwarder.log()
         status.close()
         publisher.close()
     finally:

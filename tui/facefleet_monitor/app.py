@@ -167,6 +167,7 @@ class MonitorApp(App[int]):
         Binding("slash", "focus_filter", "Filter", id="filter", tooltip="Filter the fleet"),
         Binding("s", "cycle_sort", "Sort", id="sort", tooltip="Change the fleet sort order"),
         Binding("escape", "leave_filter", "Back", show=False, id="leave-filter"),
+        Binding("f", "stored_faces", "Stored", id="stored", tooltip="Faces in the store (--store)"),
     ]
 
     def __init__(
@@ -176,9 +177,12 @@ class MonitorApp(App[int]):
         clock: Callable[[], float] = time.time,
         image_class: type[Widget] | None = None,
         cursor_blink: bool = True,
+        store: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
+        #: a facefleet.facestore store (`--store`): the `f` key shows its faces
+        self.store = store
         self.clock = clock
         self.model = FleetModel(
             config.expected,
@@ -380,6 +384,16 @@ class MonitorApp(App[int]):
             info.update(f"{info.content}\n[b red]{reason}[/]")
 
     # --- actions --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stored_faces":
+            return self.store is not None
+        return True
+
+    def action_stored_faces(self) -> None:
+        from facefleet_monitor.store_view import StoredFacesScreen
+
+        self.push_screen(StoredFacesScreen(self.store, self.image_class))
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab

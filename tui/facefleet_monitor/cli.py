@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
+from facefleet.config import ConfigError
 from facefleet_monitor.config import IMAGE_PROTOCOLS, config_from_args
 
 
@@ -40,10 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a line to show in the UI and its alert log at start (the demo passes what it "
         "printed before the UI took the screen; repeatable)",
     )
+    store = parser.add_argument_group("stored faces (key f; alone without a broker)")
+    store.add_argument(
+        "--store", metavar="STORE", help="a processor's directory or s3://BUCKET[/PREFIX]"
+    )
+    store.add_argument("--endpoint-url", default="", help="S3-compatible endpoint (default: AWS)")
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from facefleet.facestore import StoreError, open_store
+
+    try:
+        return open_store(args.store, args.endpoint_url)
+    except StoreError as exc:
+        raise ConfigError(f"--store: {exc}") from None
 
 
 def run_monitor(args: argparse.Namespace) -> int:
-    config = config_from_args(args)  # ConfigError -> exit 2 in facefleet.cli
+    store = _open_store(args) if args.store else None
+    live = bool(args.inventory or args.broker)
+    config = config_from_args(args) if live or store is None else None  # ConfigError -> exit 2
     root = logging.getLogger()
     root.handlers.clear()
     if args.log_file:
@@ -56,6 +74,14 @@ def run_monitor(args: argparse.Namespace) -> int:
     # textual_image asks the terminal what it can draw: it must happen before Textual starts
     from facefleet_monitor.app import MonitorApp, image_widget_class
 
-    app = MonitorApp(config, image_class=image_widget_class(config.image_protocol))
+    image_class = image_widget_class(args.image)
+    if config is None:
+        from facefleet_monitor.store_view import StoredFacesApp
+
+        assert store is not None
+        alone = StoredFacesApp(store, image_class)
+        alone.run()
+        return alone.return_code or 0
+    app = MonitorApp(config, image_class=image_class, store=store)
     app.run()
     return app.return_code or 0

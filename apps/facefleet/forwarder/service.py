@@ -121,7 +121,13 @@ class Forwarder:
         self.subscription = f"{cfg.prefix}/{self.node}/#"
         self.receipts = receipts_topic(cfg.prefix, self.node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
-        self.spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.when_full)
+        self.spool = Spool(
+            cfg.spool.path,
+            cfg.spool.max_bytes,
+            cfg.spool.when_full,
+            cfg.spool.secure_delete,
+            cfg.spool.scrub_interval_s,
+        )
         # for the writer: messages to spool and (lists of sequence numbers) confirmed ones to
         # delete, in one queue so that either wakes it at once
         self.received: queue.Queue[_Received | list[int]] = queue.Queue()
@@ -217,6 +223,7 @@ class Forwarder:
             "resent": self.resent,
             "rejected_by_processor": self.rejected_by_processor,
             "dropped": self.spool.dropped,
+            "expired": self.spool.expired,
             "rejected": self.rejected,
             "edge_connected": self.edge_link.connected.is_set(),
             "cloud_connected": self.cloud_link.connected.is_set(),
@@ -225,8 +232,32 @@ class Forwarder:
 
     # -- writer: received -> spool -> ack upstream ------------------------------------
 
+    def _expire(self) -> None:
+        """Drop faces older than spool.max_age_s (counted and logged, never silently)."""
+        max_age = self.cfg.spool.max_age_s
+        try:
+            expired = self.spool.expire_faces(time.time() - max_age)
+        except Exception:
+            self.errors += 1
+            log.exception("could not expire old faces from the spool")
+            return
+        if expired:
+            log.warning(
+                "spool: %d face(s) older than %g s expired undelivered, %d expired in total",
+                expired,
+                max_age,
+                self.spool.expired,
+            )
+
     def _write_loop(self) -> None:
+        max_age = self.cfg.spool.max_age_s
+        # a face outlives its age limit by at most a tenth of it (and never by over a minute)
+        expire_every = min(60.0, max(0.5, max_age / 10))
+        next_expiry = time.monotonic()
         while not self.stop.is_set() or not self.received.empty():
+            if max_age > 0 and time.monotonic() >= next_expiry:
+                self._expire()
+                next_expiry = time.monotonic() + expire_every
             items: list[_Received | list[int]] = []
             with contextlib.suppress(queue.Empty):  # whatever has come, up to a batch
                 items.append(self.received.get(timeout=0.2))
@@ -237,6 +268,7 @@ class Forwarder:
             if not batch:
                 if confirmed:
                     self._delete(confirmed)
+                self._scrub()
                 continue
             try:
                 self.spool.append_many((item.message for item in batch), delete=confirmed)
@@ -262,6 +294,13 @@ class Forwarder:
                 return seqs
             if isinstance(item, list):
                 seqs += item
+
+    def _scrub(self) -> None:
+        try:
+            self.spool.scrub()
+        except Exception:  # the bytes stay until the next scrub succeeds
+            self.errors += 1
+            log.exception("could not scrub deleted messages from the spool's WAL")
 
     def _delete(self, seqs: list[int]) -> None:
         try:
@@ -458,10 +497,11 @@ class Forwarder:
             self.cloud.loop_stop()
             self.edge.loop_stop()
             log.info(
-                "stopped: %d forwarded, %d still spooled, %d dropped",
+                "stopped: %d forwarded, %d still spooled, %d dropped, %d expired",
                 self.forwarded,
                 self.spool.depth,
                 self.spool.dropped,
+                self.spool.expired,
             )
             self.spool.close()
         return 0

@@ -13,15 +13,26 @@ from facefleet.settings import ServiceSettings
 class SpoolSettings:
     """The durable queue between the brokers. When `max_bytes` is reached, `when_full` decides:
     `drop-oldest` evicts the oldest spooled messages, `drop-newest` refuses the new one; both
-    are counted in the heartbeat (`dropped`) and logged."""
+    are counted in the heartbeat (`dropped`) and logged. Faces spooled longer than
+    `max_age_s` (0: no limit) are deleted undelivered, counted (`expired`) and logged: the
+    retention of personal data on the device. `secure_delete` zeroes the bytes of every deleted
+    message in the spool file and, within `scrub_interval_s`, in its WAL (false: freed pages
+    keep them until reused)."""
 
     path: str = "/var/lib/facefleet/forwarder/spool.sqlite"
     max_bytes: int = 1024 * 1024 * 1024
     when_full: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
+    max_age_s: float = 0.0
+    secure_delete: bool = True
+    scrub_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_bytes < 64 * 1024:
             raise ValueError("max_bytes must be at least 65536")
+        if not 0 <= self.scrub_interval_s <= 60:
+            raise ValueError("scrub_interval_s must be 0..60")
+        if self.max_age_s < 0:
+            raise ValueError("max_age_s must be 0 (no limit) or more")
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ import json
 import logging
 import logging.handlers
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from facefleet.config import ConfigError
-from facefleet.contract import parse_topic, utc_timestamp
+from facefleet.contract import parse_timestamp, parse_topic, utc_timestamp
 from facefleet.logger.settings import AuditSettings, LoggerConfig
 from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
 from facefleet.service import Heartbeat, resolve_node, stop_event
@@ -34,6 +35,72 @@ def check(cfg: LoggerConfig) -> None:
         raise ConfigError(f"audit.path: directory {parent} does not exist")
 
 
+class AgeLimitedFileHandler(logging.handlers.RotatingFileHandler):
+    """Size rotation plus the age limit of AuditSettings.max_age_s (personal data: the audit
+    trail names faces and devices)."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        super().__init__(
+            settings.path,
+            maxBytes=settings.max_bytes,
+            backupCount=settings.backups,
+            encoding="utf-8",
+        )
+        self.max_age_s = settings.max_age_s
+        self.span_s = settings.max_age_s / 10
+        self.first_line_at = self._first_line_time()
+
+    def _first_line_time(self) -> float | None:
+        """When the current file's first line was logged (None: no line yet)."""
+        path = Path(self.baseFilename)
+        try:
+            with path.open("rb") as handle:
+                first = handle.readline()
+            if not first:
+                return None
+            return parse_timestamp(json.loads(first)["logged"]).timestamp()
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable: assume old, roll over
+            return 0.0
+
+    def _rotated(self) -> list[Path]:
+        paths = [Path(f"{self.baseFilename}.{n}") for n in range(1, self.backupCount + 1)]
+        return [p for p in paths if p.exists()]
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:  # noqa: N802 - logging's name
+        started = self.first_line_at
+        if self.max_age_s and started is not None and time.time() - started >= self.span_s:
+            return 1
+        return int(super().shouldRollover(record))
+
+    def doRollover(self) -> None:  # noqa: N802 - logging's name
+        super().doRollover()
+        self.first_line_at = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.first_line_at is None:
+            self.first_line_at = time.time()
+
+    def expire(self) -> int:
+        """Delete rotated files whose newest line is nine tenths of max_age_s old and roll
+        the current file over when its first line is a tenth old; returns files deleted."""
+        if not self.max_age_s:
+            return 0
+        self.acquire()
+        try:
+            now = time.time()
+            if self.first_line_at is not None and now - self.first_line_at >= self.span_s:
+                self.doRollover()
+            removed = 0
+            for rotated in self._rotated():
+                if now - rotated.stat().st_mtime >= self.max_age_s - self.span_s:
+                    rotated.unlink()
+                    removed += 1
+            return removed
+        finally:
+            self.release()
+
+
 def audit_writer(settings: AuditSettings) -> logging.Logger:
     """A logger that writes bare JSON lines to the rotating audit file (and stderr)."""
     writer = logging.getLogger("facefleet.audit")
@@ -42,9 +109,7 @@ def audit_writer(settings: AuditSettings) -> logging.Logger:
     for handler in list(writer.handlers):
         writer.removeHandler(handler)
         handler.close()
-    handler = logging.handlers.RotatingFileHandler(
-        settings.path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
-    )
+    handler = AgeLimitedFileHandler(settings)
     handler.setFormatter(logging.Formatter("%(message)s"))
     writer.addHandler(handler)
     if settings.stderr:
@@ -126,6 +191,18 @@ class AuditLogger:
             "ts": status.get("ts"),
         }
 
+    def _expire(self) -> None:
+        for handler in self.writer.handlers:
+            if isinstance(handler, AgeLimitedFileHandler):
+                try:
+                    removed = handler.expire()
+                except OSError as exc:
+                    self.errors += 1
+                    log.error("could not expire old audit files: %s", exc)
+                    continue
+                if removed:
+                    log.info("audit: %d file(s) past the age limit deleted", removed)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             record = self.record_for(msg)
@@ -148,7 +225,8 @@ class AuditLogger:
         start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=256)
         self.heartbeat.start()
         try:
-            self.stop.wait()
+            while not self.stop.wait(min(60.0, max(0.5, self.cfg.audit.max_age_s / 20))):
+                self._expire()
         finally:
             self.heartbeat.stop()
             self.client.disconnect()

@@ -17,7 +17,10 @@ class StorageSettings:
     points at an S3-compatible store. `checksums`: boto3's request/response checksum mode;
     `when_required` works with stores that do not know the newer CRC checksums.
     `timeout_s` bounds one request; failed writes are retried with backoff between
-    `retry_min_s` and `retry_max_s` for as long as it takes."""
+    `retry_min_s` and `retry_max_s` for as long as it takes. `encryption`: server-side
+    encryption of every object, `AES256` (SSE-S3, keys managed by the store), `aws:kms`
+    (SSE-KMS; `kms_key_id` names the key, empty = the account's `aws/s3` key) or `none` (for a
+    store that refuses SSE headers; encrypt at rest there by other means)."""
 
     kind: Literal["filesystem", "s3"] = "filesystem"
     path: str = "/var/lib/facefleet/processor/store"
@@ -26,6 +29,8 @@ class StorageSettings:
     endpoint_url: str = ""
     checksums: Literal["when_required", "when_supported"] = "when_required"
     conditional_put: bool = True
+    encryption: Literal["AES256", "aws:kms", "none"] = "AES256"
+    kms_key_id: str = ""
     timeout_s: float = 30.0
     retry_min_s: float = 0.5
     retry_max_s: float = 30.0
@@ -33,6 +38,8 @@ class StorageSettings:
     def __post_init__(self) -> None:
         if self.kind == "s3" and not self.bucket:
             raise ValueError("kind = 's3' needs a bucket")
+        if self.kms_key_id and self.encryption != "aws:kms":
+            raise ValueError("kms_key_id needs encryption = 'aws:kms'")
         if not 0 < self.retry_min_s <= self.retry_max_s:
             raise ValueError("need 0 < retry_min_s <= retry_max_s")
 

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from facefleet.config import ConfigError
-from facefleet.contract import FaceMeta, storage_key
+from facefleet.contract import DEAD_LETTER_PREFIX, PROBE_PREFIX, FaceMeta, storage_key
 from facefleet.processor.settings import StorageSettings
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ S3_SETUP_ERRORS = {
 
 
 def probe_key(node: str) -> str:
-    return f"probe/{node}-processor"
+    return f"{PROBE_PREFIX}{node}-processor"
 
 
 def dead_letter_key(topic: str, payload: bytes, details: dict[str, Any]) -> str:
@@ -68,7 +69,18 @@ def dead_letter_key(topic: str, payload: bytes, details: dict[str, Any]) -> str:
     digest = hashlib.sha256(
         topic.encode() + b"\0" + json.dumps(details, sort_keys=True).encode() + b"\0" + payload
     ).hexdigest()[:16]
-    return f"deadletter/{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
+    return f"{DEAD_LETTER_PREFIX}{now:%Y/%m/%d}/{now:%H%M%S}_{digest}"
+
+
+_DEAD_LETTER_RE = re.compile(r"^deadletter/(\d{4}/\d{2}/\d{2}/\d{6})_[0-9a-f]{16}\.(bin|json)$")
+
+
+def dead_letter_time(key: str) -> datetime | None:
+    """When the dead letter at `key` was written (from its key); None for other keys."""
+    match = _DEAD_LETTER_RE.match(key)
+    if not match:
+        return None
+    return datetime.strptime(match[1], "%Y/%m/%d/%H%M%S").replace(tzinfo=timezone.utc)
 
 
 class FilesystemSink:
@@ -134,6 +146,16 @@ class FilesystemSink:
         return str(path.with_suffix(".bin"))
 
 
+def encryption_arguments(settings: StorageSettings) -> dict[str, Any]:
+    """put_object's server-side encryption arguments for `settings.encryption`."""
+    if settings.encryption == "none":
+        return {}
+    arguments: dict[str, Any] = {"ServerSideEncryption": settings.encryption}
+    if settings.kms_key_id:
+        arguments["SSEKMSKeyId"] = settings.kms_key_id
+    return arguments
+
+
 class S3Sink:
     """One object per face with the contract's user properties as object metadata.
 
@@ -144,6 +166,7 @@ class S3Sink:
     def __init__(self, settings: StorageSettings) -> None:
         self.bucket = settings.bucket
         self.conditional_put = settings.conditional_put
+        self.encryption = encryption_arguments(settings)
         self.settings = settings
         # the processor retries on top of boto3's two attempts
         self.client = self._client(settings.timeout_s, attempts=2)
@@ -178,7 +201,12 @@ class S3Sink:
         # one quick attempt: a slow or stopped store must not hold the start (faces wait)
         probe = self._client(min(5.0, self.settings.timeout_s), attempts=1)
         try:
-            probe.put_object(Bucket=self.bucket, Key=key, Body=b"facefleet processor start\n")
+            probe.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=b"facefleet processor start\n",
+                **self.encryption,
+            )
         except NoCredentialsError:
             raise ConfigError(
                 f"s3://{self.bucket}: no AWS credentials (an instance profile on EC2, or "
@@ -215,6 +243,7 @@ class S3Sink:
                 Body=payload,
                 ContentType=meta.content_type,
                 Metadata=meta.as_dict(),
+                **self.encryption,
                 **extra,
             )
         except ClientError as exc:
@@ -250,12 +279,14 @@ class S3Sink:
                 Body=payload,
                 ContentType="application/octet-stream",
                 Metadata=metadata,
+                **self.encryption,
             )
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key[: -len(".bin")] + ".json",
                 Body=json.dumps({"topic": topic, "reason": reason, **details}).encode(),
                 ContentType="application/json",
+                **self.encryption,
             )
         except self._errors() as exc:
             raise StorageUnavailable(f"dead-letter {key}: {exc}") from exc
