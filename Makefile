@@ -9,7 +9,7 @@ FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
 .PHONY: help venv system-deps demo test test-fast check lint typecheck ansible-lint \
-        lab lab-up lab-deploy lab-down bench clean
+        edge-py39 test-py39 lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -22,13 +22,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create .venv with facefleet and everything it needs
 
+# python3-opencv and opencv-data: the detector's check under a distribution OpenCV (4.6)
 system-deps: ## install the Debian packages the demo, tests and lab need (root)
 	@if command -v mosquitto >/dev/null && command -v debootstrap >/dev/null \
-	    && command -v systemd-nspawn >/dev/null && command -v ssh >/dev/null; then :; \
+	    && command -v systemd-nspawn >/dev/null && command -v ssh >/dev/null \
+	    && dpkg -s python3-opencv opencv-data >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	        mosquitto mosquitto-clients debootstrap systemd-container openssh-client iproute2 \
-	        python3-venv ca-certificates >/dev/null; \
+	        python3-venv ca-certificates python3-opencv opencv-data >/dev/null; \
 	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
 	else echo "missing system packages; run 'sudo make system-deps'" >&2; exit 1; fi
 
@@ -52,7 +54,15 @@ typecheck: venv ## mypy (strict) on the packages
 ansible-lint: venv ## ansible-lint, production profile
 	$(VENV)/bin/ansible-lint --offline --profile production site.yml playbooks roles
 
-check: lint typecheck ansible-lint ## all static checks
+# The edge services (and every facefleet module they import, listed by tests/edge_modules.py)
+# must run on Python 3.9 (JetPack 5): no syntax or standard-library call newer than that.
+edge-py39: venv ## the edge code uses nothing newer than Python 3.9 (vermin)
+	$(VENV)/bin/vermin -q -t=3.9- --no-tips --violations $$($(PY) -m tests.edge_modules)
+
+check: lint typecheck ansible-lint edge-py39 ## all static checks
+
+test-py39: venv ## the edge services on a real Python 3.9: a Debian 11 chroot (root; about 4 min)
+	PYTHON=$(abspath $(PY)) tests/py39/run-edge-on-py39.sh
 
 lab: lab-up lab-deploy ## lab fleet up and deployed
 	@echo "watch it: $(VENV)/bin/facefleet monitor --inventory inventory/lab/hosts.yml"
