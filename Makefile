@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
-.PHONY: help venv system-deps demo test test-fast check lint typecheck ansible-lint \
+.PHONY: help venv system-deps demo test test-nolab test-fast flaky-loop check lint typecheck ansible-lint \
         edge-py39 test-py39 lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
@@ -37,12 +37,17 @@ system-deps: ## install the Debian packages the demo, tests and lab need (root)
 demo: system-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
 	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
 
-test: system-deps venv ## the full test suite and the static checks (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory check
+test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~25 min)
+	$(PY) -m tests.stages $(PYTEST_ARGS)
 
-test-fast: venv ## unit tests only
-	$(PY) -m pytest -m "not broker and not s3 and not fleet and not slow" $(PYTEST_ARGS)
+test-nolab: system-deps venv ## everything but the lab: static checks, unit and integration tests
+	$(PY) -m tests.stages --skip lab $(PYTEST_ARGS)
+
+test-fast: venv ## unit tests only (seconds)
+	$(PY) -m tests.stages --only unit $(PYTEST_ARGS)
+
+flaky-loop: system-deps venv ## the monitor, fleet-status and relay tests 20 times; failures in build/flaky/
+	$(PY) -m tests.flaky_loop $(FLAKY_ARGS)
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check apps tui tests bench lab roles

@@ -1,5 +1,5 @@
-"""Command line of the lab: `python -m lab up [--edges N] [--subnet CIDR]`, `down`, `status`,
-`poweroff HOST`, `poweron HOST`."""
+"""Command line of the lab: `python -m lab up [--edges N] [--arm64-edges M] [--subnet CIDR]`,
+`down`, `status`, `poweroff HOST`, `poweron HOST`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lab import fleet
+from lab import fleet, image
 from lab.image import LabError
 
 log = logging.getLogger("lab")
@@ -19,13 +19,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="boot the lab hosts and write inventory/lab/hosts.yml")
-    up.add_argument("--edges", type=int, default=2, help="number of edge hosts (default 2)")
+    up.add_argument("--edges", type=int, default=2, help="x86_64 edge hosts (default 2)")
+    up.add_argument(
+        "--arm64-edges",
+        type=int,
+        default=0,
+        metavar="M",
+        help="arm64 edge hosts jetson-1..M, emulated with qemu-user (default 0)",
+    )
+    up.add_argument(
+        "--arm64-release",
+        choices=image.ARM64_RELEASES,
+        default=image.ARM64_RELEASES[0],
+        help="Debian release of the arm64 edges: bullseye (Python 3.9, like JetPack 5; the"
+        " default) or bookworm (Python 3.11, like JetPack 6)",
+    )
+    up.add_argument(
+        "--arm64-opencv-edges",
+        type=int,
+        default=0,
+        metavar="K",
+        help="arm64 bookworm edges jetson-cv-1..K whose detector uses Debian's python3-opencv"
+        " (detector_opencv: system; default 0)",
+    )
     up.add_argument(
         "--subnet",
         default=fleet.SUBNET,
         help=f"private subnet of the lab bridge (default {fleet.SUBNET}, FACEFLEET_LAB_SUBNET)",
     )
-    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait per host")
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for a host to boot (emulated hosts: four times as long)",
+    )
     sub.add_parser("down", help="stop and remove every lab host, link, bridge and copy")
     sub.add_parser("status", help="print the lab state (JSON)")
     off = sub.add_parser("poweroff", help="cut a host's power (SIGKILL its init)")
@@ -41,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="lab: %(message)s", stream=sys.stderr)
     try:
         if args.command == "up":
-            hosts = fleet.up(args.edges, args.subnet, args.timeout)
+            topology = fleet.Topology(
+                args.edges, args.arm64_edges, args.arm64_release, args.arm64_opencv_edges
+            )
+            hosts = fleet.up(topology, args.subnet, args.timeout)
             print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in hosts)}")
             print(f"inventory: {fleet.INVENTORY_DIR / 'hosts.yml'}; run `make lab-deploy`")
         elif args.command == "down":

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lab import image
@@ -50,11 +50,12 @@ SSH_OPTIONS = (
 
 @dataclass(frozen=True)
 class Host:
-    """One lab host: `name` is the inventory hostname (= node name)."""
+    """One lab host: `name` is the inventory hostname (= node name), `image` its root tree."""
 
     name: str
     group: str
     address: str
+    image: image.Image = field(default_factory=image.Image)
 
     @property
     def machine(self) -> str:
@@ -65,16 +66,47 @@ class Host:
         return MACHINES / self.machine
 
 
-def plan(edges: int, subnet: str) -> tuple[str, list[Host]]:
-    """The bridge address (with prefix length) and the hosts: cloud-1, edge-1..N."""
+@dataclass(frozen=True)
+class Topology:
+    """What `up` boots: x86_64 edges, emulated arm64 edges (Jetson-like) on a Debian release,
+    and arm64 edges that use the distribution's OpenCV (Debian 12's python3-opencv)."""
+
+    edges: int = 2
+    arm64_edges: int = 0
+    arm64_release: str = image.ARM64_RELEASES[0]
+    arm64_opencv_edges: int = 0
+
+
+#: Name prefixes of the arm64 edges; the inventory gives the `jetson-cv-` ones the system OpenCV.
+ARM64_PREFIX = "jetson-"
+ARM64_OPENCV_PREFIX = "jetson-cv-"
+
+
+def plan(topology: Topology, subnet: str) -> tuple[str, list[Host]]:
+    """The bridge address (with prefix length) and the hosts: cloud-1, edge-1..N,
+    jetson-1..M, jetson-cv-1..K."""
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < 64:
         raise LabError(f"subnet {subnet} is too small (need a /26 or larger)")
-    if not 1 <= edges <= 30:
+    if not 1 <= topology.edges <= 30:
         raise LabError("--edges must be 1..30")
+    if not 0 <= topology.arm64_edges + topology.arm64_opencv_edges <= 10:
+        raise LabError("--arm64-edges and --arm64-opencv-edges must add up to 0..10")
+    if topology.arm64_release not in image.ARM64_RELEASES:
+        raise LabError(f"--arm64-release must be one of {', '.join(image.ARM64_RELEASES)}")
     base = net.network_address
     hosts = [Host("cloud-1", "cloud", str(base + 10))]
-    hosts += [Host(f"edge-{i}", "edge", str(base + 20 + i)) for i in range(1, edges + 1)]
+    hosts += [Host(f"edge-{i}", "edge", str(base + 20 + i)) for i in range(1, topology.edges + 1)]
+    jetson = image.Image(topology.arm64_release, "arm64")
+    hosts += [
+        Host(f"{ARM64_PREFIX}{i}", "edge", str(base + 60 + i), jetson)
+        for i in range(1, topology.arm64_edges + 1)
+    ]
+    with_opencv = image.Image("bookworm", "arm64", "opencv")
+    hosts += [
+        Host(f"{ARM64_OPENCV_PREFIX}{i}", "edge", str(base + 80 + i), with_opencv)
+        for i in range(1, topology.arm64_opencv_edges + 1)
+    ]
     return f"{base + 1}/{net.prefixlen}", hosts
 
 
@@ -115,7 +147,7 @@ def _subnet_in_use(subnet: str) -> str | None:
 
 def _prepare_root(host: Host, hosts: list[Host], prefixlen: int, pubkey: str) -> None:
     root = host.directory
-    _run("cp", "-a", "--reflink=auto", str(image.base_dir()), str(root))
+    _run("cp", "-a", "--reflink=auto", str(host.image.directory), str(root))
     (root / image.STAMP).unlink(missing_ok=True)
     (root / "etc/hostname").write_text(host.name + "\n")
     lines = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{host.name}", "::1\tlocalhost ip6-localhost"]
@@ -268,8 +300,11 @@ def down() -> None:
     log.info("lab is down")
 
 
-def up(edges: int = 2, subnet: str = SUBNET, timeout_s: float = 120.0) -> list[Host]:
-    """Boot the lab (removing whatever a previous run left) and write its inventory."""
+def up(
+    topology: Topology | None = None, subnet: str = SUBNET, timeout_s: float = 120.0
+) -> list[Host]:
+    """Boot the lab (removing whatever a previous run left) and write its inventory.
+    Emulated hosts get four times `timeout_s` to boot."""
     from lab.inventory import write_inventory
 
     if os.geteuid() != 0:
@@ -277,14 +312,16 @@ def up(edges: int = 2, subnet: str = SUBNET, timeout_s: float = 120.0) -> list[H
     for tool in ("systemd-nspawn", "ssh", "ssh-keygen", "ip"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool} is not installed (make system-deps)")
-    bridge_cidr, hosts = plan(edges, subnet)
+    bridge_cidr, hosts = plan(topology or Topology(), subnet)
     with _locked():
         _down_unlocked()
         other = _subnet_in_use(subnet)
         if other:
             raise LabError(f"{subnet} is already used by {other}; pass --subnet")
-        base = image.ensure_base()
-        log.info("base image %s, %d host(s)", base, len(hosts))
+        for wanted in sorted({h.image for h in hosts}, key=lambda i: i.name):
+            image.ensure(wanted)
+        described = ", ".join(f"{h.name} ({h.image.name})" for h in hosts)
+        log.info("%d host(s): %s", len(hosts), described)
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "facefleet-lab", "-f", str(KEY))
         pubkey = KEY.with_suffix(".pub").read_text()
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
@@ -300,7 +337,7 @@ def up(edges: int = 2, subnet: str = SUBNET, timeout_s: float = 120.0) -> list[H
             state["hosts"] = [{**asdict(h), "pid": pids.get(h.name)} for h in hosts]
             (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         for host in hosts:
-            _wait_ssh(host, pids[host.name], timeout_s)
+            _wait_ssh(host, pids[host.name], timeout_s * (4 if host.image.emulated else 1))
             log.info("%s up at %s (machine %s)", host.name, host.address, host.machine)
         addresses = STATE_DIR / "hosts"
         addresses.mkdir(exist_ok=True)
@@ -315,7 +352,8 @@ def _hosts_from_state() -> list[Host]:
     if not state.exists():
         raise LabError("the lab is not up (python -m lab up)")
     return [
-        Host(h["name"], h["group"], h["address"]) for h in json.loads(state.read_text())["hosts"]
+        Host(h["name"], h["group"], h["address"], image.Image(**h["image"]))
+        for h in json.loads(state.read_text())["hosts"]
     ]
 
 
@@ -361,5 +399,5 @@ def power_on(name: str, timeout_s: float = 180.0) -> None:
     if _link_exists(veth):  # left behind when nspawn had no time to clean up
         _run("ip", "link", "del", veth, check=False)
     pid = _boot(host)
-    _wait_ssh(host, pid, timeout_s)
+    _wait_ssh(host, pid, timeout_s * (4 if host.image.emulated else 1))
     log.info("%s up again at %s", name, host.address)

@@ -1,8 +1,12 @@
-"""The lab's base image: a minimal Debian 12 tree built once with debootstrap and cached.
+"""The lab's base images: minimal Debian trees built once with debootstrap and cached.
 
-Building takes about a minute and 350 MB; every lab host is a copy of it. The image holds the
-Debian packages the roles need (lab hosts cannot reach package mirrors), so the playbook runs
-against the lab exactly as it would against freshly installed hosts with a local mirror.
+An image is named by its Debian release, CPU architecture and extra packages (`Image`); its
+cache directory carries a stamp of exactly that, so a changed package list rebuilds it and an
+unchanged one is reused by every later lab (`make test` boots from the cache). Building the
+native image takes about a minute and 350 MB; an arm64 image is built under qemu-user
+emulation and takes several minutes. Every lab host is a copy of one image. The images hold
+the Debian packages the roles need (lab hosts cannot reach package mirrors), so the playbook
+runs against the lab exactly as it would against freshly installed hosts with a local mirror.
 """
 
 from __future__ import annotations
@@ -10,15 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: The Debian release of the x86_64 hosts (cloud and edges).
 SUITE = "bookworm"
+#: arm64 edges: Debian 11 (Python 3.9, the closest to JetPack 5 reachable here) by default,
+#: bookworm (Python 3.11) for a JetPack 6-like host.
+ARM64_RELEASES = ("bullseye", "bookworm")
 #: What the roles install (mosquitto, python3-venv, python3-apt for the package module) plus
-#: what a booted systemd host with SSH needs. Changing it rebuilds the cached image.
+#: what a booted systemd host with SSH needs. Changing it rebuilds the cached images.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -36,32 +46,101 @@ PACKAGES = (
     "libstdc++6",
     "zlib1g",
 )
+#: Extra packages of an image flavour: `opencv` is a device whose detector uses the
+#: distribution's OpenCV (`detector_opencv: system`), as a JetPack image provides it.
+FLAVOURS: dict[str, tuple[str, ...]] = {"": (), "opencv": ("python3-opencv",)}
 STAMP = ".facefleet-lab-image"
 CACHE = Path(os.environ.get("FACEFLEET_LAB_CACHE", "/var/cache/facefleet-lab"))
 MIRROR = os.environ.get("FACEFLEET_LAB_MIRROR", "http://deb.debian.org/debian")
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 
 class LabError(Exception):
     """Something the operator has to fix; printed as one line."""
 
 
-def base_dir() -> Path:
-    return CACHE / f"{SUITE}-base"
+def native_arch() -> str:
+    """The Debian name of this machine's architecture."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _wanted_stamp() -> dict[str, object]:
-    return {"suite": SUITE, "packages": sorted(PACKAGES)}
+@dataclass(frozen=True)
+class Image:
+    """One cached root tree: a Debian release for an architecture, plus a flavour's packages."""
+
+    release: str = SUITE
+    arch: str = ""  # "" = this machine's
+    flavour: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return self.arch or native_arch()
+
+    @property
+    def name(self) -> str:
+        return "-".join(filter(None, (self.release, self.architecture, self.flavour)))
+
+    @property
+    def directory(self) -> Path:
+        return CACHE / self.name
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return PACKAGES + FLAVOURS[self.flavour]
+
+    @property
+    def emulated(self) -> bool:
+        return self.architecture != native_arch()
+
+    def stamp(self) -> dict[str, object]:
+        return {
+            "release": self.release,
+            "arch": self.architecture,
+            "packages": sorted(self.packages),
+        }
+
+    def is_current(self) -> bool:
+        try:
+            stamp = json.loads((self.directory / STAMP).read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(stamp == self.stamp())
 
 
-def is_current(path: Path) -> bool:
+def ensure_emulation(arch: str) -> None:
+    """Make sure binaries of `arch` run here: binfmt_misc mounted, qemu's handler registered
+    with the fix-binary flag (so it also works inside the containers)."""
+    qemu = {"arm64": "aarch64"}.get(arch, arch)
+    if shutil.which(f"qemu-{qemu}-static") is None:
+        raise LabError(
+            f"{arch} hosts need qemu-user-static and binfmt-support"
+            " (apt-get install qemu-user-static binfmt-support)"
+        )
+    if not (BINFMT / "register").exists():
+        result = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LabError(f"cannot mount binfmt_misc: {result.stderr.strip()}")
+    handler = BINFMT / f"qemu-{qemu}"
+    if not handler.exists():
+        subprocess.run(["update-binfmts", "--enable", f"qemu-{qemu}"], check=False)
     try:
-        stamp = json.loads((path / STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(stamp == _wanted_stamp())
+        text = handler.read_text()
+    except OSError:
+        raise LabError(f"no binfmt handler for {arch} (update-binfmts --enable qemu-{qemu})") from (
+            None
+        )
+    flags = next((line.split()[1] for line in text.splitlines() if line.startswith("flags:")), "")
+    if "enabled" not in text or "F" not in flags:
+        raise LabError(f"the binfmt handler qemu-{qemu} must be enabled with the F flag: {text!r}")
 
 
-def finalize(root: Path) -> None:
+def finalize(root: Path, image: Image) -> None:
     """Make a debootstrapped tree a reusable template: no per-host identity, networkd on."""
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -85,27 +164,30 @@ def finalize(root: Path) -> None:
     getty = root / "etc/systemd/system/console-getty.service"
     if not getty.is_symlink():
         getty.symlink_to("/dev/null")
-    (root / STAMP).write_text(json.dumps(_wanted_stamp()) + "\n")
+    (root / STAMP).write_text(json.dumps(image.stamp()) + "\n")
 
 
-def ensure_base() -> Path:
-    """The cached base image, built when missing or made from another package list."""
-    base = base_dir()
-    if is_current(base):
-        log.info("base image: %s (cached)", base)
-        return base
+def ensure(image: Image) -> Path:
+    """The cached image, built when missing or made from another package list."""
+    if image.emulated:
+        ensure_emulation(image.architecture)
+    if image.is_current():
+        log.info("image %s: %s (cached)", image.name, image.directory)
+        return image.directory
     if shutil.which("debootstrap") is None:
         raise LabError("debootstrap is not installed (apt-get install debootstrap)")
-    partial = base.with_name(base.name + ".partial")
+    partial = image.directory.with_name(image.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    log.info("building the base image in %s (about a minute)", partial)
+    took = "several minutes, emulated" if image.emulated else "about a minute"
+    log.info("building the image %s in %s (%s)", image.name, partial, took)
     result = subprocess.run(
         [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            SUITE,
+            f"--arch={image.architecture}",
+            f"--include={','.join(image.packages)}",
+            image.release,
             str(partial),
             MIRROR,
         ],
@@ -115,8 +197,8 @@ def ensure_base() -> Path:
     )
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-        raise LabError(f"debootstrap failed: {' | '.join(tail)}")
-    finalize(partial)
-    shutil.rmtree(base, ignore_errors=True)
-    partial.rename(base)
-    return base
+        raise LabError(f"debootstrap of {image.name} failed: {' | '.join(tail)}")
+    finalize(partial, image)
+    shutil.rmtree(image.directory, ignore_errors=True)
+    partial.rename(image.directory)
+    return image.directory

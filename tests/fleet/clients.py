@@ -13,7 +13,7 @@ from botocore.config import Config
 from lab.inventory import LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
 from facefleet.mqtt import MqttSettings, make_client, start
-from tests.fleet.conftest import PKI_DIR, Lab
+from tests.fleet.fleetlab import PKI_DIR, Lab
 
 BROKER_PORT = 8883
 

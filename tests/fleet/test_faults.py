@@ -37,8 +37,10 @@ from lab.inventory import LAB_BUCKET, LAB_S3_SECRET
 from facefleet.contract import FACE_PROPERTIES, faces_topic
 from facefleet.mqtt import MqttSettings, make_client, start
 from facefleet.processor.service import SESSION_EXPIRY_S
+from tests.conftest import ROOT
 from tests.fleet.clients import Collector, cloud_settings, lab_s3
-from tests.fleet.conftest import PKI_DIR, ROOT, Lab, deploy
+from tests.fleet.fleetlab import CLOUD_UNITS as LAB_CLOUD_UNITS
+from tests.fleet.fleetlab import DROPIN, EDGE_UNITS, PKI_DIR, Lab, deploy
 from tests.helpers import Publisher, face_meta, jpeg_bytes, wait_until
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -52,11 +54,12 @@ WARMUP_S = 10.0
 S3_OUTAGE_S = 30.0
 MEMORY_LIMIT = 400 * 1024 * 1024
 AUDIT = "/var/log/facefleet/audit.jsonl"
-DROPIN = "50-fault-suite.conf"
 BAD = "bad-input-"  # ids of deliberate bad input (not hex: no real id starts so)
 REPORT = ROOT / "build" / "faults-report.json"
-EDGE_UNITS = ("mosquitto", "facefleet-detector", "facefleet-logger", "facefleet-forwarder")
-CLOUD_UNITS = ("mosquitto", "facefleet-processor")
+#: The cloud units whose restarts count (the lab's S3 endpoint is stopped on purpose).
+CLOUD_UNITS = tuple(u for u in LAB_CLOUD_UNITS if u != "facefleet-lab-s3")
+#: The suite streams on the lab's first two edges; the others stay idle.
+FAULT_EDGES = 2
 
 
 @dataclass
@@ -79,6 +82,9 @@ class Fleet:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.s3 = lab_s3(lab)
+        #: When the processors' shared subscription group is settled again (a replica that
+        #: left keeps its share until its session expires); streams wait for it.
+        self.settled_at = 0.0
         self.accounted: set[str] = set()  # ids reconciled by an earlier scenario
         self.dropped: set[str] = set()  # ids a full spool dropped (counted, reported)
         self.checked: set[str] = set()  # keys already downloaded and decoded
@@ -90,7 +96,7 @@ class Fleet:
 
     @property
     def edges(self) -> list[str]:
-        return self.lab.edges
+        return self.lab.edges[:FAULT_EDGES]
 
     # -- units --------------------------------------------------------------------------
 
@@ -126,13 +132,6 @@ class Fleet:
                 counts[f"{host}/{unit}"] = int(self.show(host, unit, "NRestarts")["NRestarts"])
         return counts
 
-    def wait_active(self, host: str, *units: str, timeout_s: float = 90) -> None:
-        wait_until(
-            lambda: self.lab.ssh(host, f"systemctl is-active {' '.join(units)}").returncode == 0,
-            timeout_s,
-            f"{', '.join(units)} active on {host}",
-        )
-
     def memory(self, host: str) -> dict[str, int]:
         """Resident bytes of each unit's main process (the lab's containers have no memory
         accounting in their cgroups, so /proc it is)."""
@@ -146,11 +145,18 @@ class Fleet:
 
     # -- the stream ---------------------------------------------------------------------
 
-    def stream(self, fps: float | None = STREAM_FPS, edges: list[str] | None = None) -> None:
-        """(Re)start the detectors publishing every face of every frame."""
-        env = ["Environment=FACEFLEET_PUBLISH__MODE=every-frame"]
-        if fps:
-            env.append(f"Environment=FACEFLEET_CAMERA__FPS={fps}")
+    def stream(self, fps: float = STREAM_FPS, edges: list[str] | None = None) -> None:
+        """(Re)start the detectors publishing every face of every frame, `fps` frames per
+        second (0: the clip's own rate), once the processors' group has settled."""
+        wait_until(
+            lambda: time.monotonic() >= self.settled_at,
+            SESSION_EXPIRY_S + 10,
+            "the processors' shared subscription to settle",
+        )
+        env = [
+            "Environment=FACEFLEET_PUBLISH__MODE=every-frame",
+            f"Environment=FACEFLEET_CAMERA__FPS={fps}",
+        ]
         for edge in edges or self.edges:
             self.dropin(edge, "facefleet-detector", env)
 
@@ -184,15 +190,16 @@ class Fleet:
         return ids
 
     def stored(self) -> dict[str, list[str]]:
-        """Face id -> the keys holding it."""
+        """Face id -> the keys holding it, for the suite's edges."""
         keys: dict[str, list[str]] = {}
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=LAB_BUCKET, Prefix="faces/"
-        )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                face_id = obj["Key"].rsplit("_", 1)[1].split(".")[0]
-                keys.setdefault(face_id, []).append(obj["Key"])
+        for edge in self.edges:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    face_id = obj["Key"].rsplit("_", 1)[1].split(".")[0]
+                    keys.setdefault(face_id, []).append(obj["Key"])
         return keys
 
     def dead_letters(self) -> int:
@@ -211,21 +218,6 @@ class Fleet:
             return f"{key}: sha256 differs"
         image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
         return f"{key}: does not decode" if image is None else None
-
-    def restore(self) -> None:
-        """Undo whatever an interrupted scenario left: a stopped S3, cut links, drop-ins."""
-        self.lab.ssh(
-            self.cloud, "kill -s CONT $(systemctl show -p MainPID --value facefleet-lab-s3)"
-        )
-        self.lab.ssh(self.cloud, "systemctl stop facefleet-processor-2")
-        for edge in self.edges:
-            self.lab.ssh(
-                edge,
-                f"ip route del blackhole {self.lab.hosts[self.cloud]}/32;"
-                f" rm -f /run/systemd/system/*.d/{DROPIN} && systemctl daemon-reload"
-                " && systemctl reset-failed && systemctl restart facefleet-forwarder"
-                " facefleet-detector",
-            )
 
     def reconcile(
         self, scenario: str, restored_at: float, timeout_s: float = 300, **notes: Any
@@ -284,7 +276,12 @@ def fleet(lab: Lab) -> Iterator[Fleet]:
     try:
         yield the_fleet
     finally:
-        the_fleet.restore()
+        the_fleet.quiesce()
+        wait_until(
+            lambda: time.monotonic() >= the_fleet.settled_at,
+            SESSION_EXPIRY_S + 10,
+            "the processors' shared subscription to settle",
+        )
     rows = [asdict(r) for r in the_fleet.rows]
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(rows, indent=2) + "\n")
@@ -385,7 +382,7 @@ def test_kill_9_mid_stream_loses_nothing(fleet: Fleet, where: str, unit: str) ->
         30,
         f"systemd restarting {unit}",
     )
-    fleet.wait_active(host, unit)
+    fleet.lab.wait_active(host, unit)
     fleet.assert_clean(fleet.reconcile(f"kill -9 {unit} ({where})", killed))
 
 
@@ -397,7 +394,7 @@ def test_edge_power_cut_loses_nothing(fleet: Fleet) -> None:
     restored = time.monotonic() + 5  # recovery counts from the power coming back
     time.sleep(5)
     lab_command("poweron", edge)
-    fleet.wait_active(edge, *EDGE_UNITS)
+    fleet.lab.wait_active(edge, *EDGE_UNITS)
     fleet.assert_clean(fleet.reconcile(f"power cut of {edge} (5 s)", restored))
 
 
@@ -471,49 +468,9 @@ def test_full_spool_drops_are_counted_never_silent(fleet: Fleet) -> None:
     fleet.assert_clean(row)
 
 
-def test_two_processor_replicas_split_the_load(fleet: Fleet) -> None:
-    cloud = fleet.cloud
-    unit = fleet.lab.out(cloud, "systemctl cat facefleet-processor")
-    replica = "\n".join(
-        [line for line in unit.splitlines() if not line.startswith("#")]
-        + ["[Service]", "Environment=FACEFLEET_INSTANCE=2"]
-    )
-    fleet.lab.out(
-        cloud,
-        f"cat > /run/systemd/system/facefleet-processor-2.service <<'EOF'\n{replica}\nEOF\n"
-        "systemctl daemon-reload && systemctl start facefleet-processor-2",
-    )
-    topics = [f"facefleet/{cloud}/status/processor", f"facefleet/{cloud}/status/processor-2"]
-    try:
-        with Collector(fleet.lab, "monitor", topics) as watch:
-            wait_until(
-                lambda: all("stored" in watch.latest().get(t, {}) for t in topics),
-                30,
-                "both replicas report",
-            )
-            start = {t: watch.latest()[t]["stored"] for t in topics}
-            fleet.stream(fps=None)
-            time.sleep(30)
-            row = fleet.reconcile("2 processor replicas", time.monotonic())
-            time.sleep(6)  # one more heartbeat of each
-            share = {t: watch.latest()[t]["stored"] - start[t] for t in topics}
-    finally:
-        fleet.lab.out(
-            cloud,
-            "systemctl stop facefleet-processor-2; rm -f /run/systemd/system/"
-            "facefleet-processor-2.service; systemctl daemon-reload",
-        )
-        # mosquitto hands a gone replica its share until its session expires (the forwarders
-        # resend those faces, late); the scenarios after this one start from a settled group
-        time.sleep(SESSION_EXPIRY_S + 5)
-    row.notes["stored_per_replica"] = list(share.values())
-    fleet.assert_clean(row)
-    assert all(n > 0 for n in share.values()), share
-
-
 def test_load_keeps_every_service_memory_bounded(fleet: Fleet) -> None:
     before = fleet.restarts()
-    fleet.stream(fps=None)
+    fleet.stream(fps=0)
     peak: dict[str, int] = {}
     started = time.monotonic()
     while time.monotonic() - started < LOAD_S:
@@ -582,25 +539,6 @@ def test_bad_input_at_every_entry_is_dead_lettered(fleet: Fleet) -> None:
     fleet.assert_clean(fleet.reconcile("bad input (8 kinds) then good", time.monotonic()))
 
 
-def test_bad_inventory_values_are_rejected_before_anything_changes(fleet: Fleet) -> None:
-    edge = fleet.edges[0]
-    # what a deploy writes: the active release (link and configs), units, broker config
-    configs = (
-        "readlink /opt/facefleet/current && md5sum /opt/facefleet/current/config/*.toml"
-        " /etc/systemd/system/facefleet-*.service /etc/mosquitto/conf.d/*"
-    )
-    before = fleet.lab.out(edge, configs)
-    for name, value in [
-        ("forwarder_spool_when_full", "drop-everything"),
-        ("detector_score_threshold", "high"),
-    ]:
-        result = deploy(fleet.lab.source, "--limit", edge, **{name: value})
-        assert result.returncode != 0, f"{name}={value!r} was accepted"
-        assert name in result.output, result.tail()
-        assert all(r["changed"] == 0 for r in result.recap().values()), result.tail()
-    assert fleet.lab.out(edge, configs) == before
-
-
 def test_config_error_fails_the_unit_with_one_line_not_a_crash_loop(fleet: Fleet) -> None:
     edge = fleet.edges[0]
     unit = "facefleet-forwarder"
@@ -618,7 +556,7 @@ def test_config_error_fails_the_unit_with_one_line_not_a_crash_loop(fleet: Fleet
         log = fleet.lab.out(edge, f"journalctl -u {unit} --since '{since}' --no-pager -o cat")
     finally:
         fleet.remove_dropin(edge, unit)
-    fleet.wait_active(edge, unit)
+    fleet.lab.wait_active(edge, unit)
     restored = time.monotonic()
     time.sleep(WARMUP_S)
     row = fleet.reconcile("config error, then fixed", restored)
@@ -629,7 +567,82 @@ def test_config_error_fails_the_unit_with_one_line_not_a_crash_loop(fleet: Fleet
     fleet.assert_clean(row)
 
 
-# --- security --------------------------------------------------------------------------------
+def test_a_device_cannot_read_another_devices_topics(fleet: Fleet) -> None:
+    spy, victim = fleet.edges
+    fleet.stream()
+    topics = [f"facefleet/{victim}/faces", f"facefleet/{victim}/receipts", "facefleet/#"]
+    with (
+        Collector(fleet.lab, spy, topics) as intruder,
+        Collector(fleet.lab, "monitor", [f"facefleet/{victim}/faces"]) as control,
+    ):
+        time.sleep(WARMUP_S)
+        stolen = {m.topic for m in intruder.messages if not m.topic.startswith(f"facefleet/{spy}/")}
+        assert control.messages, "control: the victim published nothing"
+    fleet.quiesce()
+    assert not stolen, stolen
+
+
+def test_two_processor_replicas_split_the_load(fleet: Fleet) -> None:
+    cloud = fleet.cloud
+    unit = fleet.lab.out(cloud, "systemctl cat facefleet-processor")
+    replica = "\n".join(
+        [line for line in unit.splitlines() if not line.startswith("#")]
+        + ["[Service]", "Environment=FACEFLEET_INSTANCE=2"]
+    )
+    fleet.lab.out(
+        cloud,
+        f"cat > /run/systemd/system/facefleet-processor-2.service <<'EOF'\n{replica}\nEOF\n"
+        "systemctl daemon-reload && systemctl start facefleet-processor-2",
+    )
+    topics = [f"facefleet/{cloud}/status/processor", f"facefleet/{cloud}/status/processor-2"]
+    try:
+        with Collector(fleet.lab, "monitor", topics) as watch:
+            wait_until(
+                lambda: all("stored" in watch.latest().get(t, {}) for t in topics),
+                30,
+                "both replicas report",
+            )
+            start = {t: watch.latest()[t]["stored"] for t in topics}
+            fleet.stream(fps=0)
+            time.sleep(30)
+            row = fleet.reconcile("2 processor replicas", time.monotonic())
+            time.sleep(6)  # one more heartbeat of each
+            share = {t: watch.latest()[t]["stored"] - start[t] for t in topics}
+    finally:
+        fleet.lab.out(
+            cloud,
+            "systemctl stop facefleet-processor-2; rm -f /run/systemd/system/"
+            "facefleet-processor-2.service; systemctl daemon-reload",
+        )
+        # mosquitto hands a gone replica its share until its session expires (the forwarders
+        # resend those faces, late); the next stream starts from a settled group, and the
+        # checks that stream nothing run in the meantime
+        fleet.settled_at = time.monotonic() + SESSION_EXPIRY_S + 5
+    row.notes["stored_per_replica"] = list(share.values())
+    fleet.assert_clean(row)
+    assert all(n > 0 for n in share.values()), share
+
+
+# --- checks that stream nothing: they run while the processors' group settles -----------------
+
+
+def test_bad_inventory_values_are_rejected_before_anything_changes(fleet: Fleet) -> None:
+    edge = fleet.edges[0]
+    # what a deploy writes: the active release (link and configs), units, broker config
+    configs = (
+        "readlink /opt/facefleet/current && md5sum /opt/facefleet/current/config/*.toml"
+        " /etc/systemd/system/facefleet-*.service /etc/mosquitto/conf.d/*"
+    )
+    before = fleet.lab.out(edge, configs)
+    for name, value in [
+        ("forwarder_spool_when_full", "drop-everything"),
+        ("detector_score_threshold", "high"),
+    ]:
+        result = deploy(fleet.lab.source, "--limit", edge, **{name: value})
+        assert result.returncode != 0, f"{name}={value!r} was accepted"
+        assert name in result.output, result.tail()
+        assert all(r["changed"] == 0 for r in result.recap().values()), result.tail()
+    assert fleet.lab.out(edge, configs) == before
 
 
 def rejected(settings: MqttSettings) -> bool:
@@ -695,21 +708,6 @@ def test_expired_and_foreign_certificates_are_refused(
     assert rejected(forged), f"an {kind} certificate was accepted"
 
 
-def test_a_device_cannot_read_another_devices_topics(fleet: Fleet) -> None:
-    spy, victim = fleet.edges
-    fleet.stream()
-    topics = [f"facefleet/{victim}/faces", f"facefleet/{victim}/receipts", "facefleet/#"]
-    with (
-        Collector(fleet.lab, spy, topics) as intruder,
-        Collector(fleet.lab, "monitor", [f"facefleet/{victim}/faces"]) as control,
-    ):
-        time.sleep(WARMUP_S)
-        stolen = {m.topic for m in intruder.messages if not m.topic.startswith(f"facefleet/{spy}/")}
-        assert control.messages, "control: the victim published nothing"
-    fleet.quiesce()
-    assert not stolen, stolen
-
-
 def test_the_monitor_identity_cannot_publish(fleet: Fleet) -> None:
     edge = fleet.edges[0]
     with Collector(fleet.lab, "monitor", ["facefleet/#"]) as watch:
@@ -750,7 +748,7 @@ def test_no_secret_readable_by_other_users_or_in_logs(fleet: Fleet) -> None:
 
 def test_services_cannot_write_outside_their_state_directories(fleet: Fleet) -> None:
     edge = fleet.edges[0]
-    fleet.stream(edges=[edge])  # every service running
+    fleet.lab.out(edge, "systemctl start facefleet-detector")  # every service running
     cases = {edge: ("detector", "logger", "forwarder"), fleet.cloud: ("processor",)}
     for host, services in cases.items():
         for service in services:

@@ -18,7 +18,7 @@ from lab.inventory import LAB_BUCKET
 
 from facefleet.contract import SERVICES
 from tests.fleet.clients import BROKER_PORT, Collector, lab_s3
-from tests.fleet.conftest import PKI_DIR, Lab, deploy
+from tests.fleet.fleetlab import PKI_DIR, Lab, deploy
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -5,7 +5,7 @@ version label) is rolled out with a canary batch of one and batches of two, whil
 setting its detector cannot start with. The health gate rolls edge-3 back to A, the others
 reach B, `fleet status` shows exactly that, and faces published during the switch are stored.
 Then rollback.yml returns a host to A. Per-batch timeline and switch/rollback durations go to
-build/rollout-report.json.
+build/fleet-report.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from lab.inventory import LAB_BUCKET
 from facefleet import __version__
 from tests.conftest import ROOT
 from tests.fleet.clients import lab_s3
-from tests.fleet.conftest import INVENTORY, Deploy, Lab, deploy, lab_session
+from tests.fleet.fleetlab import INVENTORY, Deploy, Lab, deploy
 from tests.helpers import fleet_status as run_fleet_status
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-REPORT = ROOT / "build" / "rollout-report.json"
 VERSION_A = __version__  # the checkout, installed in the controller's venv
 LABEL = "rollout.b"
 VERSION_B = f"{VERSION_A}+{LABEL}"
@@ -58,13 +56,6 @@ class Rollout:
     reports: dict[str, dict[str, Any]]
     published: dict[str, list[str]]
     publisher_logs: str
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Four edges and a cloud host, version A deployed once."""
-    with lab_session(tmp_path_factory, edges=4, deploys=1, report=REPORT) as the_lab:
-        yield the_lab
 
 
 def fleet_status(*options: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,187 @@
+"""The fleet lab as the lab suites see it: its hosts, site.yml deploys, and a known state.
+
+One lab serves every suite of a test run (see conftest.py): booted once, deployed once (and a
+second time to prove idempotence), put back into a known state after each suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT
+
+INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
+PKI_DIR = ROOT / ".pki" / "lab"
+EDGE_UNITS = ("mosquitto", "facefleet-detector", "facefleet-logger", "facefleet-forwarder")
+CLOUD_UNITS = ("mosquitto", "facefleet-processor", "facefleet-lab-s3")
+#: Runtime drop-ins the suites add to units (under /run: gone at the next boot) are named so.
+DROPIN = "50-lab-test.conf"
+#: The wheelhouse outlives the checkout: a second run (or a fresh clone on the same machine)
+#: reuses every wheel that the same pyproject and constraints already brought in.
+BUNDLE_DIR = Path(os.environ.get("FACEFLEET_LAB_BUNDLE", "/var/cache/facefleet-lab/bundle"))
+#: Every lab deploy of the tests: the detectors play the clip at 5 frames per second (the
+#: suites that need a denser stream set one), so idle edges leave the two cores to the work.
+TEST_VARS: dict[str, Any] = {"detector_camera_fps": 5.0}
+RECAP = re.compile(
+    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
+)
+
+
+def lab_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the fleet lab needs root (systemd-nspawn, bridges)"
+    for tool in ("systemd-nspawn", "debootstrap", "ssh", "ip"):
+        if shutil.which(tool) is None:
+            return f"the fleet lab needs {tool} (make system-deps)"
+    return None
+
+
+@dataclass
+class Deploy:
+    seconds: float
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {
+            host: {"ok": int(ok), "changed": int(ch), "unreachable": int(un), "failed": int(fa)}
+            for host, ok, ch, un, fa in RECAP.findall(self.output)
+        }
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+@dataclass
+class Lab:
+    hosts: dict[str, str]
+    groups: dict[str, list[str]]
+    source: Path
+    deploys: list[Deploy] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cloud(self) -> str:
+        return self.groups["cloud"][0]
+
+    @property
+    def edges(self) -> list[str]:
+        return self.groups["edge"]
+
+    def units(self, host: str) -> tuple[str, ...]:
+        return CLOUD_UNITS if host in self.groups["cloud"] else EDGE_UNITS
+
+    def ssh(self, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ROOT / "lab" / "ssh"), host, command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def out(self, host: str, command: str) -> str:
+        result = self.ssh(host, command)
+        assert result.returncode == 0, f"{host}: {command}: {result.stderr.strip()}"
+        return result.stdout.strip()
+
+    def journals(self, lines: int = 40) -> str:
+        parts = []
+        for host in self.hosts:
+            units = " ".join(f"-u {u}" for u in self.units(host))
+            result = self.ssh(host, f"journalctl --no-pager -n {lines} {units}", timeout=30)
+            parts.append(f"===== {host}: journalctl {units}\n{result.stdout}{result.stderr}")
+        return "\n".join(parts)
+
+    def restore(self) -> None:
+        """Undo what a suite (or an interrupted one) changed at run time: runtime drop-ins, a
+        stopped S3 endpoint, a second processor, cut uplinks; then every unit runs again."""
+        cloud_ip = self.hosts[self.cloud]
+        self.ssh(self.cloud, "kill -s CONT $(systemctl show -p MainPID --value facefleet-lab-s3)")
+        self.ssh(
+            self.cloud,
+            "systemctl stop facefleet-processor-2; rm -f /run/systemd/system/"
+            "facefleet-processor-2.service",
+        )
+        for host in self.hosts:
+            changed = self.ssh(
+                host,
+                f"ip route del blackhole {cloud_ip}/32 2>/dev/null;"
+                f" ls /run/systemd/system/*.d/{DROPIN} 2>/dev/null",
+            ).stdout.split()
+            units = [Path(p).parent.name.removesuffix(".service.d") for p in changed]
+            self.ssh(
+                host,
+                f"rm -f /run/systemd/system/*.d/{DROPIN}; systemctl daemon-reload;"
+                f" systemctl reset-failed; systemctl restart {' '.join(units)} 2>/dev/null;"
+                f" systemctl start {' '.join(self.units(host))}",
+                timeout=120,
+            )
+
+    def wait_active(self, host: str, *units: str, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.ssh(host, f"systemctl is-active {' '.join(units)}").returncode != 0:
+            assert time.monotonic() < deadline, f"{', '.join(units)} not active on {host}"
+            time.sleep(1)
+
+
+def run_lab(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def snapshot_sources(directory: Path) -> Path:
+    """A copy of what the facefleet wheel is built from, taken once: every deploy installs the
+    same build even while someone edits the checkout (a changed build is a real change)."""
+    for name in ("pyproject.toml", "constraints.txt", "README.md"):
+        shutil.copy2(ROOT / name, directory / name)
+    for name in ("apps", "tui"):
+        shutil.copytree(
+            ROOT / name,
+            directory / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"),
+        )
+    return directory
+
+
+def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars: Any) -> Deploy:
+    started = time.monotonic()
+    extra = {
+        "facefleet_source_dir": str(source),
+        "facefleet_bundle_dir": str(BUNDLE_DIR),
+        **TEST_VARS,
+        **extra_vars,
+    }
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            str(INVENTORY),
+            "--extra-vars",
+            json.dumps(extra),
+            *options,
+            playbook,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
+    )
+    return Deploy(time.monotonic() - started, result.returncode, result.stdout + result.stderr)

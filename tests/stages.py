@@ -1,0 +1,142 @@
+"""`make test`: every stage of the suite in turn, each timed, with a table and a total at the end.
+
+usage: python -m tests.stages [--only STAGE,...] [--skip STAGE,...] [PYTEST_ARGS...]
+
+Stages: static (ruff, mypy, ansible-lint), unit (pure code), integration (real mosquitto and
+S3 processes, the detector on shared data, the monitor, the benchmark smoke test), lab (the
+systemd-nspawn fleet: boot, deploys and each lab suite; their times come from
+build/lab-timings.json). A failing stage does not stop the later ones; the exit status is 1
+when any failed. The last line counts the tests of every stage ("N passed, N failed, N
+skipped").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+PYTHON = sys.executable
+LAB_TIMINGS = BUILD / "lab-timings.json"
+#: Markers that make a test more than a unit test.
+NOT_UNIT = "broker or s3 or fleet or slow or shared"
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    junit: Path | None = None
+
+
+@dataclass
+class Result:
+    stage: str
+    seconds: float
+    returncode: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def pytest_stage(name: str, marks: str, extra: list[str]) -> Stage:
+    junit = BUILD / f"junit-{name}.xml"
+    command = [PYTHON, "-m", "pytest", "-m", marks, "--durations=15", f"--junitxml={junit}"]
+    return Stage(name, [*command, *extra], junit)
+
+
+def stages(extra: list[str]) -> list[Stage]:
+    return [
+        Stage("static", ["make", "--no-print-directory", "check"]),
+        pytest_stage("unit", f"not ({NOT_UNIT})", extra),
+        pytest_stage("integration", f"({NOT_UNIT}) and not fleet", extra),
+        pytest_stage("lab", "fleet", extra),
+    ]
+
+
+def counts(junit: Path) -> dict[str, int]:
+    """passed/failed/skipped of a pytest run, from its JUnit report."""
+    try:
+        suites = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    total = failed = skipped = 0
+    for suite in suites.iter("testsuite"):
+        total += int(suite.get("tests", 0))
+        failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
+
+
+def run(stage: Stage) -> Result:
+    print(f"\n===== stage {stage.name}: {' '.join(stage.command[1:])}", flush=True)
+    if stage.junit:
+        stage.junit.unlink(missing_ok=True)
+    if stage.name == "lab":
+        LAB_TIMINGS.unlink(missing_ok=True)
+    started = time.monotonic()
+    returncode = subprocess.run(stage.command, cwd=ROOT, check=False).returncode
+    seconds = time.monotonic() - started
+    result = Result(stage.name, seconds, returncode, counts(stage.junit) if stage.junit else {})
+    if returncode == 5:  # pytest collected nothing: a stage that tests nothing is broken
+        print(f"===== stage {stage.name}: no tests collected", flush=True)
+    print(f"===== stage {stage.name}: exit {returncode} after {seconds:.0f} s", flush=True)
+    return result
+
+
+def table(results: list[Result], total_s: float) -> list[str]:
+    lines = ["| stage | seconds | tests | result |", "| --- | ---: | --- | --- |"]
+    for r in results:
+        tests = ", ".join(f"{n} {k}" for k, n in r.counts.items()) if r.counts else ""
+        lines.append(f"| {r.stage} | {r.seconds:.0f} | {tests} | {'ok' if r.ok else 'FAILED'} |")
+        if r.stage == "lab" and LAB_TIMINGS.exists():
+            for part, seconds in json.loads(LAB_TIMINGS.read_text()).items():
+                lines.append(f"| lab: {part} | {seconds:.0f} | | |")
+    lines.append(f"| total | {total_s:.0f} | | |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.stages", description=__doc__)
+    parser.add_argument("--only", default="", help="comma-separated stages to run")
+    parser.add_argument("--skip", default="", help="comma-separated stages to leave out")
+    args, extra = parser.parse_known_args(argv)
+    chosen = stages(extra)
+    names = [s.name for s in chosen]
+    for option in (args.only, args.skip):
+        unknown = set(filter(None, option.split(","))) - set(names)
+        if unknown:
+            parser.error(f"unknown stage {', '.join(sorted(unknown))} (stages: {', '.join(names)})")
+    if args.only:
+        chosen = [s for s in chosen if s.name in args.only.split(",")]
+    chosen = [s for s in chosen if s.name not in args.skip.split(",")]
+    BUILD.mkdir(exist_ok=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    started = time.monotonic()
+    results = [run(stage) for stage in chosen]
+    total_s = time.monotonic() - started
+    lines = table(results, total_s)
+    (BUILD / "test-stages.md").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    summed = {k: sum(r.counts.get(k, 0) for r in results) for k in ("passed", "failed", "skipped")}
+    failed_stages = [r.stage for r in results if r.returncode != 0]
+    if failed_stages:
+        print(f"failed stages: {', '.join(failed_stages)}")
+    # the closing line CI reads; a failed stage without failed tests (static) counts as one
+    failed = summed["failed"] or len(failed_stages)
+    print(f"total: {summed['passed']} passed, {failed} failed, {summed['skipped']} skipped")
+    return 1 if failed_stages else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
