@@ -9,8 +9,7 @@ FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
 .PHONY: help venv demo-deps system-deps demo test test-nolab test-fast flaky-loop check lint \
-        typecheck ansible-lint \
-        lab lab-up lab-deploy lab-down bench clean
+        typecheck ansible-lint edge-py39 test-py39 lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -23,13 +22,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create .venv with facefleet and everything it needs
 
-# Debian packages: the demo needs mosquitto and python3-venv; the lab (tests/fleet, make lab,
-# bench --lab) also debootstrap, systemd-nspawn, ssh and ip. Each target names what is missing
-# and installs it when run as root.
+# Debian packages: the demo needs mosquitto and python3-venv; the tests also the distribution's
+# OpenCV (the detector's check under OpenCV 4.6) and the lab (tests/fleet, make lab, bench --lab)
+# debootstrap, systemd-nspawn, ssh, ip and qemu-user for its arm64 hosts. Each pair is a command
+# or file that the package provides and the package; each target names what is missing and
+# installs it when run as root.
 DEMO_PACKAGES := mosquitto:mosquitto
-LAB_PACKAGES := mosquitto_pub:mosquitto-clients debootstrap:debootstrap systemd-nspawn:systemd-container ssh:openssh-client ip:iproute2
+LAB_PACKAGES := mosquitto_pub:mosquitto-clients debootstrap:debootstrap systemd-nspawn:systemd-container \
+	ssh:openssh-client ip:iproute2 qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
+	/usr/share/doc/python3-opencv:python3-opencv /usr/share/doc/opencv-data:opencv-data
 define install_missing
-	@missing=""; for pair in $(1); do PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	@missing=""; for pair in $(1); do what="$${pair%%:*}"; \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v "$$what" >/dev/null || [ -e "$$what" ] || missing="$$missing $${pair#*:}"; done; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -71,7 +75,15 @@ typecheck: venv ## mypy (strict) on the packages
 ansible-lint: venv ## ansible-lint, production profile
 	$(VENV)/bin/ansible-lint --offline --profile production site.yml playbooks roles
 
-check: lint typecheck ansible-lint ## all static checks
+# The edge services (and every facefleet module they import, listed by tests/edge_modules.py)
+# must run on Python 3.9 (JetPack 5): no syntax or standard-library call newer than that.
+edge-py39: venv ## the edge code uses nothing newer than Python 3.9 (vermin)
+	$(VENV)/bin/vermin -q -t=3.9- --no-tips --violations $$($(PY) -m tests.edge_modules)
+
+check: lint typecheck ansible-lint edge-py39 ## all static checks
+
+test-py39: venv ## the edge services on a real Python 3.9: a Debian 11 chroot (root; about 4 min)
+	PYTHON=$(abspath $(PY)) tests/py39/run-edge-on-py39.sh
 
 lab: lab-up lab-deploy ## lab fleet up and deployed
 	@echo "watch it: $(VENV)/bin/facefleet monitor --inventory inventory/lab/hosts.yml"

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from facefleet import __version__
 from facefleet.config import ConfigError
+from facefleet.contract import SERVICES_BY_KIND
 
 EXIT_CONFIG = 2
+#: What runs on Python 3.9 (JetPack 5 edges): the edge services and `detect` to try a model on
+#: the device (tests/edge_modules.py lists the code they import; `make check` keeps it 3.9-clean).
+PY39_COMMANDS = (*SERVICES_BY_KIND["edge"], "detect")
 
 log = logging.getLogger("facefleet")
 
@@ -88,6 +93,11 @@ TOOLS: dict[str, tuple[str, str, str]] = {
         "run_faces",
         "list, get, delete and expire stored faces (directory or s3://BUCKET)",
     ),
+    "wheelhouse": (
+        "facefleet.wheelhouse",
+        "run_wheelhouse",
+        "download the wheels of one target platform (architecture, Python) for offline installs",
+    ),
     "monitor": (
         "facefleet_monitor.cli",
         "run_monitor",
@@ -135,6 +145,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    if sys.version_info < (3, 10) and command and command not in PY39_COMMANDS:
+        print(
+            f"facefleet {command}: needs Python 3.10 or newer (this is "
+            f"{platform.python_version()}); on 3.9 only {', '.join(PY39_COMMANDS)} run",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     try:
         args = build_parser(command if command in TOOLS else None).parse_args(argv)
         result: int = args.func(args)

@@ -39,6 +39,8 @@ TOOL_PREFIXES = ("FACEFLEET_LAB_", "FACEFLEET_FAULT_", "FACEFLEET_BENCH_")
 SECRET_MARKERS = ("password", "secret", "token", "key_material")
 
 T = TypeVar("T")
+#: `Optional[int]` and (Python 3.10+) `int | None`
+_UNION_ORIGINS = (typing.Union, getattr(types, "UnionType", typing.Union))
 
 
 class ConfigError(Exception):
@@ -135,8 +137,44 @@ def apply_env(cls: type[Any], data: dict[str, Any], env: Mapping[str, str]) -> N
 
 
 def _is_section(cls: type[Any], name: str) -> bool:
-    hint = typing.get_type_hints(cls)[name]
+    hint = field_types(cls)[name]
     return dataclasses.is_dataclass(hint)
+
+
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    """The evaluated annotations of a settings dataclass.
+
+    Python 3.9 (JetPack 5 edges) cannot evaluate `X | None` in an annotation string, so there a
+    field whose annotation fails is split at its top-level `|` and rebuilt as a typing.Union.
+    """
+    try:
+        return typing.get_type_hints(cls)
+    except TypeError:  # Python 3.9 evaluating `X | Y`; any other TypeError recurs below
+        return evaluate_annotations(cls)
+
+
+def evaluate_annotations(cls: type[Any]) -> dict[str, Any]:
+    """typing.get_type_hints for our settings classes, with `X | Y` as typing.Union."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        namespace = vars(sys.modules[klass.__module__])
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            parts = _split_union(annotation) if isinstance(annotation, str) else [annotation]
+            # the annotations of our own settings modules, as typing.get_type_hints does
+            types_ = [eval(part, namespace) if isinstance(part, str) else part for part in parts]  # noqa: S307
+            hints[name] = typing.Union[tuple(types_)] if len(types_) > 1 else types_[0]
+    return hints
+
+
+def _split_union(annotation: str) -> list[str]:
+    """`int | None` -> ["int", "None"]; a `|` inside brackets stays where it is."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(annotation):
+        depth += (char in "[(") - (char in "])")
+        if char == "|" and depth == 0:
+            parts.append(annotation[start:index].strip())
+            start = index + 1
+    return [*parts, annotation[start:].strip()]
 
 
 def build(
@@ -146,7 +184,7 @@ def build(
     the field defaults), so a section's own defaults (e.g. the cloud broker's TLS port) hold."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: {path or 'top level'}: expected a table")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -190,7 +228,7 @@ def coerce(hint: Any, value: Any) -> Any:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(map(str, choices))} (got {value!r})")
         return value
-    if origin in (typing.Union, types.UnionType):
+    if origin in _UNION_ORIGINS:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None or value == "":
             return None
@@ -271,11 +309,11 @@ def dump_toml(data: Mapping[str, Any]) -> str:
     def scalar(value: Any) -> str:
         if isinstance(value, bool):
             return "true" if value else "false"
-        if isinstance(value, int | float):
+        if isinstance(value, (int, float)):
             return repr(value)
         if isinstance(value, str):
             return json.dumps(value)
-        if isinstance(value, list | tuple):
+        if isinstance(value, (list, tuple)):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
         raise TypeError(f"cannot write {value!r} as TOML")
 

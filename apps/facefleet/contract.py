@@ -38,6 +38,12 @@ STATES = ("online", "offline", "stopped")
 #: dead letter. Each is final: the device may forget the face.
 RECEIPT_STATUSES = ("stored", "duplicate", "rejected")
 
+#: Heartbeat key telling what the node runs: {"arch": "aarch64", "os": "Ubuntu 20.04.6 LTS",
+#: "python": "3.9.5", "opencv": "4.8.0"} ("opencv" only from services that loaded OpenCV).
+#: Added in 0.1.0 without a schema bump: readers must accept heartbeats without it.
+PLATFORM_KEY = "platform"
+PLATFORM_FIELDS = ("arch", "os", "python", "opencv")
+
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -108,9 +114,21 @@ def parse_status_body(node: str, service: str, payload: bytes, max_bytes: int) -
         if key in body and body[key] != expected:
             raise ValueError(f"status {key} {body[key]!r} does not match the topic")
     interval = body.get("interval_s")
-    if interval is not None and not (isinstance(interval, int | float) and interval > 0):
+    if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
         raise ValueError(f"malformed interval_s: {interval!r}")
     return body
+
+
+def platform_summary(bodies: list[dict[str, Any]]) -> str:
+    """One line for the platform of a node from its services' heartbeats: `aarch64, Debian GNU/Linux
+    11 (bullseye), Python 3.9.2, OpenCV 4.6.0` (OpenCV from whichever service loaded it)."""
+    merged: dict[str, str] = {}
+    for body in bodies:
+        platform = body.get(PLATFORM_KEY)
+        if isinstance(platform, dict):
+            merged.update({k: str(v) for k, v in platform.items() if k in PLATFORM_FIELDS and v})
+    labels = {"arch": "", "os": "", "python": "Python ", "opencv": "OpenCV "}
+    return ", ".join(labels[key] + merged[key] for key in PLATFORM_FIELDS if key in merged)
 
 
 def utc_timestamp(when: datetime | None = None) -> str:

@@ -33,6 +33,7 @@ from facefleet.contract import (
     parse_status_body,
     parse_timestamp,
     parse_topic,
+    platform_summary,
 )
 from facefleet.inventory import InventoryInfo, load_inventory
 from facefleet.mqtt import MqttSettings, make_client, start
@@ -67,11 +68,17 @@ class NodeHealth:
             return NEVER
         return STALE if service in self.stale else str(body["state"])
 
+    @property
+    def platform(self) -> str:
+        """Architecture, OS, Python and OpenCV as the services' heartbeats tell them."""
+        return platform_summary(list(self.services.values()))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "kind": self.kind,
             "healthy": self.healthy,
+            "platform": self.platform,
             "problems": self.problems,
             "services": {
                 service: {**self.services.get(service, {}), "state": self.state(service)}
@@ -246,7 +253,7 @@ def select_nodes(info: InventoryInfo, limit: str | None) -> dict[str, str]:
 
 def format_table(report: list[NodeHealth]) -> str:
     services = [s for s in SERVICES if any(s in SERVICES_BY_KIND[h.kind] for h in report)]
-    header = ["NODE", "KIND", *(s.upper() for s in services), "HEALTH"]
+    header = ["NODE", "KIND", *(s.upper() for s in services), "PLATFORM", "HEALTH"]
     rows = [header]
     for health in report:
         cells = [health.node, health.kind]
@@ -256,6 +263,7 @@ def format_table(report: list[NodeHealth]) -> str:
                 continue
             body = health.services.get(service, {})
             cells.append(f"{health.state(service)} {body.get('version', '')}".strip())
+        cells.append(health.platform or "-")
         cells.append("ok" if health.healthy else "; ".join(health.problems))
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]

@@ -143,7 +143,7 @@ def why_unreachable(settings: MqttSettings, timeout_s: float = PROBE_TIMEOUT_S) 
         return f"host name {settings.host} not found"
     except ConnectionRefusedError:
         return "connection refused"
-    except socket.timeout:  # noqa: UP041 - not yet TimeoutError on the edge's Python 3.9
+    except socket.timeout:
         return f"timed out after {timeout_s:g} s (no answer: address, port or firewall?)"
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -168,7 +168,7 @@ def why_unreachable(settings: MqttSettings, timeout_s: float = PROBE_TIMEOUT_S) 
                 tls.recv(1)  # TLS 1.3 judges our certificate after the handshake
             except ssl.SSLError as exc:
                 return f"TLS: the broker refused our certificate ({_ssl_reason(exc)})"
-            except socket.timeout:  # noqa: UP041 - it waits for our CONNECT: TLS is fine
+            except socket.timeout:
                 pass
             except OSError as exc:
                 return f"TLS: {exc.strerror or exc}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import signal
 import socket
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from facefleet import __version__
-from facefleet.contract import status_topic, utc_timestamp, valid_node
+from facefleet.contract import PLATFORM_KEY, status_topic, utc_timestamp, valid_node
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,33 @@ def stop_event() -> threading.Event:
     return stop
 
 
+def os_release(path: str = "/etc/os-release") -> str:
+    """PRETTY_NAME of os-release (platform.freedesktop_os_release needs Python 3.10)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.strip().partition("=")
+                if key == "PRETTY_NAME":
+                    return value.strip("\"'")
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}"
+
+
+def node_platform() -> dict[str, str]:
+    """What this process runs on, for the heartbeat: architecture, OS, Python, and the OpenCV
+    version when this service has loaded OpenCV (the detector)."""
+    found = {
+        "arch": platform.machine(),
+        "os": os_release(),
+        "python": platform.python_version(),
+    }
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        found["opencv"] = str(getattr(cv2, "__version__", "unknown"))
+    return found
+
+
 def resolve_node(node: str) -> str:
     """The configured node name, or the short host name when none is set."""
     name = node or socket.gethostname().split(".")[0]
@@ -77,6 +105,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self.figures = figures
         self.started = time.time()
+        self.platform = node_platform()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         topic, payload = self.will()
@@ -91,6 +120,7 @@ class Heartbeat:
             "ts": utc_timestamp(),
             "interval_s": self.interval_s,
             "uptime_s": round(time.time() - self.started, 1),
+            PLATFORM_KEY: self.platform,
         }
         try:
             body.update(self.figures())

@@ -106,7 +106,10 @@ def test_opencv_5_without_haar_support_is_a_config_error(monkeypatch: pytest.Mon
     """OpenCV 5.x wheels have neither cv2.data nor CascadeClassifier: simulate that build."""
     import cv2
 
+    from facefleet.detector import backends
+
     monkeypatch.delattr(cv2, "data", raising=False)
+    monkeypatch.setattr(backends, "SYSTEM_HAAR_DIRS", ())  # no opencv-data either
     with pytest.raises(ConfigError, match="no Haar cascades"):
         create_detector(DetectionSettings(backend="haar"))
     monkeypatch.delattr(cv2, "CascadeClassifier")

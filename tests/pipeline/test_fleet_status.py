@@ -62,8 +62,10 @@ def heartbeat(
 def test_every_node_listed_and_unhealthy_ones_fail(
     inventory: Path, devices: dict[str, Publisher]
 ) -> None:
+    jetson = {"arch": "aarch64", "os": "Debian GNU/Linux 11 (bullseye)", "python": "3.9.2"}
     for service in EDGE_SERVICES:
-        heartbeat(devices, "cam1", service)
+        extra = {"opencv": "4.6.0"} if service == "detector" else {}
+        heartbeat(devices, "cam1", service, platform={**jetson, **extra})
     heartbeat(devices, "cloud1", "processor")
     result = fleet_status(inventory, "--json")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -76,6 +78,9 @@ def test_every_node_listed_and_unhealthy_ones_fail(
         EDGE_SERVICES, "never seen"
     )
     assert nodes["cam1"]["services"]["detector"]["version"] == "1.0"
+    shown = "aarch64, Debian GNU/Linux 11 (bullseye), Python 3.9.2, OpenCV 4.6.0"
+    assert nodes["cam1"]["platform"] == shown
+    assert nodes["cloud1"]["platform"] == ""  # a heartbeat without it (an older release)
     assert not report["healthy"]
 
     table = fleet_status(inventory)
@@ -85,6 +90,7 @@ def test_every_node_listed_and_unhealthy_ones_fail(
     row = {line.split()[0]: line for line in lines[1:4]}
     assert set(row) == {"cam1", "cam2", "cloud1"}
     assert row["cam1"].endswith("ok") and "online 1.0" in row["cam1"]
+    assert f"  {shown}  " in row["cam1"]
     assert "detector never reported" in row["cam2"]
     assert lines[-1] == "3 nodes, 1 unhealthy"
 

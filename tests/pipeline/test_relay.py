@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 from collections import Counter
 
 import pytest
 
 from facefleet.contract import FACE_PROPERTIES, all_status_filter
+from facefleet.service import os_release
 from tests.helpers import Collector, Publisher, wait_until
 from tests.pipeline.conftest import EDGE_NODE, Relay
 
@@ -51,6 +53,12 @@ def test_heartbeats_of_both_services_reach_the_cloud(relay: Relay) -> None:
         next(m.payload for m in monitor.snapshot() if m.topic.endswith("/forwarder"))
     )
     assert {"spool_depth", "uplink_bytes", "dropped", "interval_s"} <= set(status)
+    # what the node runs (the forwarder loads no OpenCV, so it reports none)
+    assert status["platform"] == {
+        "arch": platform.machine(),
+        "os": os_release(),
+        "python": platform.python_version(),
+    }
     monitor.close()
 
 

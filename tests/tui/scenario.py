@@ -13,6 +13,8 @@ RETAINED_STATUSES = 6
 STATUSES = 12  # heartbeats the monitor applies (the malformed one is not one of them)
 BAD = 2  # malformed status + oversized face
 OVERSIZED = 5 * 1024 * 1024
+#: cam2 is a JetPack 5 Jetson: its services report the platform, the detector with OpenCV
+JETSON = {"arch": "aarch64", "os": "Ubuntu 20.04.6 LTS", "python": "3.9.5"}
 
 
 def publish_retained(pub: Publisher) -> None:
@@ -23,7 +25,9 @@ def publish_retained(pub: Publisher) -> None:
         ("forwarder", {"spool_depth": 0, "spool_oldest_age_s": 0, "forwarded": 12}),
     ):
         pub.status("cam1", service, status_body("cam1", service, **figures))
-    pub.status("cam2", "logger", status_body("cam2", "logger", "stopped", events=3))
+    pub.status(
+        "cam2", "logger", status_body("cam2", "logger", "stopped", events=3, platform=JETSON)
+    )
     pub.status(
         "cloud1",
         "processor",
@@ -42,7 +46,14 @@ async def publish_live(pub: Publisher, applied: Callable[[int], Awaitable[None]]
     pub.status(
         "cam2",
         "detector",
-        status_body("cam2", "detector", fps=0.0, camera="lost", camera_reopens=3),
+        status_body(
+            "cam2",
+            "detector",
+            fps=0.0,
+            camera="lost",
+            camera_reopens=3,
+            platform={**JETSON, "opencv": "4.8.0"},
+        ),
     )
     seen = RETAINED_STATUSES + 1
     for depth, age in ((4, 20.0), (9, 25.0), (15, 30.0)):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,34 @@ def test_topics() -> None:
 def test_missing_properties_are_named() -> None:
     with pytest.raises(ContractError, match="missing properties: v, id"):
         parse_face_properties({}, "image/jpeg", b"")
+
+
+def test_platform_summary_merges_the_services_of_a_node() -> None:
+    from facefleet.contract import platform_summary
+
+    base = {"arch": "aarch64", "os": "Ubuntu 20.04.6 LTS", "python": "3.9.5"}
+    bodies = [
+        {"state": "online", "platform": base},
+        {"state": "online", "platform": {**base, "opencv": "4.8.0", "gpu": "ignored"}},
+        {"state": "online"},  # a release from before the platform was reported
+        {"state": "online", "platform": "garbage"},
+    ]
+    assert platform_summary(bodies) == "aarch64, Ubuntu 20.04.6 LTS, Python 3.9.5, OpenCV 4.8.0"
+    assert platform_summary([{"state": "offline"}]) == ""
+
+
+def test_node_platform_reports_this_machine(tmp_path: Path) -> None:
+    import platform
+    import sys
+
+    from facefleet.service import node_platform, os_release
+
+    release = tmp_path / "os-release"
+    release.write_text('NAME="Debian GNU/Linux"\nPRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n')
+    assert os_release(str(release)) == "Debian GNU/Linux 11 (bullseye)"
+    assert os_release(str(tmp_path / "missing")) == f"{platform.system()} {platform.release()}"
+    found = node_platform()
+    assert found["arch"] == platform.machine()
+    assert found["python"] == platform.python_version()
+    # OpenCV only where a service loaded it
+    assert ("opencv" in found) == ("cv2" in sys.modules)

@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Sparkline, Static
 
-from facefleet.contract import SERVICES_BY_KIND
+from facefleet.contract import SERVICES_BY_KIND, platform_summary
 from facefleet_monitor.model import (
     ERROR,
     NEVER,
@@ -264,6 +264,7 @@ class NodeView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("no node selected: pick one in the fleet view (enter)", id="node-title")
+        yield Static("", id="node-platform")
         yield DataTable(id="node-services", cursor_type="row")
         yield Static("Recent heartbeats", classes="pane-title")
         yield DataTable(id="node-history", cursor_type="row", zebra_stripes=True)
@@ -321,6 +322,10 @@ class NodeView(Vertical):
                 f"  {node.kind or 'unknown kind'} · {expected} · {faces}"
                 + (f" · {node.bad_messages} bad messages" if node.bad_messages else ""),
             )
+        )
+        platform = platform_summary([s.body for s in node.ordered_services()])
+        self.query_one("#node-platform", Static).update(
+            f"runs on {platform}" if platform else "platform not reported"
         )
         wanted = list(SERVICES_BY_KIND.get(node.kind, ()))
         for status in node.ordered_services():

@@ -69,14 +69,23 @@ def resolve_model(settings: DetectionSettings) -> str:
     return str(model)
 
 
+#: Where distribution and JetPack builds of OpenCV keep the cascades (Debian/Ubuntu package
+#: opencv-data); the pip wheels carry them in cv2.data.
+SYSTEM_HAAR_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades")
+HAAR_FRONTAL_FACE = "haarcascade_frontalface_default.xml"
+
+
 def default_haar_cascade() -> str:
     data = getattr(cv2, "data", None)
-    if data is None:
-        raise ConfigError(
-            f"OpenCV {cv2.__version__} ships no Haar cascades: set detection.model to a "
-            "haarcascade_frontalface_default.xml or use the yunet backend"
-        )
-    return str(Path(data.haarcascades) / "haarcascade_frontalface_default.xml")
+    if data is not None:
+        return str(Path(data.haarcascades) / HAAR_FRONTAL_FACE)
+    for directory in SYSTEM_HAAR_DIRS:
+        if (Path(directory) / HAAR_FRONTAL_FACE).is_file():
+            return str(Path(directory) / HAAR_FRONTAL_FACE)
+    raise ConfigError(
+        f"OpenCV {cv2.__version__} ships no Haar cascades: set detection.model to a "
+        f"{HAAR_FRONTAL_FACE} (Debian/Ubuntu: package opencv-data) or use the yunet backend"
+    )
 
 
 class Downscaler:
@@ -113,12 +122,20 @@ class YuNetDetector:
         self._scale = Downscaler(settings.detect_width)
         if not Path(model).is_file():
             raise ConfigError(f"{model}: YuNet model file not found")
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise ConfigError(_opencv_cannot_run(model, "has no FaceDetectorYN (4.5.4+)"))
         try:
             self._net = cv2.FaceDetectorYN.create(
                 model, "", (320, 320), settings.score_threshold, settings.nms_threshold, 5000
             )
         except cv2.error as exc:
             raise ConfigError(f"{model}: cannot load the YuNet model: {_first_line(exc)}") from None
+        try:
+            # an OpenCV older than the model loads it and fails on the first frame (4.6 with
+            # the 2023mar model: "Layer with requested id=-1 not found")
+            self._net.detect(np.zeros((320, 320, 3), np.uint8))
+        except cv2.error as exc:
+            raise ConfigError(_opencv_cannot_run(model, _first_line(exc))) from None
         self._input_size = (320, 320)
 
     def detect(self, image: Image) -> list[Detection]:
@@ -177,11 +194,27 @@ class HaarDetector:
             outputRejectLevels=True,
         )
         found = []
-        for (x, y, w, h), weight in zip(boxes, np.ravel(weights), strict=True):
+        for (x, y, w, h), weight in zip(boxes, np.ravel(weights)):
             score = 1.0 - math.exp(-max(0.0, float(weight)) / HAAR_WEIGHT_SCALE)
             box = self._scale.to_frame((x, y, w, h), factor, image)
             found.append(Detection(box, score))
         return found
+
+
+#: The oldest OpenCV that runs each published YuNet model (by the date in its file name).
+YUNET_MIN_OPENCV = {"2022mar": "4.5.4", "2023mar": "4.8.0", "2026may": "4.8.0"}
+
+
+def _opencv_cannot_run(model: str, reason: str) -> str:
+    """One line for a YuNet model this OpenCV cannot run: both versions and the ways out."""
+    needs = next((v for k, v in YUNET_MIN_OPENCV.items() if k in Path(model).name), None)
+    reason = re.sub(r"^OpenCV\(.*?\) \S+: error: ", "", reason)
+    return (
+        f"{model}: OpenCV {cv2.__version__} cannot run this YuNet model"
+        + (f", which needs OpenCV {needs} or newer" if needs else "")
+        + f" ({reason}); choose a model this OpenCV runs, the OpenCV wheel"
+        " (detector_opencv: wheel) or the haar backend"
+    )
 
 
 def create_detector(settings: DetectionSettings) -> FaceDetector:

@@ -195,7 +195,7 @@ def _diagnose_stream(url: str) -> str:
         return f"host name {parts.hostname} not found"
     except ConnectionRefusedError:
         return f"connection refused ({parts.hostname}:{port})"
-    except socket.timeout:  # noqa: UP041 - not yet TimeoutError on the edge's Python 3.9
+    except socket.timeout:
         return f"connection timed out ({parts.hostname}:{port})"
     except OSError as exc:
         return f"{exc.strerror or exc} ({parts.hostname}:{port})"

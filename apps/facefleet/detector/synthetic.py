@@ -281,7 +281,7 @@ class SyntheticScene:
         """The noisy background with every visible person blended in (and noised alike)."""
         k = index % NOISE_FRAMES
         image: Image = self._backgrounds[k].copy()
-        for person, (tile, alpha) in zip(self.persons, self._tiles, strict=True):
+        for person, (tile, alpha) in zip(self.persons, self._tiles):
             if not person.visible(index):
                 continue
             x, y = person.origin(index)
