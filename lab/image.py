@@ -48,7 +48,7 @@ PACKAGES = (
 )
 #: Extra packages of an image flavour: `opencv` is a device whose detector uses the
 #: distribution's OpenCV (`detector_opencv: system`), as a JetPack image provides it.
-FLAVOURS: dict[str, tuple[str, ...]] = {"": (), "opencv": ("python3-opencv",)}
+FLAVOURS: dict[str, tuple[str, ...]] = {"": (), "opencv": ("python3-opencv", "opencv-data")}
 STAMP = ".facefleet-lab-image"
 CACHE = Path(os.environ.get("FACEFLEET_LAB_CACHE", "/var/cache/facefleet-lab"))
 MIRROR = os.environ.get("FACEFLEET_LAB_MIRROR", "http://deb.debian.org/debian")

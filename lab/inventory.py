@@ -49,6 +49,18 @@ def detector_vars() -> dict[str, Any]:
     return out
 
 
+def edge_host_vars(host: Host) -> dict[str, Any]:
+    """An edge's own variables: emulated (arm64) hosts play the clip at one frame per second
+    and get longer for their services to come up; `jetson-cv-` hosts use Debian's OpenCV 4.6,
+    which runs the Haar cascade but not the YuNet models (they need OpenCV 4.8)."""
+    out: dict[str, Any] = {"ansible_host": host.address}
+    if host.image.emulated:
+        out |= {"detector_camera_fps": 1.0, "facefleet_health_gate_timeout_s": 300}
+    if host.image.flavour == "opencv":
+        out |= {"detector_opencv": "system", "detector_backend": "haar"}
+    return out
+
+
 def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
     cloud = [h for h in hosts if h.group == "cloud"]
     edge = [h for h in hosts if h.group == "edge"]
@@ -86,7 +98,7 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                     },
                 },
                 "edge": {
-                    "hosts": {h.name: {"ansible_host": h.address} for h in edge},
+                    "hosts": {h.name: edge_host_vars(h) for h in edge},
                     "vars": {
                         **detector_vars(),
                         "detector_heartbeat_s": 5,

@@ -28,6 +28,7 @@ import yaml
 
 from tests.conftest import IN_CI, ROOT
 from tests.fleet.fleetlab import (
+    ALL_AT_ONCE,
     INVENTORY,
     Lab,
     deploy,
@@ -38,21 +39,21 @@ from tests.fleet.fleetlab import (
 
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"
-#: The lab's hosts: four x86_64 edges (the fault suite streams on the first two, the rollout
-#: uses all) and the cloud host.
-TOPOLOGY = ("--edges", "4")
-#: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
-#: test_rollout.py).
-ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
-SUITES = ("test_fleet", "test_faults", "test_rollout")
+#: The lab's hosts: the cloud host, four x86_64 edges (the fault suite streams on the first two,
+#: the rollout uses all), a Jetson-like arm64 edge on Debian 11 (Python 3.9) and an arm64 edge on
+#: Debian 12 with Debian's OpenCV (both emulated, see test_jetson.py).
+TOPOLOGY = ("--edges", "4", "--arm64-edges", "1", "--arm64-opencv-edges", "1")
+SUITES = ("test_fleet", "test_faults", "test_jetson", "test_rollout", "test_deploy_docs")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Lab suites in the order of SUITES (the rest of the run keeps its order, before them)."""
 
     def rank(item: pytest.Item) -> int:
+        if item.path.parent.name != "fleet":
+            return 0
         name = item.path.stem
-        return SUITES.index(name) + 1 if item.path.parent.name == "fleet" else 0
+        return SUITES.index(name) + 1 if name in SUITES else len(SUITES) + 1
 
     items.sort(key=rank)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.fleet import ARM64_PREFIX
+
 from tests.conftest import ROOT
 
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
@@ -28,6 +30,9 @@ DROPIN = "50-lab-test.conf"
 #: The wheelhouse outlives the checkout: a second run (or a fresh clone on the same machine)
 #: reuses every wheel that the same pyproject and constraints already brought in.
 BUNDLE_DIR = Path(os.environ.get("FACEFLEET_LAB_BUNDLE", "/var/cache/facefleet-lab/bundle"))
+#: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
+#: test_rollout.py).
+ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
 RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -73,6 +78,11 @@ class Lab:
     @property
     def edges(self) -> list[str]:
         return self.groups["edge"]
+
+    @property
+    def native_edges(self) -> list[str]:
+        """The edges of this machine's architecture (the arm64 ones are emulated, slowly)."""
+        return [e for e in self.edges if not e.startswith(ARM64_PREFIX)]
 
     def units(self, host: str) -> tuple[str, ...]:
         return CLOUD_UNITS if host in self.groups["cloud"] else EDGE_UNITS
