@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facefleet.config import ConfigError, dump_toml
 from facefleet.contract import storage_key
+from facefleet.locals3 import LocalS3
 from facefleet.processor.settings import StorageSettings
 from facefleet.processor.sinks import FilesystemSink, S3Sink, StorageUnavailable
 from tests.conftest import S3_ENV, S3Server
@@ -57,10 +59,22 @@ def test_filesystem_sink_writes_image_and_sidecar_once(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob(".tmp-*"))  # no temporary files left behind
 
 
+@pytest.fixture
+def aws_shaped_s3() -> Iterator[LocalS3]:
+    """moto's S3: it answers a write to a missing bucket as AWS does (NoSuchBucket), where
+    SeaweedFS creates the bucket on the first write."""
+    server = LocalS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.s3
 def test_the_processor_checks_at_start_that_it_can_write_and_says_what_is_missing(
-    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws_shaped_s3: LocalS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    s3_server = aws_shaped_s3
     config = tmp_path / "processor.toml"
     config.write_text(
         dump_toml(
@@ -81,7 +95,7 @@ def test_the_processor_checks_at_start_that_it_can_write_and_says_what_is_missin
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, **S3_ENV},
+        env={**os.environ, **LocalS3.ENV},
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == (
@@ -95,7 +109,7 @@ def test_the_processor_checks_at_start_that_it_can_write_and_says_what_is_missin
             kind="s3", bucket="never-created", endpoint_url=s3_server.url, region="us-east-1"
         )
     )
-    for name, value in S3_ENV.items():
+    for name, value in LocalS3.ENV.items():
         monkeypatch.setenv(name, value)
     sink.check_writable("cloud1")  # the same check passes once the bucket is there
     assert s3_server.client().head_object(Bucket="never-created", Key="probe/cloud1-processor")

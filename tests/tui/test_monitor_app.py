@@ -464,8 +464,8 @@ async def test_keys_a_person_tries_first(edge_broker: LocalBroker) -> None:
         assert table.scroll_x == 0
         for _ in range(5):
             await pilot.press("right")
-        await pilot.pause(0.1)
-        assert table.scroll_x > 0  # the columns past the service states are reachable
+        # the columns past the service states are reachable (the table scrolls, animated)
+        await wait_until(pilot, lambda: table.scroll_x > 0, what="the fleet table scrolled right")
         app.show_node("cloud1")  # a cloud node publishes no faces: it stores the fleet's
         await pilot.pause(0.2)
         stored = app.model.nodes["cloud1"].services["processor"].figure("stored")

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
@@ -57,6 +58,7 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen { align: center middle; }
     #help { width: auto; max-width: 90%; height: auto; max-height: 90%;
             border: round $primary; padding: 0 1; background: $surface; }
+    #help Static { width: auto; }
     """
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
@@ -66,7 +68,9 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         width = max(len(key) for key, _ in self.keys)
         lines = [f"[b]{key:<{width}}[/]  {text}" for key, text in self.keys]
-        yield Static("\n".join(["[b]Keys[/] (esc or ? closes)", "", *lines]), id="help")
+        # a long list scrolls on a small terminal
+        with VerticalScroll(id="help"):
+            yield Static("\n".join(["[b]Keys[/] (esc or ? closes)", "", *lines]))
 
 
 def image_widget_class(protocol: str) -> type[Widget]:
@@ -418,7 +422,9 @@ class MonitorApp(App[int]):
                 binding.tooltip or binding.description,
             )
             for binding in self.BINDINGS
-            if isinstance(binding, Binding) and binding.action != "leave_filter"
+            if isinstance(binding, Binding)
+            and binding.action != "leave_filter"
+            and self.check_action(binding.action, ()) is not False  # f without --store
         ]
         self.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
 
