@@ -15,8 +15,6 @@ import datetime
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,7 +38,7 @@ from facefleet.processor.service import SESSION_EXPIRY_S
 from tests.conftest import ROOT
 from tests.fleet.clients import Collector, cloud_settings, lab_s3, stored_faces
 from tests.fleet.fleetlab import CLOUD_UNITS as LAB_CLOUD_UNITS
-from tests.fleet.fleetlab import DROPIN, EDGE_UNITS, PKI_DIR, Lab, deploy
+from tests.fleet.fleetlab import DROPIN, EDGE_UNITS, PKI_DIR, Lab, deploy, run_lab
 from tests.helpers import Publisher, face_meta, jpeg_bytes, wait_until
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -302,14 +300,7 @@ def fleet(lab: Lab) -> Iterator[Fleet]:
 
 
 def lab_command(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "lab", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_lab(*args, timeout=300)
     assert result.returncode == 0, result.stderr
 
 

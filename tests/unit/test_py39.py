@@ -53,7 +53,10 @@ def test_unions_from_the_python_39_path_are_coerced_like_optional() -> None:
     hints = config.evaluate_annotations(_Sample)
     assert hints["retries"] == typing.Optional[int]
     assert config.coerce(hints["retries"], "") is None
-    assert config.coerce(hints["retries"], "5") == 5
+    # a string converts only when it comes from the environment (TOML strings are refused)
+    assert config.coerce(hints["retries"], config.EnvValue("5", "FACEFLEET_RETRIES")) == 5
+    with pytest.raises(ValueError, match="expected an integer"):
+        config.coerce(hints["retries"], "5")
     assert hints["names"] == tuple[str, ...]
 
 
