@@ -189,17 +189,39 @@ def _boot(host: Host) -> int:
     return proc.pid
 
 
+def _address_emulated_host(host: Host, pid: int) -> bool:
+    """Give an emulated host its address from outside: systemd-networkd cannot run under
+    qemu-user ("Could not create manager: Protocol not supported": netlink), so the lab sets
+    host0 up in the container's network namespace with this machine's own `ip`. False until
+    the container's init and its host0 link exist."""
+    inits = _children(pid)
+    if not inits:
+        return False
+    subnet = json.loads((STATE_DIR / "state.json").read_text())["subnet"]
+    prefixlen = ipaddress.ip_network(subnet).prefixlen
+    netns = ["nsenter", "-t", str(inits[0]), "-n", "ip"]
+    if _run(*netns, "link", "show", "dev", "host0", check=False).returncode != 0:
+        return False
+    _run(*netns, "addr", "replace", f"{host.address}/{prefixlen}", "dev", "host0")
+    _run(*netns, "link", "set", "host0", "up")
+    _run(*netns, "link", "set", "lo", "up")
+    return True
+
+
 def ssh_command(address: str, *command: str) -> list[str]:
     return ["ssh", "-i", str(KEY), *SSH_OPTIONS, f"root@{address}", *command]
 
 
 def _wait_ssh(host: Host, pid: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    addressed = not host.image.emulated
     while time.monotonic() < deadline:
         if not _alive(pid):
             raise LabError(
                 f"{host.name}: systemd-nspawn exited (see {STATE_DIR}/logs/{host.name}.console)"
             )
+        if not addressed:
+            addressed = _address_emulated_host(host, pid)
         try:
             with socket.create_connection((host.address, 22), timeout=1):
                 pass

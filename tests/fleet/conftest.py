@@ -39,11 +39,10 @@ from tests.fleet.fleetlab import (
 
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"
-#: The lab's hosts: the cloud host, four x86_64 edges (the fault suite streams on the first two,
-#: the rollout uses all), a Jetson-like arm64 edge on Debian 11 (Python 3.9) and an arm64 edge on
-#: Debian 12 with Debian's OpenCV (both emulated, see test_jetson.py).
-TOPOLOGY = ("--edges", "4", "--arm64-edges", "1", "--arm64-opencv-edges", "1")
-SUITES = ("test_fleet", "test_faults", "test_jetson", "test_rollout", "test_deploy_docs")
+#: The lab's hosts: the cloud host and four x86_64 edges (the fault suite streams on the first
+#: two, the rollout uses all).
+TOPOLOGY = ("--edges", "4")
+SUITES = ("test_fleet", "test_faults", "test_rollout", "test_deploy_docs")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

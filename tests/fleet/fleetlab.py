@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.fleet import ARM64_PREFIX
-
 from tests.conftest import ROOT
 
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
@@ -78,11 +76,6 @@ class Lab:
     @property
     def edges(self) -> list[str]:
         return self.groups["edge"]
-
-    @property
-    def native_edges(self) -> list[str]:
-        """The edges of this machine's architecture (the arm64 ones are emulated, slowly)."""
-        return [e for e in self.edges if not e.startswith(ARM64_PREFIX)]
 
     def units(self, host: str) -> tuple[str, ...]:
         return CLOUD_UNITS if host in self.groups["cloud"] else EDGE_UNITS

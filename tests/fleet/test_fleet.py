@@ -156,7 +156,7 @@ def test_faces_from_every_edge_are_stored_with_metadata(lab: Lab) -> None:
     keys: dict[str, str] = {}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        for edge in lab.native_edges:  # the emulated ones: test_jetson.py
+        for edge in lab.edges:
             pages = s3.get_paginator("list_objects_v2").paginate(
                 Bucket=LAB_BUCKET, Prefix=f"faces/{edge}/"
             )
@@ -164,11 +164,11 @@ def test_faces_from_every_edge_are_stored_with_metadata(lab: Lab) -> None:
             counts[edge] = len(found)
             if found:
                 keys[edge] = found[0]
-        if all(counts.get(e) for e in lab.native_edges):
+        if all(counts.get(e) for e in lab.edges):
             break
         time.sleep(3)
     lab.report["faces_stored_per_edge"] = counts
-    assert all(counts.get(e) for e in lab.native_edges), f"faces stored per edge: {counts}"
+    assert all(counts.get(e) for e in lab.edges), f"faces stored per edge: {counts}"
     for edge, key in keys.items():
         head = s3.head_object(Bucket=LAB_BUCKET, Key=key)
         meta = head["Metadata"]

@@ -41,15 +41,14 @@ LABEL = "rollout.b"
 VERSION_B = f"{VERSION_A}+{LABEL}"
 BROKEN = "edge-3"
 #: A file that exists but is no video: `detector --check` accepts it, the detector cannot start;
-#: its health gate gives up after 60 s (the other hosts keep their own timeouts: emulated ones
-#: need longer to start their services).
+#: its health gate gives up after 60 s (the other hosts keep their own timeouts: emulated arm64
+#: ones need longer to start their services).
 BROKEN_SETTINGS = (
     "detector_config_overrides:\n  camera:\n    source: /etc/os-release\n"
     "facefleet_health_gate_timeout_s: 60\n"
 )
-#: Canary edge-1, then batches of two in inventory order ([edge-2, edge-3], [edge-4, jetson-1],
-#: [jetson-cv-1]); one failure in a batch of two is 50 %, which does not exceed the threshold,
-#: so the rollout goes on.
+#: Canary edge-1, then batches of two in inventory order ([edge-2, edge-3], [edge-4]); one
+#: failure in a batch of two is 50 %, which does not exceed the threshold, so the rollout goes on.
 ROLLOUT = {
     "facefleet_version_label": LABEL,
     "facefleet_rollout_canary": 1,
