@@ -46,6 +46,7 @@ class Result:
     seconds: float
     returncode: int
     counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -82,6 +83,24 @@ def counts(junit: Path) -> dict[str, int]:
     return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
 
 
+def failures(junit: Path) -> list[str]:
+    """One line per failed test of a pytest run: its id and the first line of why.
+
+    Printed just above the closing line, so that a CI log that keeps only its tail still
+    names what failed."""
+    try:
+        suites = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    lines = []
+    for case in suites.iter("testcase"):
+        for problem in (*case.iter("failure"), *case.iter("error")):
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            why = (problem.get("message") or problem.text or "").strip().splitlines()
+            lines.append(f"{name}: {why[0][:160] if why else problem.tag}")
+    return lines
+
+
 _PRINT = threading.Lock()
 
 
@@ -113,7 +132,9 @@ def run(stage: Stage) -> Result:
             say(stage.name, line.rstrip("\n"))
         returncode = process.wait()
     seconds = time.monotonic() - started
-    result = Result(stage.name, seconds, returncode, counts(stage.junit) if stage.junit else {})
+    result = Result(stage.name, seconds, returncode)
+    if stage.junit:
+        result.counts, result.failures = counts(stage.junit), failures(stage.junit)
     if returncode == 5:  # pytest collected nothing: a stage that tests nothing is broken
         say(stage.name, "===== no tests collected")
     say(stage.name, f"===== exit {returncode} after {seconds:.0f} s")
@@ -173,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     failed_stages = [r.stage for r in results if r.returncode != 0]
     if failed_stages:
         print(f"failed stages: {', '.join(failed_stages)}")
+    for r in results:
+        for line in r.failures:
+            print(f"failed: {r.stage}: {line}")
     # the closing line CI reads; a failed stage without failed tests (static) counts as one
     failed = summed["failed"] or len(failed_stages)
     print(f"total: {summed['passed']} passed, {failed} failed, {summed['skipped']} skipped")
