@@ -42,6 +42,8 @@ TIMINGS = ROOT / "build" / "lab-timings.json"
 #: The lab's hosts: the cloud host and four x86_64 edges (the fault suite streams on the first
 #: two, the rollout uses all).
 TOPOLOGY = ("--edges", "4")
+#: test_deploy_docs redeploys two hosts from another inventory; it is last, so it puts the lab's
+#: own deployment back only when the lab outlives the run.
 SUITES = ("test_fleet", "test_faults", "test_rollout", "test_deploy_docs")
 
 
@@ -104,7 +106,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
             for name, spec in inventory[g]["hosts"].items()
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
-        the_lab = Lab(hosts, groups, source)
+        the_lab = Lab(hosts, groups, source, outlives_run=reuse)
         for number in range(int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))):
             the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
             lab_timings.add(f"deploy {number + 1}", the_lab.deploys[-1].seconds)

@@ -68,6 +68,9 @@ class Lab:
     source: Path
     deploys: list[Deploy] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    #: The lab stays up after the run (FACEFLEET_LAB_REUSE=1): the last suite puts back what
+    #: it changed; otherwise the lab is torn down and the last suite need not.
+    outlives_run: bool = False
 
     @property
     def cloud(self) -> str:
