@@ -281,7 +281,9 @@ class Demo:
             "frames": det.get("frames", 0),
             "fps": det.get("fps", 0),
             "faces_detected": det.get("faces_detected", 0),
-            "tracks": det.get("tracks_total", det.get("tracks", None)),
+            # persons the quality gate never published (per reason), and tracks it joined
+            "held_back": det.get("held_back", {}),
+            "merged": det.get("merged", 0),
             "published": det.get("published", 0),
             "published_bytes": det.get("published_bytes", 0),
             "uplink_messages": fwd.get("forwarded", 0),
