@@ -50,14 +50,20 @@ def detector_vars() -> dict[str, Any]:
 
 
 def edge_host_vars(host: Host) -> dict[str, Any]:
-    """An edge's own variables: emulated (arm64) hosts play the clip at one frame per second
-    and get longer for their services to come up; `jetson-cv-` hosts use Debian's OpenCV 4.6,
-    which runs the Haar cascade but not the YuNet models (they need OpenCV 4.8)."""
+    """An edge's own variables. Emulated (arm64) hosts play the clip at one frame per second,
+    get longer for their services to come up, and run them without PrivateUsers= (qemu-user
+    cannot set up a user namespace reliably). `jetson-cv-` hosts use Debian's OpenCV 4.6, which
+    runs the Haar cascade it ships (opencv-data) but not the YuNet models (they need OpenCV
+    4.8), so the fleet's model file is unset for them."""
     out: dict[str, Any] = {"ansible_host": host.address}
     if host.image.emulated:
-        out |= {"detector_camera_fps": 1.0, "facefleet_health_gate_timeout_s": 300}
+        out |= {
+            "detector_camera_fps": 1.0,
+            "facefleet_health_gate_timeout_s": 300,
+            "facefleet_private_users": False,
+        }
     if host.image.flavour == "opencv":
-        out |= {"detector_opencv": "system", "detector_backend": "haar"}
+        out |= {"detector_opencv": "system", "detector_backend": "haar", "detector_model_src": ""}
     return out
 
 
