@@ -53,7 +53,7 @@ system-deps: ## install the Debian packages the demo, tests and lab need (root)
 demo: demo-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
 	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
 
-test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~37 min)
+test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~36 min)
 	$(PY) -m tests.stages $(PYTEST_ARGS)
 
 test-nolab: system-deps venv ## everything but the lab: static checks, unit and integration tests
@@ -62,7 +62,7 @@ test-nolab: system-deps venv ## everything but the lab: static checks, unit and 
 test-fast: venv ## unit tests only (a couple of minutes)
 	$(PY) -m tests.stages --only unit $(PYTEST_ARGS)
 
-test-jetson: system-deps venv ## the lab with two emulated arm64 edges too, and their suite (root; about 1 h 30)
+test-jetson: system-deps venv ## the lab stage with two emulated arm64 edges and their suite too (root; over an hour)
 	FACEFLEET_LAB_ARM64=1 $(PY) -m tests.stages --only lab $(PYTEST_ARGS)
 
 flaky-loop: system-deps venv ## the monitor, fleet-status and relay tests 20 times; failures in build/flaky/
