@@ -258,7 +258,7 @@ class MonitorApp(App[int]):
         self.handled += len(events)
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
-        if not self.query("#connection"):  # the app is closing
+        if not self.is_running:  # the app is closing: its widgets are going
             return
         self.model.apply(message.event)
         self.model.evaluate()  # the broker alert appears now, not at the next tick
@@ -267,7 +267,9 @@ class MonitorApp(App[int]):
     # --- redraw on a timer ----------------------------------------------------------------
 
     def _tick(self) -> None:
-        if not self.query("#tabs"):  # the screen is being torn down (quit) or not there yet
+        # App.is_running turns false first thing on shutdown, before the widgets go one by one
+        # (probing one widget raced: #tabs still there, #connection already gone)
+        if not self.is_running:
             return
         shed = self.feed.gate.take_shed()
         if shed:
