@@ -17,7 +17,7 @@ from facefleet.inventory import load_inventory
 from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args, parse_address
-from facefleet_monitor.feed import FlowGate, parse_face, parse_status
+from facefleet_monitor.feed import FlowGate, Inbox, parse_face, parse_status
 from facefleet_monitor.model import (
     NEVER,
     OFFLINE,
@@ -253,6 +253,17 @@ def test_flow_gate_sheds_into_counts() -> None:
     model.apply_shed(shed.faces, shed.errors)
     assert model.nodes["cam1"].faces_total == 3
     assert model.counters.shed == 4
+
+
+def test_inbox_wakes_once_and_hands_out_slices_oldest_first() -> None:
+    inbox = Inbox()
+    errors = [FeedError(f"t{i}", None, "x") for i in range(5)]
+    assert [inbox.put(e) for e in errors] == [True, False, False, False, False]
+    assert inbox.drain(2) == (errors[:2], True)
+    assert inbox.drain(2) == (errors[2:4], True)
+    assert inbox.drain(2) == (errors[4:], False)
+    assert inbox.drain(2) == ([], False)
+    assert inbox.put(errors[0])  # empty again: the next event wakes the UI
 
 
 def test_format_age() -> None:

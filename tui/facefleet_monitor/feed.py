@@ -150,10 +150,12 @@ class Inbox:
             self._events.append(event)
             return len(self._events) == 1
 
-    def drain(self) -> list[FeedEvent]:
+    def drain(self, limit: int) -> tuple[list[FeedEvent], bool]:
+        """Up to `limit` of the oldest events, and whether more wait (the producer posts no
+        wake-up for those: the consumer must come back for them)."""
         with self._lock:
-            events, self._events = self._events, []
-        return events
+            events, self._events = self._events[:limit], self._events[limit:]
+            return events, bool(self._events)
 
 
 class MonitorFeed:
