@@ -466,6 +466,11 @@ async def test_keys_a_person_tries_first(edge_broker: LocalBroker) -> None:
             await pilot.press("right")
         # the columns past the service states are reachable (the table scrolls, animated)
         await wait_until(pilot, lambda: table.scroll_x > 0, what="the fleet table scrolled right")
+        # a redraw (every second) changes cells, not where the operator is
+        scrolled, row = table.scroll_x, table.cursor_row
+        app.redraw(force=True)
+        await pilot.pause(0.1)
+        assert (table.scroll_x >= scrolled, table.cursor_row) == (True, row)
         app.show_node("cloud1")  # a cloud node publishes no faces: it stores the fleet's
         await pilot.pause(0.2)
         stored = app.model.nodes["cloud1"].services["processor"].figure("stored")

@@ -42,6 +42,13 @@ def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
+def same_cell(a: Any, b: Any) -> bool:
+    """Whether a table cell would look the same (rich's Text equality ignores the style)."""
+    if isinstance(a, Text) and isinstance(b, Text):
+        return (a.plain, str(a.style), a.spans) == (b.plain, str(b.style), b.spans)
+    return bool(a == b)
+
+
 def _number(value: Any, fmt: str = "{}") -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
@@ -70,6 +77,9 @@ class FleetView(Vertical):
         self.cursor_blink = cursor_blink
         self.sort_mode = SORT_MODES[0]
         self.filter_text = ""
+        #: What the table shows: node names in order, and each row's cells.
+        self._shown: list[str] = []
+        self._cells: dict[str, list[Any]] = {}
 
     def compose(self) -> ComposeResult:
         yield Input(
@@ -146,13 +156,25 @@ class FleetView(Vertical):
             rows.sort(key=lambda r: (-(r[0].last_face_at or 0.0), r[0].name))
         else:
             rows.sort(key=lambda r: r[0].name)
-        selected = self.selected_node()
-        table.clear()
-        for node, cells in rows:
-            table.add_row(*cells, key=node.name)
         shown = [node.name for node, _ in rows]
-        if selected is not None and selected in shown:
-            table.move_cursor(row=shown.index(selected), animate=False)
+        if shown == self._shown:
+            # the same rows in the same order: only the cells that changed (rebuilding the
+            # table every second moved the cursor and the sideways scroll under the operator)
+            for node, cells in rows:
+                for (column, _), cell, before in zip(
+                    self.COLUMNS, cells, self._cells[node.name], strict=True
+                ):
+                    if not same_cell(cell, before):
+                        table.update_cell(node.name, column, cell, update_width=True)
+        else:
+            selected = self.selected_node()
+            table.clear()
+            for node, cells in rows:
+                table.add_row(*cells, key=node.name)
+            if selected is not None and selected in shown:
+                table.move_cursor(row=shown.index(selected), animate=False)
+        self._shown = shown
+        self._cells = {node.name: cells for node, cells in rows}
         problems = sum(1 for n in model.nodes if model.severity(n))
         self.query_one("#fleet-footer", Static).update(
             f" {len(rows)} of {len(model.nodes)} nodes shown · {problems} with problems · "
