@@ -5,9 +5,10 @@ usage: python -m tests.stages [--only STAGE,...] [--skip STAGE,...] [--serial] [
 Stages: static (ruff, mypy, ansible-lint), unit (pure code), integration (real mosquitto and
 S3 processes, the detector on shared data, the monitor, the benchmark smoke test), lab (the
 systemd-nspawn fleet: boot, deploys and each lab suite; their times come from
-build/lab-timings.json). The lab spends most of its time waiting (for gates, drains, outages
-of a fixed length), so it runs beside the other stages, which run one after the other; every
-line of output starts with its stage's name. `--serial` runs all four one after the other.
+build/lab-timings.json). The lab spends much of its time waiting (for gates, drains, outages
+of a fixed length), so it runs beside the other stages, which run one after the other at a
+lower CPU priority (its deploys are bound by CPU); every line of output starts with its
+stage's name. `--serial` runs all four one after the other.
 A failing stage does not stop the others; the exit status is 1 when any failed. The last line
 counts the tests of every stage ("N passed, N failed, N skipped").
 """
@@ -111,7 +112,12 @@ def say(stage: str, line: str) -> None:
         sys.stdout.flush()
 
 
-def run(stage: Stage) -> Result:
+#: Niceness of the stages that run beside the lab: the lab is the longest stage and its deploys
+#: are bound by CPU, while the others have time to spare and fill the lab's waits.
+BESIDE_THE_LAB_NICENESS = 10
+
+
+def run(stage: Stage, niceness: int = 0) -> Result:
     say(stage.name, f"===== {' '.join(stage.command[1:])}")
     if stage.junit:
         stage.junit.unlink(missing_ok=True)
@@ -126,6 +132,7 @@ def run(stage: Stage) -> Result:
         text=True,
         errors="replace",
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=(lambda: os.nice(niceness)) if niceness else None,  # noqa: PLW1509
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -149,7 +156,7 @@ def run_all(chosen: list[Stage], serial: bool) -> list[Result]:
     lab_result: list[Result] = []
     beside = threading.Thread(target=lambda: lab_result.append(run(lab)), name="lab stage")
     beside.start()
-    results = [run(stage) for stage in chosen if stage is not lab]
+    results = [run(stage, BESIDE_THE_LAB_NICENESS) for stage in chosen if stage is not lab]
     beside.join()
     if not lab_result:  # the thread died before the stage could report: that is a failure
         lab_result.append(Result(lab.name, 0.0, 1))
