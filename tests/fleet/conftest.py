@@ -1,12 +1,14 @@
-"""One fleet lab for every lab suite of a test run: booted once, deployed once, restored between
-suites, always torn down.
+"""One fleet lab for every lab suite of a test run: booted once, deployed once (and once more,
+which must change nothing, beside the first suite's read-only checks), restored between suites,
+always torn down.
 
 Needs root and systemd-nspawn. Outside CI the tests skip with the reason when the machine
 cannot host the lab; under CI=true they must run. `python -m lab up` removes any lab that is
 already running (the developer's `make lab` included) before it starts its own;
 FACEFLEET_LAB_REUSE=1 runs the tests against the lab that is up and leaves it running;
 FACEFLEET_LAB_DEPLOYS=N overrides how often the fixture deploys (0 with a lab already
-deployed, to iterate on a test; the deploy tests then fail, as they should).
+deployed, to iterate on a test; the deploy tests then fail, as they should); the last of
+them runs in the background until a suite that changes the lab starts (see `known_state`).
 
 The suites run in the order of SUITES: the read-only checks of the deployment first, the
 rollout (which leaves the edges on another release) and the deploy-docs test (another
@@ -119,13 +121,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
         the_lab = Lab(hosts, groups, source, outlives_run=reuse)
-        for number in range(int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))):
+        deploys = int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))
+        for _ in range(deploys - 1):
             the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
-            lab_timings.add(f"deploy {number + 1}", the_lab.deploys[-1].seconds)
+            lab_timings.add(f"deploy {len(the_lab.deploys)}", the_lab.deploys[-1].seconds)
             if the_lab.deploys[-1].returncode != 0:
                 break
-        the_lab.report["deploy_s"] = [round(d.seconds, 1) for d in the_lab.deploys]
+        else:
+            if deploys > 0:
+                the_lab.deploy_beside()  # the last one, which must change nothing
         yield the_lab
+        the_lab.settle()
+        the_lab.report["deploy_s"] = [round(d.seconds, 1) for d in the_lab.deploys]
         REPORT.parent.mkdir(exist_ok=True)
         REPORT.write_text(json.dumps(the_lab.report, indent=2) + "\n")
         print(f"\nlab report ({REPORT}):\n{json.dumps(the_lab.report, indent=2)}")
@@ -142,11 +149,30 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
 
 @pytest.fixture(scope="module", autouse=True)
 def known_state(request: pytest.FixtureRequest, lab: Lab, lab_timings: Timings) -> Iterator[None]:
-    """Times each lab suite, and after it puts the lab back into the deployed state."""
+    """Times each lab suite, and after it puts the lab back into the deployed state. Only a
+    suite that says it only looks (BESIDE_THE_LAST_DEPLOY) starts before the last deploy of
+    the lab has finished."""
+    if not getattr(request.module, "BESIDE_THE_LAST_DEPLOY", False):
+        settle(lab, lab_timings)
     started = time.monotonic()
     yield
+    settle(lab, lab_timings)
     lab.restore()
     lab_timings.add(request.module.__name__.rsplit(".", 1)[-1], time.monotonic() - started)
+
+
+@pytest.fixture
+def settled(lab: Lab, lab_timings: Timings) -> Lab:
+    """The lab once its last deploy has finished (a suite beside it asks for this)."""
+    settle(lab, lab_timings)
+    return lab
+
+
+def settle(lab: Lab, lab_timings: Timings) -> None:
+    """Wait for the deploy running in the background, and time it."""
+    if lab.pending is not None:
+        lab.settle()
+        lab_timings.add(f"deploy {len(lab.deploys)} (beside)", lab.deploys[-1].seconds)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -1,7 +1,8 @@
 """The fleet lab as the lab suites see it: its hosts, site.yml deploys, and a known state.
 
 One lab serves every suite of a test run (see conftest.py): booted once, deployed once (and a
-second time to prove idempotence), put back into a known state after each suite.
+second time, beside read-only checks, to prove idempotence), put back into a known state after
+each suite.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,22 @@ class Lab:
     #: The lab stays up after the run (FACEFLEET_LAB_REUSE=1): the last suite puts back what
     #: it changed; otherwise the lab is torn down and the last suite need not.
     outlives_run: bool = False
+    #: The idempotence deploy, running beside the read-only checks (see `deploy_beside`).
+    pending: Future[Deploy] | None = None
+
+    def deploy_beside(self) -> None:
+        """Start the same deploy again in the background. It must change nothing, so the
+        checks that only look at the deployment (test_fleet's) run beside it; `settle()`
+        waits for it before anything changes the lab."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="idempotence-deploy")
+        self.pending = pool.submit(deploy, self.source, **ALL_AT_ONCE)
+        pool.shutdown(wait=False)
+
+    def settle(self) -> None:
+        """Wait for the background deploy (if any) and add it to `deploys`."""
+        if self.pending is not None:
+            self.deploys.append(self.pending.result())
+            self.pending = None
 
     @property
     def cloud(self) -> str:
