@@ -52,6 +52,8 @@ class Deploy:
     seconds: float
     returncode: int
     output: str
+    #: When it started (epoch seconds, to line up with the rollout reports' timestamps).
+    started_at: float = 0.0
 
     def recap(self) -> dict[str, dict[str, int]]:
         return {
@@ -224,7 +226,7 @@ def snapshot_sources(directory: Path) -> Path:
 
 
 def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars: Any) -> Deploy:
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     extra = {
         "facefleet_source_dir": str(source),
         "facefleet_bundle_dir": str(BUNDLE_DIR),
@@ -247,4 +249,6 @@ def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars
         check=False,
         env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
     )
-    return Deploy(time.monotonic() - started, result.returncode, result.stdout + result.stderr)
+    return Deploy(
+        time.monotonic() - started, result.returncode, result.stdout + result.stderr, started_at
+    )

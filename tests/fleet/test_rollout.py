@@ -150,10 +150,16 @@ def test_rollout_in_batches_with_the_broken_host_rolled_back(lab: Lab, rollout: 
                 ),
             }
         )
+    canary_switch = float(edges["edge-1"]["switch_started"])
     lab.report["rollout"] = {
         "from": VERSION_A,
         "to": VERSION_B,
         "seconds": round(rollout.run.seconds, 1),
+        # validation, controller, staging on every host and the cloud play come before it
+        "canary_switch_after_s": round(canary_switch - rollout.run.started_at, 1),
+        "last_gate_after_s": round(
+            max(float(r["finished"]) for r in edges.values()) - rollout.run.started_at, 1
+        ),
         "batches": timeline,
         "switch_s": {h: float(r["switch_s"]) for h, r in edges.items() if r["result"] == "healthy"},
         "failed_switch_s": float(broken["switch_s"]),
