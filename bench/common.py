@@ -41,10 +41,6 @@ def progress(message: str) -> None:
     print(f"[bench {int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {message}", flush=True)
 
 
-def shared_dir() -> Path:
-    return Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
-
-
 def machine() -> str:
     """Where the numbers come from: CPU model and count, memory, kernel, Python, OpenCV."""
     import cv2

@@ -19,14 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Options, progress, shared_dir
+from bench.common import ROOT, Options, progress
 from facefleet.config import build
 from facefleet.detector.evaluate_cli import evaluate
 from facefleet.detector.evaluation import recall_precision
 from facefleet.detector.settings import DetectionSettings, DetectorConfig
 from facefleet.localbroker import LocalBroker
+from facefleet.shared import default_yunet_model, shared_dir
 
-MODEL = "models/face_detection_yunet_2023mar.onnx"
 CLIP = "data/videos/short_hamilton_clip.mp4"
 CLIP_TRUTH = ROOT / "tests" / "data" / "short_hamilton_clip.truth.toml"
 EVALUATION_FIGURES = (
@@ -82,7 +82,7 @@ def run_one(
 def run(workdir: Path, options: Options) -> dict[str, Any]:
     quick = options.quick
     shared = shared_dir()
-    model = shared / MODEL
+    model = default_yunet_model()
     clip = shared / CLIP
     if not model.is_file() or not clip.is_file():
         raise RuntimeError(f"shared data missing under {shared} (set FACEFLEET_SHARED)")

@@ -26,24 +26,23 @@ from bench.common import (
     footprint,
     percentile,
     progress,
-    shared_dir,
     wait_until,
 )
 from bench.faces import FacePublisher
 from facefleet.contract import parse_timestamp
 from facefleet.localbroker import MONITOR_IDENTITY
+from facefleet.shared import default_yunet_model
 from facefleet.statusboard import StatusBoard
 
 EDGE_NODE = "bench-edge"
 CLOUD_NODE = "bench-cloud"
 BUCKET = "faces-bench"
-MODEL = "models/face_detection_yunet_2023mar.onnx"
 IDLE_SCENE = "synthetic:?persons=0&seconds=60&fps=15&size=640x480"
 BUSY_SCENE = "synthetic:?persons=6&seconds=30&fps=15&size=640x480&seed=3"
 
 
 def detector_config(edge_mqtt: dict[str, Any], source: str) -> dict[str, Any]:
-    model = shared_dir() / MODEL
+    model = default_yunet_model()
     detection = (
         {"backend": "yunet", "model": str(model)} if model.is_file() else {"backend": "haar"}
     )

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import Options, progress, shared_dir
+from bench.common import Options, progress
 from facefleet.detector.geometry import iou
 from facefleet.detector.synthetic import SceneParams, SyntheticScene
+from facefleet.shared import shared_dir
 
 CLIP = "data/videos/short_hamilton_clip.mp4"
 MODES = {"default": ("best", "jpeg"), "homework": ("every-frame", "png")}

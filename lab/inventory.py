@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from facefleet.shared import YUNET_MODEL, shared_dir
 
 if TYPE_CHECKING:
     from lab.fleet import Host
@@ -17,7 +18,6 @@ LAB_S3_PORT = 9000
 #: The lab store's one identity (roles/lab_s3): SeaweedFS checks every request's signature.
 LAB_S3_KEY_ID = "facefleet-lab"
 LAB_S3_SECRET = "facefleet-lab-secret"  # noqa: S105 - not a secret: the lab endpoint's key
-MODEL = "face_detection_yunet_2023mar.onnx"
 CLIP = "short_hamilton_clip.mp4"
 #: The lab's detectors play the clip at this many frames per second: enough for faces to flow,
 #: little enough that idle edges leave the machine's cores to the work under test (tests that
@@ -25,14 +25,10 @@ CLIP = "short_hamilton_clip.mp4"
 LAB_FPS = 5.0
 
 
-def shared_dir() -> Path:
-    return Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
-
-
 def detector_vars() -> dict[str, Any]:
     """YuNet with the shared model and the shared clip when present; else Haar + synthetic."""
     shared = shared_dir()
-    model, clip = shared / "models" / MODEL, shared / "data" / "videos" / CLIP
+    model, clip = shared / "models" / YUNET_MODEL, shared / "data" / "videos" / CLIP
     out: dict[str, Any] = {
         "detector_camera_loop": True,
         "detector_camera_realtime": True,

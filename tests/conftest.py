@@ -12,14 +12,10 @@ import pytest
 
 from facefleet.localbroker import LocalBroker
 from facefleet.seaweed import SeaweedS3
+from facefleet.shared import shared_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def shared_dir() -> Path:
-    """`../shared` beside the checkout unless FACEFLEET_SHARED says otherwise."""
-    return Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
 
 
 def require_shared(*relative: str) -> Path:

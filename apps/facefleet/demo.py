@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 from facefleet.config import ConfigError, dump_toml
 from facefleet.detector.settings import DetectorChoice, choose_detector
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
+from facefleet.shared import default_yunet_model
 from facefleet.statusboard import StatusBoard
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,6 @@ log = logging.getLogger(__name__)
 EDGE_NODE = "demo-edge"
 CLOUD_NODE = "demo-cloud"
 HEARTBEAT_S = 1.0
-DEFAULT_MODEL = "models/face_detection_yunet_2023mar.onnx"
-
-
-def shared_dir() -> Path:
-    """Test and demo data (models, clips): FACEFLEET_SHARED, default ../shared."""
-    return Path(os.environ.get("FACEFLEET_SHARED", "../shared"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def choose_detection(args: argparse.Namespace) -> DetectorChoice:
-    choice = choose_detector(args.backend, args.model, shared_dir() / DEFAULT_MODEL)
+    choice = choose_detector(args.backend, args.model, default_yunet_model())
     if choice.note:
         log.info("%s", choice.note)  # and in the monitor (Demo.notes): the UI hides this line
     return choice

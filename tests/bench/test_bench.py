@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import ROOT, require_shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.s3, pytest.mark.shared]
@@ -43,7 +44,7 @@ def lookup(results: dict[str, object], dotted: str) -> object:
 
 
 def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
-    require_shared("models", "face_detection_yunet_2023mar.onnx")
+    require_shared("models", YUNET_MODEL)
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,

@@ -14,6 +14,7 @@ import pytest
 
 from facefleet.detector import evaluation
 from facefleet.detector.settings import DetectionSettings
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import require_shared
 
 pytestmark = pytest.mark.shared
@@ -26,7 +27,7 @@ def recall_precision(settings: DetectionSettings) -> tuple[float, float]:
 
 
 def test_default_backend_yunet_2023mar() -> None:
-    model = require_shared("models", "face_detection_yunet_2023mar.onnx")
+    model = require_shared("models", YUNET_MODEL)
     assert DetectionSettings().backend == "yunet"
     recall, precision = recall_precision(DetectionSettings(model=str(model)))
     assert recall >= 0.95

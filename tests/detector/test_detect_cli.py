@@ -14,6 +14,7 @@ import pytest
 from facefleet.detector.backends import create_detector
 from facefleet.detector.settings import DetectionSettings
 from facefleet.detector.synthetic import SceneParams, SyntheticScene
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import require_shared
 
 
@@ -129,7 +130,7 @@ def test_opencv_messages_become_one_facefleet_line_per_image(
 @pytest.mark.shared
 def test_default_is_yunet_2023mar_with_the_default_thresholds() -> None:
     faces = require_shared("data", "faces")
-    model = require_shared("models", "face_detection_yunet_2023mar.onnx")
+    model = require_shared("models", YUNET_MODEL)
     result = detect(str(faces), "--json")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.detector.evaluation import CropRecord, judge, read_truth, score_crops
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import ROOT, require_shared
 
 CLIP_TRUTH = ROOT / "tests" / "data" / "short_hamilton_clip.truth.toml"
@@ -115,7 +116,7 @@ def test_targets_on_the_shared_clip(tmp_path: Path) -> None:
     """The issue's targets, with the default configuration: no crop of a non-face, none below
     the usability floor, every person usable for a second stored, <= 1.3 crops each."""
     clip = require_shared("data", "videos", "short_hamilton_clip.mp4")
-    model = require_shared("models", "face_detection_yunet_2023mar.onnx")
+    model = require_shared("models", YUNET_MODEL)
     config = tmp_path / "detector.toml"
     config.write_text(f'[detection]\nmodel = "{model}"\n')
     result = subprocess.run(

@@ -18,6 +18,7 @@ from facefleet.contract import parse_face_properties
 from facefleet.detector.synthetic import SceneParams
 from facefleet.localbroker import LocalBroker
 from facefleet.mqtt import content_type, user_properties
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import require_shared
 from tests.helpers import Collector, ServiceProcess, wait_until
 
@@ -71,7 +72,7 @@ def test_best_mode_publishes_one_crop_per_person_then_stops(
 ) -> None:
     detection: dict[str, Any] = {"backend": backend}
     if backend == "yunet":
-        model = require_shared("models", "face_detection_yunet_2023mar.onnx")
+        model = require_shared("models", YUNET_MODEL)
         detection["model"] = str(model)
     config = detector_config(edge_broker, SCENE, detection=detection)
     collector = run_to_end(edge_broker, tmp_path, config)

@@ -18,6 +18,7 @@ from pathlib import Path
 import paho
 import pytest
 
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import IN_CI, ROOT, require_shared
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -87,7 +88,7 @@ def test_haar_runs_on_the_system_opencv_with_its_cascades(tmp_path: Path) -> Non
 
 def test_the_check_runs_on_the_interpreter_of_the_test_too() -> None:
     """The same check passes under this venv's OpenCV wheel (detector_opencv: wheel)."""
-    path = require_shared("models", "face_detection_yunet_2023mar.onnx")
+    path = require_shared("models", YUNET_MODEL)
     result = subprocess.run(
         [sys.executable, "-m", "facefleet", "detector", "--check"],
         capture_output=True,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from lab.inventory import LAB_BUCKET
 
+from facefleet.shared import YUNET_MODEL
 from tests.conftest import require_shared
 from tests.fleet.clients import lab_s3, stored_faces
 from tests.fleet.fleetlab import (
@@ -116,7 +117,7 @@ def test_the_detector_runs_on_the_distributions_opencv(lab: Lab) -> None:
 def test_a_model_the_distributions_opencv_cannot_run_stops_the_deploy_before_any_change(
     lab: Lab,
 ) -> None:
-    model = require_shared("models", "face_detection_yunet_2023mar.onnx")
+    model = require_shared("models", YUNET_MODEL)
     fingerprint = (
         "readlink /opt/facefleet/current; md5sum /opt/facefleet/current/config/*.toml"
         " /etc/systemd/system/facefleet-*.service"

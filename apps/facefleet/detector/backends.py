@@ -7,7 +7,6 @@ on speed), and return boxes in the pixels of the original frame with a score in 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 from facefleet.config import ConfigError
 from facefleet.detector.geometry import Box, Image
 from facefleet.detector.settings import DetectionSettings
+from facefleet.shared import default_yunet_model
 
-DEFAULT_YUNET_MODEL = "face_detection_yunet_2023mar.onnx"
 #: Haar levelWeights (summed weak-classifier votes of the last stage, typically 0..12 for
 #: accepted faces) are squashed onto 0..1 with 1 - exp(-weight / HAAR_WEIGHT_SCALE).
 #: Monotonic, not a probability: a weight of 4 gives 0.63, 8 gives 0.86.
@@ -42,16 +41,6 @@ class FaceDetector(Protocol):
     name: str
 
     def detect(self, image: Image) -> list[Detection]: ...
-
-
-def shared_dir() -> Path:
-    """FACEFLEET_SHARED, or `../shared` beside the checkout (where the team keeps models)."""
-    checkout = Path(__file__).resolve().parents[3]
-    return Path(os.environ.get("FACEFLEET_SHARED", checkout.parent / "shared"))
-
-
-def default_yunet_model() -> Path:
-    return shared_dir() / "models" / DEFAULT_YUNET_MODEL
 
 
 def resolve_model(settings: DetectionSettings) -> str:

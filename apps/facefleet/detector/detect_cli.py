@@ -24,11 +24,11 @@ from facefleet.detector.backends import (
     Detection,
     FaceDetector,
     create_detector,
-    default_yunet_model,
 )
 from facefleet.detector.geometry import Image
 from facefleet.detector.settings import DetectionSettings, choose_detector
 from facefleet.detector.sources import IMAGE_SUFFIXES
+from facefleet.shared import YUNET_MODEL, default_yunet_model
 
 EXIT_UNREADABLE = 1
 
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        help="YuNet ONNX file or Haar cascade XML (default: $FACEFLEET_SHARED/models/"
-        "face_detection_yunet_2023mar.onnx for yunet, OpenCV's cascade for haar)",
+        help=f"YuNet ONNX file or Haar cascade XML (default: $FACEFLEET_SHARED/models/{YUNET_MODEL}"
+        " for yunet, OpenCV's cascade for haar)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
