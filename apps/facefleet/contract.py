@@ -71,6 +71,32 @@ def receipts_topic(prefix: str, node: str) -> str:
     return f"{prefix}/{node}/receipts"
 
 
+#: The topic families of the contract, by the node they belong to.
+TOPIC_FAMILIES = {
+    "faces": "{prefix}/{node}/faces",
+    "status": "{prefix}/{node}/status/+",
+    "receipts": "{prefix}/{node}/receipts",
+}
+#: What each identity kind may do on the cloud broker: (access, family, whose), whose being
+#: "own" (the topics of the identity's own name; a device's name is its node name) or "any"
+#: node's. Anything not listed is denied. The broker's ACL is rendered from this (the demo's
+#: by localbroker.cloud_acl, the role's by roles/mosquitto/templates/acl.j2; a test keeps them
+#: equal), and a test walks every kind over every family on a real broker.
+TOPIC_RIGHTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "device": (
+        ("write", "faces", "own"),
+        ("write", "status", "own"),
+        ("read", "receipts", "own"),
+    ),
+    "processor": (
+        ("read", "faces", "any"),
+        ("write", "receipts", "any"),
+        ("write", "status", "own"),
+    ),
+    "monitor": (("read", "faces", "any"), ("read", "status", "any")),
+}
+
+
 def all_faces_filter(prefix: str) -> str:
     return f"{prefix}/+/faces"
 

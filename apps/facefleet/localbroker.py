@@ -21,6 +21,7 @@ from pathlib import Path
 
 from facefleet import pki
 from facefleet.config import ConfigError
+from facefleet.contract import TOPIC_FAMILIES, TOPIC_RIGHTS
 from facefleet.mqtt import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,31 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 
 def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
-    """The cloud ACL: devices write their own subtree and read their receipts, processors read
-    faces and write receipts and their status, monitors only read. Anything not granted is
-    denied."""
-    lines = [
-        "# devices (CN = node name) write only under their own node, read only their receipts",
-        f"pattern write {prefix}/%u/#",
-        f"pattern read {prefix}/%u/receipts",
+    """The cloud broker's ACL from `contract.TOPIC_RIGHTS`. A device's rights are patterns on
+    the identity's own name (`%u`), so any device may connect without being listed; patterns
+    apply to every identity, so each processor and monitor is denied its own-name topics that
+    its kind lacks (mosquitto checks `deny` before any grant). Anything not granted is denied."""
+    rights = TOPIC_RIGHTS
+    device = rights["device"]
+    lines = ["# devices (CN = node name): their own topics only"]
+    lines += [
+        f"pattern {access} {TOPIC_FAMILIES[family].format(prefix=prefix, node='%u')}"
+        for access, family, _ in device
     ]
-    for name in processors:
-        lines += [
-            f"user {name}",
-            f"topic read {prefix}/+/faces",
-            f"topic write {prefix}/+/receipts",
-        ]
-    for name in monitors:
-        lines += [f"user {name}", f"topic read {prefix}/#"]
+    for kind, names in (("processor", processors), ("monitor", monitors)):
+        own = {family for _, family, whose in rights[kind] if whose == "own"}
+        for name in names:
+            lines.append(f"user {name}")
+            lines += [
+                f"topic {access} {TOPIC_FAMILIES[family].format(prefix=prefix, node='+')}"
+                for access, family, whose in rights[kind]
+                if whose == "any"
+            ]
+            lines += [
+                f"topic deny {TOPIC_FAMILIES[family].format(prefix=prefix, node=name)}"
+                for _, family, _ in device
+                if family not in own
+            ]
     return "\n".join(lines) + "\n"
 
 
