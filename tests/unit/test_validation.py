@@ -72,6 +72,16 @@ def test_wrong_content_type_and_wrong_topic() -> None:
         validate("facefleet", "facefleet/edge1/other", props_for(jpeg), "image/jpeg", jpeg, LIMITS)
 
 
+def test_a_face_under_a_name_that_is_not_a_device_is_rejected() -> None:
+    jpeg = jpeg_bytes()
+    limits = ValidationSettings(not_devices=("cloud-1", "monitor"))
+    props = dict(face_meta("monitor", jpeg).user_properties())
+    topic = faces_topic("facefleet", "monitor")
+    with pytest.raises(ContractError, match="node 'monitor' is not a device"):
+        validate("facefleet", topic, props, "image/jpeg", jpeg, limits)
+    assert validate("facefleet", TOPIC, props_for(jpeg), "image/jpeg", jpeg, limits).node == "edge1"
+
+
 def test_image_larger_than_the_pixel_limit_is_rejected() -> None:
     big = jpeg_bytes(width=1200, height=1000)
     limits = ValidationSettings(max_bytes=10_000_000, max_pixels=1000 * 1000)

@@ -46,10 +46,13 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """Limits a face message must meet; anything else is dead-lettered with its reason."""
+    """Limits a face message must meet; anything else is dead-lettered with its reason.
+    `not_devices`: identities that are not devices (the cloud hosts, the monitor): a face
+    under their name is refused even if a broker let it through (the role fills it in)."""
 
     max_bytes: int = 4 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    not_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ def validate(
     parsed = parse_topic(prefix, topic)
     if parsed is None or parsed[1] != "faces":
         raise ContractError(f"not a faces topic: {topic!r}")
+    if parsed[0] in limits.not_devices:
+        raise ContractError(f"node {parsed[0]!r} is not a device")
     if not payload:
         raise ContractError("empty payload")
     if len(payload) > limits.max_bytes:
