@@ -28,6 +28,29 @@ log = logging.getLogger(__name__)
 
 MONITOR_IDENTITY = "monitor"
 
+#: The deployed brokers' settings (roles/mosquitto's defaults and templates), apart from paths
+#: and logging; tests/pipeline/test_broker_config.py renders the role and compares.
+BROKER_SETTINGS = (
+    ("per_listener_settings", "false"),
+    ("persistence", "true"),
+    ("autosave_interval", "30"),
+    ("max_queued_messages", "100000"),
+    ("max_queued_bytes", "0"),
+    ("max_inflight_messages", "64"),
+    ("max_packet_size", "16777216"),
+    ("connection_messages", "true"),
+)
+#: Each flavour's listener settings after `listener PORT ADDRESS` and its files.
+LISTENER_SETTINGS = {
+    "edge": (("allow_anonymous", "true"),),
+    "cloud": (
+        ("tls_version", "tlsv1.2"),
+        ("require_certificate", "true"),
+        ("use_identity_as_username", "true"),
+        ("allow_anonymous", "false"),
+    ),
+}
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -145,42 +168,30 @@ class LocalBroker:
         assert self.workdir is not None
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        common = [
-            "per_listener_settings false",
-            "persistence true",
+        common = [f"{name} {value}" for name, value in BROKER_SETTINGS]
+        common += [
             f"persistence_location {data}/",
-            "autosave_interval 5",
-            "max_queued_messages 100000",
-            "max_queued_bytes 0",
-            "max_inflight_messages 64",
-            "max_packet_size 16777216",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
             "log_type notice",
-            "connection_messages true",
         ]
         if os.geteuid() == 0:
             # mosquitto started as root drops to user `mosquitto`, who cannot read our files
             common.append("user root")
-        if self.flavour == "edge":
-            listener = [f"listener {self.port} {self.host}", "allow_anonymous true"]
-        else:
+        listener = [f"listener {self.port} {self.host}"]
+        if self.flavour == "cloud":
             assert self.pki_dir is not None
             server = pki.issue(self.pki_dir, "broker", server_names=("localhost", self.host))
             acl = self.workdir / "acl"
             acl.write_text(cloud_acl(self.prefix, self.processors, self.monitors))
-            listener = [
-                f"listener {self.port} {self.host}",
+            listener += [
                 f"cafile {self.ca_file}",
                 f"certfile {server.cert}",
                 f"keyfile {server.key}",
-                "tls_version tlsv1.2",
-                "require_certificate true",
-                "use_identity_as_username true",
-                "allow_anonymous false",
                 f"acl_file {acl}",
             ]
+        listener += [f"{name} {value}" for name, value in LISTENER_SETTINGS[self.flavour]]
         self.config_path.write_text("\n".join(common + listener) + "\n")
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
