@@ -1,0 +1,59 @@
+"""Which services run on which kind of host is stated once in the contract
+(`SERVICES_BY_KIND`) and once on the Ansible side (the facefleet role's
+`_facefleet_services_by_group`, which validate.yml and the role's tasks read); the plays, the
+staging play and the argument spec list roles by name, and must say the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facefleet.contract import SERVICES, SERVICES_BY_KIND
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(relative: str) -> Any:
+    return yaml.safe_load((ROOT / relative).read_text())
+
+
+def placement(by_kind: dict[str, Any]) -> dict[str, set[str]]:
+    return {kind: set(services) for kind, services in by_kind.items()}
+
+
+def test_the_role_places_services_as_the_contract_does() -> None:
+    role = load("roles/facefleet/vars/main.yml")["_facefleet_services_by_group"]
+    assert placement(role) == placement(SERVICES_BY_KIND)
+
+
+def test_each_play_installs_its_group_s_services() -> None:
+    for kind in SERVICES_BY_KIND:
+        (play,) = load(f"playbooks/{kind}.yml")
+        assert play["hosts"] == kind
+        roles = {entry["role"] for entry in play["roles"]}
+        assert roles & set(SERVICES) == set(SERVICES_BY_KIND[kind]), kind
+
+
+def test_staging_installs_each_group_s_services() -> None:
+    (play,) = load("playbooks/stage.yml")
+    staged: dict[str, set[str]] = {}
+    for task in play["tasks"]:
+        name = task["ansible.builtin.include_role"]["name"]
+        services = set(task.get("loop", [name])) & set(SERVICES)
+        for kind in SERVICES_BY_KIND:
+            if services and f"'{kind}' in group_names" in task.get("when", ""):
+                staged.setdefault(kind, set()).update(services)
+    assert staged == placement(SERVICES_BY_KIND)
+
+
+def test_the_service_entry_point_accepts_exactly_the_services() -> None:
+    spec = load("roles/facefleet/meta/argument_specs.yml")["argument_specs"]["service"]
+    assert spec["options"]["facefleet_service_name"]["choices"] == list(SERVICES)
+
+
+def test_validation_reads_the_role_s_placement() -> None:
+    (play, *_) = load("playbooks/validate.yml")
+    roles = play["tasks"][0]["vars"]["_services"]
+    assert "roles/facefleet/vars/main.yml" in roles and "_facefleet_services_by_group" in roles
