@@ -7,6 +7,7 @@ each suite.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -30,6 +31,10 @@ DROPIN = "50-lab-test.conf"
 #: The wheelhouse outlives the checkout: a second run (or a fresh clone on the same machine)
 #: reuses every wheel that the same pyproject and constraints already brought in.
 BUNDLE_DIR = Path(os.environ.get("FACEFLEET_LAB_BUNDLE", "/var/cache/facefleet-lab/bundle"))
+#: Each deploy's time per task and host (Ansible's junit callback), to see where deploys spend
+#: it: build/deploys/<n>-<playbook>/<playbook>-<time>.xml, numbered in the order they ran.
+DEPLOY_TIMINGS = ROOT / "build" / "deploys"
+_deploy_numbers = itertools.count(1)
 #: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
 #: test_rollout.py).
 ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
@@ -227,6 +232,10 @@ def snapshot_sources(directory: Path) -> Path:
 
 def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars: Any) -> Deploy:
     started, started_at = time.monotonic(), time.time()
+    number = next(_deploy_numbers)
+    if number == 1:  # this run's deploys only
+        shutil.rmtree(DEPLOY_TIMINGS, ignore_errors=True)
+    timings = DEPLOY_TIMINGS / f"{number:02d}-{Path(playbook).stem}"
     extra = {
         "facefleet_source_dir": str(source),
         "facefleet_bundle_dir": str(BUNDLE_DIR),
@@ -247,7 +256,14 @@ def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars
         text=True,
         timeout=1800,
         check=False,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
+        env={
+            **os.environ,
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit",
+            "JUNIT_OUTPUT_DIR": str(timings),
+            "JUNIT_TASK_CLASS": "yes",
+        },
     )
     return Deploy(
         time.monotonic() - started, result.returncode, result.stdout + result.stderr, started_at
