@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import detector, fleet, pipeline, processor, relay, report, spool, uplink
+from bench import detector, fleet, pipeline, processor, relay, report, scale, spool, uplink
 from bench.common import S3_LATENCY_MS, Options, machine, progress
 
 SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
@@ -33,6 +33,7 @@ SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
     "pipeline": pipeline.run,
     "processor": processor.run,
     "spool": spool.run,
+    "scale": scale.run,
     "lab": fleet.run,
 }
 #: What `make bench` runs unless told otherwise; the lab needs root and about 6 more minutes.
@@ -78,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=S3_LATENCY_MS,
         help=f"latency the benchmarks' S3 endpoint adds to every request, like real S3 "
         f"(default {S3_LATENCY_MS:g}; used by the processor section)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=Options.nodes,
+        help=f"scale section: simulated devices (default {Options.nodes})",
+    )
+    parser.add_argument(
+        "--faces-per-s",
+        type=float,
+        default=Options.faces_per_s,
+        help=f"scale section: faces per second from the whole fleet (default "
+        f"{Options.faces_per_s:g})",
     )
     return parser
 
@@ -125,7 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.s3_latency_ms < 0:
         print("bench: --s3-latency-ms must be >= 0", file=sys.stderr)
         return 2
-    options = Options(quick=args.quick, s3_latency_ms=args.s3_latency_ms)
+    if args.nodes < 1 or args.faces_per_s <= 0:
+        print("bench: --nodes must be >= 1 and --faces-per-s > 0", file=sys.stderr)
+        return 2
+    options = Options(
+        quick=args.quick,
+        s3_latency_ms=args.s3_latency_ms,
+        nodes=args.nodes,
+        faces_per_s=args.faces_per_s,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="facefleet-bench-"))
     began = time.monotonic()

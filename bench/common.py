@@ -28,11 +28,14 @@ S3_LATENCY_MS = 50.0
 
 @dataclass(frozen=True)
 class Options:
-    """What every section is told: `quick` (tiny sizes, the smoke test) and the latency the
-    benchmarks' S3 endpoint adds to each request."""
+    """What every section is told: `quick` (tiny sizes, the smoke test), the latency the
+    benchmarks' S3 endpoint adds to each request, and the scale section's fleet."""
 
     quick: bool = False
     s3_latency_ms: float = S3_LATENCY_MS
+    #: The scale section: how many simulated devices, and their faces per second in all.
+    nodes: int = 1000
+    faces_per_s: float = 50.0
 
 
 def progress(message: str) -> None:

@@ -206,6 +206,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("spool faces/s spooled and deleted, 32 KB, secure delete", _num(secure),
          f"FAST (former) {_num(fast)}", _ratio(secure, fast), "")
     )  # fmt: skip
+    rows += scale_rows(_get(r, "scale", {}))
     lines = [
         "| measurement | facefleet | baseline | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -232,6 +233,45 @@ def markdown(results: dict[str, Any]) -> str:
     if r.get("load_average"):
         lines.append(f"Load average (1 min) at start and end: {r['load_average']}.")
     return "\n".join(lines) + "\n"
+
+
+def scale_rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The fleet simulator's figures at N devices against its small baseline fleet."""
+    fleet, base = scale.get("fleet") or {}, scale.get("baseline") or {}
+    if not fleet:
+        return []
+    n, b = fleet.get("nodes"), base.get("nodes")
+    met = {name: t.get("met") for name, t in (scale.get("targets") or {}).items()}
+
+    def target(name: str) -> str:
+        limit = (scale.get("targets") or {}).get(name, {}).get("target")
+        return f"< {_num(limit, 0)} " + ("met" if met.get(name) else "NOT met")
+
+    def row(
+        label: str, path: str, name: str = "", digits: int = 1
+    ) -> tuple[str, str, str, str, str]:
+        value, baseline = _get(fleet, path), _get(base, path)
+        return (
+            f"{label}, {n} devices",
+            _num(value, digits),
+            f"{b} devices: {_num(baseline, digits)}",
+            _ratio(value, baseline),
+            target(name) if name else "",
+        )
+
+    return [
+        row("connect storm s", "connect_storm_s", "connect_storm_s"),
+        row("reconnect after a broker restart s", "reconnect_after_restart_s"),
+        row("latency publish -> receipt ms p50", "latency_ms.p50"),
+        row("latency publish -> receipt ms p99", "latency_ms.p99", "latency_ms_p99"),
+        row("faces/s stored (offered at the fleet rate)", "faces_per_s_stored"),
+        row("broker CPU %", "footprint.broker.cpu_pct"),
+        row("broker RSS MB", "footprint.broker.rss_mb"),
+        row("simulator CPU %", "footprint.simulator.cpu_pct"),
+        row("heartbeat bytes/s at the broker", "heartbeat_bytes_per_s", digits=0),
+        row("fleet status s", "fleet_status_s", "fleet_status_s", digits=2),
+        row("monitor key -> screen ms p95", "monitor.key_ms_p95", "monitor_key_ms_p95"),
+    ]
 
 
 def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:

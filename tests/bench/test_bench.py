@@ -76,3 +76,27 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
     assert table.strip() in run.stdout  # the table is printed too
     for chart in ("detector.png", "latency.png", "scaling.png"):
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
+
+
+def test_quick_scale_section_measures_a_small_fleet(tmp_path: Path) -> None:
+    """`--only scale --quick`: the fleet simulator against the real cloud side, end to end."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "scale", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == {}
+    for fleet in (results["scale"]["baseline"], results["scale"]["fleet"]):
+        for key in ("connect_storm_s", "reconnect_after_restart_s", "fleet_status_s"):
+            assert isinstance(lookup(fleet, key), float), key
+        assert lookup(fleet, "latency_ms.faces") > 0  # type: ignore[operator]
+        assert fleet["fleet_status_healthy"] == fleet["nodes"] + 2  # the devices + 2 processors
+        monitor = fleet["monitor"]
+        assert "error" not in monitor, monitor
+        assert monitor["nodes_seen"] == monitor["nodes_expected"] == fleet["nodes"] + 2
+    assert "connect storm s, 10 devices" in (tmp_path / "results.md").read_text()
