@@ -99,6 +99,10 @@ class StoredFacesScreen(Screen[None]):
         ),
         Binding("escape", "leave", "Back", id="stored-back"),
     ]
+    #: The table has the keys from the first moment. (Textual focuses the first focusable
+    #: widget, the filter, as it composes; a `focus()` in on_mount comes later through the
+    #: app's queue, so an escape pressed at once, on a busy machine, only left the filter.)
+    AUTO_FOCUS = "#stored-table"
 
     def __init__(self, store: FaceStore, image_class: type[Widget], closable: bool = True) -> None:
         super().__init__(id="stored-screen")
@@ -126,7 +130,6 @@ class StoredFacesScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#stored-table", DataTable)
         table.add_columns("node", "captured (UTC)", "bytes", "id")
-        table.focus()
         self.action_reload()
 
     # --- listing ---------------------------------------------------------------------------
