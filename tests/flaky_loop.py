@@ -23,6 +23,7 @@ OUT = ROOT / "build" / "flaky"
 DEFAULT_TESTS = (
     "tests/tui/test_monitor_app.py",
     "tests/tui/test_monitor_snapshots.py",
+    "tests/tui/test_store_view.py",
     "tests/pipeline/test_fleet_status.py",
     "tests/pipeline/test_relay.py",
 )
