@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -40,6 +41,9 @@ BROKER_SETTINGS = (
     ("max_packet_size", "16777216"),
     ("connection_messages", "true"),
 )
+#: The deployed broker's open-file limit (the role's LimitNOFILE; each client is one), capped
+#: by the hard limit this process may raise it to.
+BROKER_MAX_OPEN_FILES = 65536
 #: Each flavour's listener settings after `listener PORT ADDRESS` and its files.
 LISTENER_SETTINGS = {
     "edge": (("allow_anonymous", "true"),),
@@ -68,6 +72,13 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def _raise_open_files() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = BROKER_MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    limit = min(limit, BROKER_MAX_OPEN_FILES)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
 def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
@@ -206,6 +217,7 @@ class LocalBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_raise_open_files,
         )
         if not wait_for_port(self.host, self.port, timeout_s):
             err = b""

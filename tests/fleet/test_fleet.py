@@ -112,6 +112,15 @@ def test_listening_sockets(lab: Lab) -> None:
     assert all(a.rsplit(":", 1)[1] == str(BROKER_PORT) for a in cloud), cloud
 
 
+def test_the_cloud_broker_may_hold_a_fleet_of_connections(lab: Lab) -> None:
+    """systemd's default soft limit of 1024 open files would stop mosquitto at about 1,015
+    clients; the role raises it (to 65536, or the host's hard limit when that is lower, as
+    in the lab's containers)."""
+    limits = lab.out(lab.cloud, "grep 'open files' /proc/$(pidof mosquitto)/limits").split()
+    soft, hard = int(limits[3]), int(limits[4])
+    assert soft == hard >= 10000, limits
+
+
 def test_units_exposure_at_most_three(lab: Lab) -> None:
     exposure: dict[str, float] = {}
     for host in (lab.cloud, lab.edges[0]):

@@ -11,7 +11,7 @@ import jinja2
 import pytest
 import yaml
 
-from facefleet.localbroker import LocalBroker
+from facefleet.localbroker import BROKER_MAX_OPEN_FILES, LocalBroker
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "mosquitto"
 #: Where files live and where logs go differ by design between a host and a test directory.
@@ -68,3 +68,8 @@ def test_the_local_broker_runs_with_the_settings_the_role_deploys(
     broker = LocalBroker(flavour, workdir=tmp_path)
     broker.write_config()
     assert settings(broker.config_path.read_text()) == settings(role_config(flavour))
+
+
+def test_the_local_broker_may_hold_as_many_connections_as_the_deployed_one() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert defaults["mosquitto_max_open_files"] == BROKER_MAX_OPEN_FILES
