@@ -74,11 +74,16 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
-def _raise_open_files() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = BROKER_MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
-    limit = min(limit, BROKER_MAX_OPEN_FILES)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+def _raise_open_files(pid: int) -> None:
+    """Give the broker process the deployed broker's open-file limit (as far as the hard limit
+    allows), as systemd does for the role's unit, before any client can connect."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    soft = (
+        BROKER_MAX_OPEN_FILES
+        if hard == resource.RLIM_INFINITY
+        else min(hard, BROKER_MAX_OPEN_FILES)
+    )
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
@@ -217,8 +222,8 @@ class LocalBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_raise_open_files,
         )
+        _raise_open_files(self.process.pid)
         if not wait_for_port(self.host, self.port, timeout_s):
             err = b""
             if self.process.poll() is not None and self.process.stderr is not None:
