@@ -76,7 +76,7 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 def _raise_open_files(pid: int) -> None:
     """Give the broker process the deployed broker's open-file limit (as far as the hard limit
-    allows), as systemd does for the role's unit, before any client can connect."""
+    allows), as systemd gives the role's unit; set as it starts, before it listens."""
     _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     soft = (
         BROKER_MAX_OPEN_FILES
