@@ -12,6 +12,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -56,6 +57,13 @@ def valid_node(node: str) -> bool:
 
 def valid_face_id(face_id: str) -> bool:
     return bool(_ID_RE.match(face_id))
+
+
+def face_id_of(properties: Mapping[str, str]) -> str | None:
+    """The face id in a message's user properties (the last `id` when it is repeated, as
+    in a dict built from them), or None when it has none or a malformed one."""
+    face_id = properties.get("id")
+    return face_id if face_id is not None and valid_face_id(face_id) else None
 
 
 def faces_topic(prefix: str, node: str) -> str:
@@ -263,7 +271,8 @@ def parse_face_properties(
         raise ContractError(f"unsupported content type: {content_type!r}")
     if properties["v"] != SCHEMA_VERSION:
         raise ContractError(f"unsupported schema version: {properties['v']!r}")
-    if not _ID_RE.match(properties["id"]):
+    face_id = face_id_of(properties)
+    if face_id is None:
         raise ContractError(f"malformed id: {properties['id']!r}")
     if not valid_node(properties["node"]):
         raise ContractError(f"malformed node: {properties['node']!r}")
@@ -291,7 +300,7 @@ def parse_face_properties(
     if not properties["detector"] or len(properties["detector"]) > 64:
         raise ContractError("malformed detector")
     return FaceMeta(
-        id=properties["id"],
+        id=face_id,
         node=properties["node"],
         track=track,
         ts=properties["ts"],

@@ -7,19 +7,17 @@ Three actors, each owning its state:
   acknowledges them to the edge broker; it also deletes what the sender found confirmed, in
   the same transactions, so that the sender never waits for SQLite's write lock;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
-  cloud broker, in spool order. It deletes a status message on its PUBACK and a face on the
-  processor's receipt (`uplink.confirm = "receipt"`): a PUBACK only says the broker has the
-  message, and a broker restart or crash can still lose it. Faces whose receipt is late are
-  sent again (at most `uplink.unconfirmed_max` out at once); a resend is harmless, the
-  processor stores a face id once and confirms the copy as a duplicate. paho retransmits
-  in-flight messages itself after a reconnect; after a restart everything spooled is resent.
+  cloud broker, in spool order, and at most `uplink.unconfirmed_max` faces awaiting their
+  receipt. What is out, what is confirmed and what is due again is its `Delivery` ledger
+  (delivery.py); the sender only moves messages between it, the spool and paho. paho
+  retransmits in-flight messages itself after a reconnect; after a restart everything
+  spooled is resent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import queue
 import threading
@@ -32,7 +30,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from facefleet.config import ConfigError
-from facefleet.contract import ContractError, Receipt, receipts_topic, status_topic, valid_face_id
+from facefleet.contract import ContractError, Receipt, face_id_of, receipts_topic, status_topic
+from facefleet.forwarder.delivery import Delivery
 from facefleet.forwarder.settings import ForwarderConfig
 from facefleet.forwarder.spool import Incoming, Spool, Spooled
 from facefleet.mqtt import (
@@ -51,19 +50,6 @@ CONFIG_CLASS = ForwarderConfig
 #: Messages the edge broker may send before we acknowledge (MQTT v5 Receive Maximum).
 EDGE_RECEIVE_MAXIMUM = 256
 WRITE_BATCH = 256
-#: Acknowledged messages are deleted from the spool in batches of this size, or this often.
-DELETE_BATCH = 256
-DELETE_EVERY_S = 0.25
-#: MQTT v5 PUBACK reason "No matching subscribers": nobody received the face (no processor
-#: subscribed, e.g. right after a cloud broker restart), so it is sent again after this long.
-NO_SUBSCRIBERS = 16
-NO_SUBSCRIBERS_RETRY_S = 2.0
-#: After a reconnect to the cloud (a restarted broker may have lost what it acknowledged),
-#: unconfirmed faces are sent again this long after the link is back, unless their receipts,
-#: queued in our persistent session, arrive first.
-RECONNECT_RESEND_S = 5.0
-#: The log says how many faces were sent again each time this many more were.
-RESEND_LOG_EVERY = 500
 RECONNECTED = -1  # a pseudo message id on the PUBACK queue: the cloud link came back
 
 
@@ -85,31 +71,12 @@ class _Received:
     message: Incoming
 
 
-@dataclass
-class _InFlight:
-    """A message awaiting the cloud broker's PUBACK."""
-
-    seq: int
-    size: int
-    face_id: str | None  # set for faces that wait for a processor's receipt
-    first_send: bool
-
-
-@dataclass
-class _Unconfirmed:
-    """A face sent to the cloud and not yet confirmed by a processor."""
-
-    seq: int
-    attempts: int = 1
-    due: float | None = None  # when to send it again; None while its PUBACK is outstanding
-
-
-def face_id_of(message: Spooled) -> str | None:
-    """The id a receipt will name, or None for messages no processor confirms."""
+def receipt_id(message: Spooled) -> str | None:
+    """The face id a receipt will name, or None for messages no processor confirms."""
     if not message.topic.endswith("/faces"):
         return None
-    ids = [str(v) for k, v in message.properties.get("UserProperty", []) if k == "id"]
-    return ids[-1] if ids and valid_face_id(ids[-1]) else None  # last wins, as for the processor
+    # a dict keeps the last of repeated ids, as the processor's does
+    return face_id_of(dict(message.properties.get("UserProperty", ())))
 
 
 class Forwarder:
@@ -134,20 +101,7 @@ class Forwarder:
         self.pubacks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.confirmations: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
         self.wake = threading.Event()
-        self.inflight: dict[int, _InFlight] = {}  # by MQTT message id
-        self.unconfirmed: dict[str, _Unconfirmed] = {}  # by face id, oldest first
-        self._done: list[int] = []  # confirmed, not yet deleted from the spool
-        self._deleted_at = time.monotonic()
-        self._next_due = math.inf  # earliest `due` among the unconfirmed
-        self.forwarded = 0  # messages: faces and the edge services' relayed heartbeats
-        self.forwarded_faces = 0
-        self.confirmed = 0
-        self.resent = 0
-        self._resent_logged = 0
-        self.rejected_by_processor = 0
-        self.uplink_bytes = 0
-        self.uplink_face_bytes = 0
-        self.rejected = 0
+        self.delivery = Delivery(cfg.uplink.receipt_timeout_s, cfg.uplink.unconfirmed_max)
         self.errors = 0
 
         client_id = f"facefleet-forwarder-{self.node}"
@@ -209,22 +163,23 @@ class Forwarder:
     # -- figures ----------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
+        delivery = self.delivery
         return {
             "spool_depth": self.spool.depth,
             "spool_bytes": self.spool.bytes,
             "spool_oldest_age_s": self.spool.oldest_age_s(),
-            "forwarded": self.forwarded,
-            "forwarded_faces": self.forwarded_faces,
-            "uplink_bytes": self.uplink_bytes,
-            "uplink_face_bytes": self.uplink_face_bytes,
-            "inflight": len(self.inflight),
-            "unconfirmed": len(self.unconfirmed),
-            "confirmed": self.confirmed,
-            "resent": self.resent,
-            "rejected_by_processor": self.rejected_by_processor,
+            "forwarded": delivery.forwarded,
+            "forwarded_faces": delivery.forwarded_faces,
+            "uplink_bytes": delivery.uplink_bytes,
+            "uplink_face_bytes": delivery.uplink_face_bytes,
+            "inflight": len(delivery.inflight),
+            "unconfirmed": len(delivery.unconfirmed),
+            "confirmed": delivery.confirmed,
+            "resent": delivery.resent,
+            "rejected_by_processor": delivery.rejected_by_processor,
             "dropped": self.spool.dropped,
             "expired": self.spool.expired,
-            "rejected": self.rejected,
+            "rejected": delivery.rejected,
             "edge_connected": self.edge_link.connected.is_set(),
             "cloud_connected": self.cloud_link.connected.is_set(),
             "errors": self.errors,
@@ -311,84 +266,26 @@ class Forwarder:
 
     # -- sender: spool -> cloud, delete once confirmed -------------------------------
 
-    def _settle_pubacks(self) -> None:
-        now = time.monotonic()
+    def _settle(self) -> None:
+        """Hand what came from the cloud to the ledger: PUBACKs and reconnects (one queue,
+        in order), then receipts."""
         while True:
             try:
                 mid, reason = self.pubacks.get_nowait()
             except queue.Empty:
                 break
             if mid == RECONNECTED:
-                self._due_by(now + RECONNECT_RESEND_S)
-                continue
-            entry = self.inflight.pop(mid, None)
-            if entry is None:
-                continue
-            if reason >= 0x80:
-                # kept in the spool: sent again after a restart, once the ACL or identity is fixed
-                self.rejected += 1
-                log.error(
-                    "cloud broker refused spooled message %d (reason %d; check the ACL and the "
-                    "certificate CN); it stays in the spool",
-                    entry.seq,
-                    reason,
-                )
-                continue
-            if entry.first_send:
-                self.forwarded += 1
-                self.uplink_bytes += entry.size
-                if entry.face_id is not None:
-                    self.forwarded_faces += 1
-                    self.uplink_face_bytes += entry.size
-            if entry.face_id is None:
-                self._done.append(entry.seq)
-                continue
-            waiting = self.unconfirmed.get(entry.face_id)
-            if waiting is None:
-                continue  # its receipt came first
-            if reason == NO_SUBSCRIBERS:
-                waiting.due = now + NO_SUBSCRIBERS_RETRY_S
+                self.delivery.reconnected()
             else:
-                timeout = self.cfg.uplink.receipt_timeout_s
-                waiting.due = now + min(timeout * 2 ** (waiting.attempts - 1), timeout * 10)
-            self._next_due = min(self._next_due, waiting.due)
-
-    def _due_by(self, when: float) -> None:
-        """Resend every unconfirmed face that the broker acknowledged no later than `when`."""
-        for waiting in self.unconfirmed.values():
-            if waiting.due is not None and waiting.due > when:
-                waiting.due = when
-        self._next_due = min(self._next_due, when)
-
-    def _settle_receipts(self) -> None:
+                self.delivery.puback(mid, reason)
         while True:
             try:
-                receipt = self.confirmations.get_nowait()
+                self.delivery.receipt(self.confirmations.get_nowait())
             except queue.Empty:
                 break
-            waiting = self.unconfirmed.pop(receipt.id, None)
-            if waiting is None:
-                continue  # a duplicate receipt, or one for a face already forgotten
-            self._done.append(waiting.seq)
-            self.confirmed += 1
-            if receipt.status == "rejected":
-                self.rejected_by_processor += 1
-                log.warning("a processor dead-lettered face %s (see its dead letters)", receipt.id)
 
-    def _delete_done(self) -> None:
-        """Hand confirmed messages to the writer in batches; a delete that is late (or lost
-        in a crash) only means the message is sent again."""
-        now = time.monotonic()
-        if self._done and (
-            len(self._done) >= DELETE_BATCH
-            or not self.inflight
-            or now - self._deleted_at >= DELETE_EVERY_S
-        ):
-            self.received.put(self._done)
-            self._done = []
-            self._deleted_at = now
-
-    def _publish(self, row: Spooled, face_id: str | None, first_send: bool) -> None:
+    def _publish(self, row: Spooled) -> int:
+        """Send a spooled message to the cloud; returns its MQTT message id."""
         info = self.cloud.publish(
             row.topic,
             row.payload,
@@ -396,40 +293,20 @@ class Forwarder:
             retain=row.retain,
             properties=properties_from_dict(row.properties),
         )
-        self.inflight[info.mid] = _InFlight(row.seq, len(row.payload), face_id, first_send)
+        return info.mid
 
-    def _resend_due(self, free: int) -> int:
-        """Send faces whose receipt is overdue again, oldest first; returns how many."""
-        now = time.monotonic()
-        if now < self._next_due:
-            return 0
-        due = [
-            (face_id, waiting)
-            for face_id, waiting in self.unconfirmed.items()
-            if waiting.due is not None and waiting.due <= now
-        ]
-        if len(due) > free:
-            due, self._next_due = due[:free], now  # the rest goes out as the window frees
-        else:
-            self._next_due = min(
-                (w.due for w in self.unconfirmed.values() if w.due is not None and w.due > now),
-                default=math.inf,
-            )
+    def _resend_overdue(self, free: int) -> int:
+        """Send faces whose receipt is overdue again, oldest first; returns how many were due."""
+        due = self.delivery.overdue(free)
         if not due:
             return 0
-        rows = {row.seq: row for row in self.spool.get_many([w.seq for _, w in due])}
-        for face_id, waiting in due:
-            row = rows.get(waiting.seq)
-            if row is None:  # evicted by drop-oldest meanwhile (counted there)
-                del self.unconfirmed[face_id]
-                continue
-            waiting.attempts += 1
-            waiting.due = None
-            self.resent += 1
-            self._publish(row, face_id, first_send=False)
-        if self.resent - self._resent_logged >= RESEND_LOG_EVERY or self._resent_logged == 0:
-            log.info("%d face(s) sent again in total: their receipts were late", self.resent)
-            self._resent_logged = self.resent
+        rows = {row.seq: row for row in self.spool.get_many([seq for _, seq in due])}
+        for face_id, seq in due:
+            row = rows.get(seq)
+            if row is None:
+                self.delivery.gone(face_id)
+            else:
+                self.delivery.sent_again(self._publish(row), face_id, len(row.payload))
         return len(due)
 
     def _send_loop(self) -> None:
@@ -439,23 +316,21 @@ class Forwarder:
         tokens, refilled = float(window), time.monotonic()
         while not self.stop.is_set():
             self.wake.clear()  # before the work, so a wake-up during it is not lost
-            self._settle_pubacks()
-            self._settle_receipts()
-            self._delete_done()
-            free = window - len(self.inflight)
+            self._settle()
+            done = self.delivery.deletable()
+            if done:
+                self.received.put(done)
+            free = window - len(self.delivery.inflight)
             if rate > 0:
                 now = time.monotonic()
                 tokens = min(float(window), tokens + (now - refilled) * rate)
                 refilled = now
                 free = min(free, int(tokens))
             if self.cloud_link.connected.is_set() and free > 0:
-                sent = self._resend_due(free) if self.use_receipts else 0
-                room = self.cfg.uplink.unconfirmed_max - len(self.unconfirmed)
-                for row in self.spool.after(last_sent, min(free - sent, room)):
-                    face_id = face_id_of(row) if self.use_receipts else None
-                    if face_id is not None:
-                        self.unconfirmed[face_id] = _Unconfirmed(row.seq)
-                    self._publish(row, face_id, first_send=True)
+                sent = self._resend_overdue(free)
+                for row in self.spool.after(last_sent, min(free - sent, self.delivery.room)):
+                    face_id = receipt_id(row) if self.use_receipts else None
+                    self.delivery.sent(self._publish(row), row.seq, len(row.payload), face_id)
                     last_sent = row.seq
                     sent += 1
                 tokens -= sent
@@ -489,16 +364,16 @@ class Forwarder:
             writer.join(timeout=10)  # acknowledges what it spools while still connected
             self.edge.disconnect()  # anything not acknowledged stays queued at the broker
             sender.join(timeout=5)
-            self._settle_pubacks()
-            self._settle_receipts()
-            self._delete(self._take_deletions() + self._done)  # the writer has stopped
+            self._settle()
+            # the writer has stopped
+            self._delete(self._take_deletions() + self.delivery.deletable(everything=True))
             self.cloud_heartbeat.stop()
             self.cloud.disconnect()
             self.cloud.loop_stop()
             self.edge.loop_stop()
             log.info(
                 "stopped: %d forwarded, %d still spooled, %d dropped, %d expired",
-                self.forwarded,
+                self.delivery.forwarded,
                 self.spool.depth,
                 self.spool.dropped,
                 self.spool.expired,

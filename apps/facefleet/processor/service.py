@@ -25,9 +25,9 @@ from facefleet.contract import (
     ContractError,
     Receipt,
     all_faces_filter,
+    face_id_of,
     parse_topic,
     receipts_topic,
-    valid_face_id,
 )
 from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
 from facefleet.processor.settings import ProcessorConfig
@@ -71,6 +71,16 @@ class Counters:
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A message that may be acknowledged now, and the receipt its device gets: none when
+    the message has no faces topic or no usable id (its forwarder waits for none)."""
+
+    status: str  # the receipt status: stored, duplicate or rejected
+    node: str | None
+    face_id: str | None
 
 
 class Processor:
@@ -146,9 +156,8 @@ class Processor:
             return result
         return None
 
-    def handle(self, msg: mqtt.MQTTMessage) -> str | None:
-        """Store or dead-letter one message; returns the receipt status (`stored`,
-        `duplicate`, `rejected`) once it may be acknowledged, None when it may not."""
+    def handle(self, msg: mqtt.MQTTMessage) -> Settled | None:
+        """Store or dead-letter one message; None when it may not be acknowledged yet."""
         payload = bytes(msg.payload)
         props = user_properties(msg)
         ctype = content_type(msg)
@@ -165,25 +174,24 @@ class Processor:
                 return None
             self.counters.add("dead_lettered")
             log.warning("dead-lettered a message on %s: %s (%s)", msg.topic, reason, where)
-            return "rejected"
+            parsed = parse_topic(self.cfg.prefix, msg.topic)
+            node = parsed[0] if parsed is not None and parsed[1] == "faces" else None
+            return Settled("rejected", node, face_id_of(props))
         written = self._with_retry(
             f"storing face {meta.id}", lambda: self.sink.store(meta, payload)
         )
         if written is None:
             return None
         self.counters.add("stored" if written else "duplicates")
-        return "stored" if written else "duplicate"
+        return Settled("stored" if written else "duplicate", meta.node, meta.id)
 
-    def confirm(self, msg: mqtt.MQTTMessage, status: str) -> None:
-        """Send the device its receipt. A face without a usable id or topic gets none (its
-        forwarder does not wait for one). QoS 1: a receipt lost anyway only means the device
-        sends the face again and gets `duplicate`."""
-        parsed = parse_topic(self.cfg.prefix, msg.topic)
-        face_id = user_properties(msg).get("id", "")
-        if parsed is None or parsed[1] != "faces" or not valid_face_id(face_id):
+    def confirm(self, settled: Settled) -> None:
+        """Send the device its receipt, if it waits for one. QoS 1: a receipt lost anyway
+        only means the device sends the face again and gets `duplicate`."""
+        if settled.node is None or settled.face_id is None:
             return
-        receipt = Receipt(face_id, status).encode()
-        self.client.publish(receipts_topic(self.cfg.prefix, parsed[0]), receipt, qos=1)
+        receipt = Receipt(settled.face_id, settled.status).encode()
+        self.client.publish(receipts_topic(self.cfg.prefix, settled.node), receipt, qos=1)
 
     def _work(self) -> None:
         while not self.stop.is_set():
@@ -193,9 +201,9 @@ class Processor:
                 continue
             self.counters.add("busy")
             try:
-                status = self.handle(msg)
-                if status is not None:
-                    self.confirm(msg, status)
+                settled = self.handle(msg)
+                if settled is not None:
+                    self.confirm(settled)
                     self.client.ack(msg.mid, msg.qos)
             except Exception:  # never die on one message; it stays unacknowledged
                 self.counters.add("errors")
