@@ -32,8 +32,9 @@ from facefleet.localbroker import LocalBroker
 from facefleet_monitor.app import MonitorApp, StatusReceived, image_widget_class
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import MonitorConfig, config_from_args
+from facefleet_monitor.events import StatusEvent
 from facefleet_monitor.feed import FlowGate
-from facefleet_monitor.model import OFFLINE, StatusEvent
+from facefleet_monitor.state import OFFLINE
 
 pytestmark = pytest.mark.broker
 SIZE = (150, 40)

@@ -17,20 +17,17 @@ from facefleet.inventory import load_inventory
 from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args, parse_address
+from facefleet_monitor.events import FaceEvent, FeedError, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, parse_face, parse_status
-from facefleet_monitor.model import (
-    NEVER,
-    OFFLINE,
-    ONLINE,
-    STALE,
-    FaceEvent,
-    FeedError,
-    FleetModel,
-    StatusEvent,
-    format_age,
-)
+from facefleet_monitor.formatting import format_age
+from facefleet_monitor.model import FleetModel
+from facefleet_monitor.state import NEVER, OFFLINE, ONLINE, STALE
 
 UI_FREE = (
+    "facefleet_monitor.events",
+    "facefleet_monitor.state",
+    "facefleet_monitor.alerts",
+    "facefleet_monitor.formatting",
     "facefleet_monitor.model",
     "facefleet_monitor.feed",
     "facefleet_monitor.config",

@@ -23,15 +23,11 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
+from facefleet_monitor.alerts import AlertLogEntry
 from facefleet_monitor.config import MonitorConfig
+from facefleet_monitor.events import ConnectionEvent, FeedEvent, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, MonitorFeed
-from facefleet_monitor.model import (
-    AlertLogEntry,
-    ConnectionEvent,
-    FeedEvent,
-    FleetModel,
-    StatusEvent,
-)
+from facefleet_monitor.model import FleetModel
 from facefleet_monitor.views import SORT_MODES, AlertsView, DetectionsView, FleetView, NodeView
 
 THUMBNAIL_PX = 320

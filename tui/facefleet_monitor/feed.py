@@ -27,7 +27,7 @@ from facefleet.contract import (
     parse_status_body,
     parse_topic,
 )
-from facefleet_monitor.model import (
+from facefleet_monitor.events import (
     ConnectionEvent,
     FaceEvent,
     FeedError,

@@ -11,20 +11,17 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Sparkline, Static
 
 from facefleet.contract import SERVICES_BY_KIND, platform_summary
-from facefleet_monitor.model import (
-    ERROR,
+from facefleet_monitor.alerts import ERROR, WARNING
+from facefleet_monitor.formatting import format_age, format_clock, format_face_time, summarize
+from facefleet_monitor.model import FleetModel
+from facefleet_monitor.state import (
     NEVER,
     OFFLINE,
     ONLINE,
     SERVICE_ORDER,
     STALE,
     STOPPED,
-    WARNING,
-    FleetModel,
     NodeStatus,
-    format_age,
-    format_clock,
-    format_face_time,
 )
 
 STATE_STYLE = {
@@ -313,8 +310,6 @@ class NodeView(Vertical):
             history.add_column(label, key=key)
 
     def redraw(self, model: FleetModel, now: float) -> None:
-        from facefleet_monitor.model import summarize
-
         if self.node is None and model.nodes:
             self.node = sorted(model.nodes)[0]
         node = model.nodes.get(self.node or "")
