@@ -124,6 +124,31 @@ async def test_views_show_the_fleet_faces_and_errors(edge_broker: LocalBroker) -
 
 
 @async_test
+async def test_a_face_pillow_cannot_decode_becomes_a_bad_message(edge_broker: LocalBroker) -> None:
+    """JPEG's first bytes and no picture after them: the detections view says why there is no
+    thumbnail, and the model (told by the app) logs it as the node's bad message."""
+    pub = Publisher(edge_broker.settings_for())
+    app = make_app(edge_broker)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.model.connection.state == "connected")
+        broken = make_jpeg(1)[:64]
+        pub.face(face_meta("cam1", 1, broken), broken)
+        pub.flush()
+        await wait_until(pilot, lambda: app.model.counters.faces == 1)
+        await pilot.press("2")
+        await wait_until(
+            pilot,
+            lambda: any("face cam1-t1: cannot decode" in e.text for e in app.model.log),
+            what="the decode failure in the alert log",
+        )
+        await pilot.pause(0.2)
+        assert "cannot decode" in screen_text(app)
+        assert app.model.nodes["cam1"].bad_messages == 1
+        assert app.model.thumbnail("cam1-t1") is None  # its bytes are forgotten
+    pub.close()
+
+
+@async_test
 async def test_pause_freezes_the_detections_feed(edge_broker: LocalBroker) -> None:
     pub = Publisher(edge_broker.settings_for())
     app = make_app(edge_broker)

@@ -7,30 +7,27 @@ messages a second costs one redraw per tick.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image as PILImage
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from facefleet_monitor.alerts import AlertLogEntry
 from facefleet_monitor.config import MonitorConfig
 from facefleet_monitor.events import ConnectionEvent, FeedEvent, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, MonitorFeed
 from facefleet_monitor.model import FleetModel
-from facefleet_monitor.views import SORT_MODES, AlertsView, DetectionsView, FleetView, NodeView
+from facefleet_monitor.views import AlertsView, DetectionsView, FleetView, NodeView, View
 
-THUMBNAIL_PX = 320
 TABS = ("fleet", "detections", "node", "alerts")
 #: Keys of the widgets themselves (not app bindings), for the help screen.
 WIDGET_KEYS = (
@@ -202,7 +199,8 @@ class MonitorApp(App[int]):
         self.cursor_blink = cursor_blink
         self._drawn_version = -1
         self._ticks = 0
-        self._thumbnail_for: str | None = None
+        #: each tab's view, by tab id (filled by compose)
+        self.views: dict[str, View] = {}
         self.redraws = 0
         self.handled = 0
 
@@ -221,15 +219,16 @@ class MonitorApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="connection")
+        self.views = {
+            "fleet": FleetView(id="fleet-view", cursor_blink=self.cursor_blink),
+            "detections": DetectionsView(self.image_class(id="thumbnail"), id="detections-view"),
+            "node": NodeView(id="node-view"),
+            "alerts": AlertsView(id="alerts-view"),
+        }
         with TabbedContent(id="tabs", initial="fleet"):
-            with TabPane("Fleet [1]", id="fleet"):
-                yield FleetView(id="fleet-view", cursor_blink=self.cursor_blink)
-            with TabPane("Detections [2]", id="detections"):
-                yield DetectionsView(self.image_class(id="thumbnail"), id="detections-view")
-            with TabPane("Node [3]", id="node"):
-                yield NodeView(id="node-view")
-            with TabPane("Alerts [4]", id="alerts"):
-                yield AlertsView(id="alerts-view")
+            for key, tab in enumerate(TABS, start=1):
+                with TabPane(f"{tab.capitalize()} [{key}]", id=tab):
+                    yield self.views[tab]
         yield Footer()
 
     def on_mount(self) -> None:
@@ -293,17 +292,7 @@ class MonitorApp(App[int]):
         now = self.clock()
         self._draw_connection()
         # only the visible view redraws; switching tabs redraws the new one at once
-        active = self.query_one("#tabs", TabbedContent).active
-        if active == "fleet":
-            self.query_one(FleetView).redraw(self.model, now)
-        elif active == "detections":
-            self.query_one(DetectionsView).redraw(self.model, now)
-        elif active == "node":
-            self.query_one(NodeView).redraw(self.model, now)
-        elif active == "alerts":
-            self.query_one(AlertsView).redraw(self.model, now)
-        if active == "detections":
-            self._load_selected_thumbnail()
+        self.views[self.query_one("#tabs", TabbedContent).active].redraw(self.model, now)
         alerts = len(self.model.active)
         self.query_one("#tabs", TabbedContent).get_tab("alerts").label = (
             f"Alerts ({alerts}) [4]" if alerts else "Alerts [4]"
@@ -335,64 +324,6 @@ class MonitorApp(App[int]):
         widget.set_class(conn.state != "connected", "trouble")
         widget.set_class(self.model.paused, "paused")
 
-    # --- thumbnails -----------------------------------------------------------------------
-
-    @on(DataTable.RowHighlighted, "#detections-table")
-    def _face_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._load_selected_thumbnail()
-
-    def _load_selected_thumbnail(self) -> None:
-        views = self.query(DetectionsView)
-        if not views:  # shutting down
-            return
-        face_id = views.first().selected_face()
-        if face_id is None or face_id == self._thumbnail_for:
-            return
-        self._thumbnail_for = face_id
-        detection = next((d for d in self.model.detections if d.id == face_id), None)
-        info = self.query_one("#face-info", Static)
-        image = self.query_one("#thumbnail")
-        if detection is None:
-            return
-        info.update(
-            f"{detection.node} · track {detection.track} · score {detection.score:.2f}\n"
-            f"box {','.join(map(str, detection.box))} in {detection.frame[0]}x"
-            f"{detection.frame[1]} · {detection.detector}\n{detection.ts}"
-        )
-        kept = self.model.thumbnail(face_id)
-        if detection.problem or kept is None:
-            image.image = None  # type: ignore[attr-defined]
-            reason = detection.problem or (
-                f"image not kept (only the last {self.model.max_thumbnails} faces are)"
-            )
-            info.update(f"{info.content}\n[b red]{reason}[/]")
-            return
-        self.decode_thumbnail(face_id, detection.node, kept[1])
-
-    @work(thread=True, exclusive=True, group="thumbnail")
-    def decode_thumbnail(self, face_id: str, node: str, payload: bytes) -> None:
-        """Decode off the UI thread; a payload Pillow cannot read becomes an alert entry."""
-        try:
-            with PILImage.open(io.BytesIO(payload)) as img:
-                img.load()
-                picture = img.convert("RGB")
-            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        except Exception as exc:  # Pillow raises many kinds on corrupt data
-            self.call_from_thread(self._thumbnail_failed, face_id, node, f"cannot decode: {exc}")
-            return
-        self.call_from_thread(self._show_thumbnail, face_id, picture)
-
-    def _show_thumbnail(self, face_id: str, picture: PILImage.Image) -> None:
-        if face_id == self._thumbnail_for:
-            self.query_one("#thumbnail").image = picture  # type: ignore[attr-defined]
-
-    def _thumbnail_failed(self, face_id: str, node: str, reason: str) -> None:
-        self.model.note_thumbnail_error(face_id, node, reason)
-        if face_id == self._thumbnail_for:
-            self.query_one("#thumbnail").image = None  # type: ignore[attr-defined]
-            info = self.query_one("#face-info", Static)
-            info.update(f"{info.content}\n[b red]{reason}[/]")
-
     # --- actions --------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -408,14 +339,7 @@ class MonitorApp(App[int]):
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
         self.redraw(force=True)
-        # keys go to the view's main table (up/down/enter work at once)
-        main = {
-            "fleet": "#fleet-table",
-            "detections": "#detections-table",
-            "node": "#node-history",
-            "alerts": "#alerts-active",
-        }[tab]
-        self.query_one(main, DataTable).focus()
+        self.views[tab].focus_main_table()
 
     def action_cycle_tab(self, step: int) -> None:
         active = self.query_one("#tabs", TabbedContent).active
@@ -444,33 +368,31 @@ class MonitorApp(App[int]):
 
     def action_focus_filter(self) -> None:
         self.action_show_tab("fleet")
-        self.query_one("#fleet-filter", Input).focus()
+        self.query_one(FleetView).focus_filter()
 
     def action_leave_filter(self) -> None:
-        self.query_one("#fleet-table", DataTable).focus()
+        self.query_one(FleetView).focus_main_table()
 
     def action_cycle_sort(self) -> None:
-        view = self.query_one(FleetView)
-        view.sort_mode = SORT_MODES[(SORT_MODES.index(view.sort_mode) + 1) % len(SORT_MODES)]
-        self.redraw(force=True)
+        self.query_one(FleetView).cycle_sort()
 
     def show_node(self, name: str) -> None:
         self.query_one(NodeView).node = name
         self.action_show_tab("node")
 
-    @on(Input.Changed, "#fleet-filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        self.query_one(FleetView).filter_text = event.value
+    # --- what the views ask for -----------------------------------------------------------
+
+    @on(View.Changed)
+    def _view_changed(self, message: View.Changed) -> None:
         self.redraw(force=True)
 
-    @on(Input.Submitted, "#fleet-filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        self.query_one("#fleet-table", DataTable).focus()
+    @on(FleetView.NodeChosen)
+    def _node_chosen(self, message: FleetView.NodeChosen) -> None:
+        self.show_node(message.node)
 
-    @on(DataTable.RowSelected, "#fleet-table")
-    def _node_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.show_node(str(event.row_key.value))
+    @on(DetectionsView.ThumbnailFailed)
+    def _thumbnail_failed(self, message: DetectionsView.ThumbnailFailed) -> None:
+        self.model.note_thumbnail_error(message.face_id, message.node, message.reason)
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:

@@ -1,12 +1,19 @@
-"""The four views. Each one redraws from the FleetModel when the app's timer says so."""
+"""The four views. The app redraws the one shown from the FleetModel on its timer; each view
+handles its own widgets' events (filter, sort, selection, thumbnails) and tells the app what it
+must act on with a message."""
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image as PILImage
 from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Sparkline, Static
 
@@ -24,6 +31,7 @@ from facefleet_monitor.state import (
     NodeStatus,
 )
 
+THUMBNAIL_PX = 320
 STATE_STYLE = {
     ONLINE: "green",
     STOPPED: "yellow",
@@ -52,8 +60,49 @@ def _number(value: Any, fmt: str = "{}") -> str:
     return fmt.format(value)
 
 
-class FleetView(Vertical):
+def cursor_row_key(table: DataTable[Any]) -> str | None:
+    """The key of the row under a table's cursor, None when the table is empty."""
+    if not table.row_count:
+        return None
+    try:
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+    except Exception:
+        return None
+    return str(key.value) if key.value is not None else None
+
+
+class View(Widget):
+    """What the app needs of a tab's view: `redraw` from the model (the app calls it for the
+    view shown, on its timer) and `focus_main_table`. A view handles its own widgets' events;
+    what the app must act on comes to it as a message.
+
+    A view lists its container first (`FleetView(Vertical, View)`): Textual takes a widget's
+    default CSS, its layout among it, from the first base class only."""
+
+    #: The table that takes the keys when the view is shown (up/down/enter work at once).
+    MAIN_TABLE = ""
+
+    @dataclass
+    class Changed(Message):
+        """The view's own settings changed (filter, sort): redraw now, not at the next tick."""
+
+    def redraw(self, model: FleetModel, now: float) -> None:
+        raise NotImplementedError
+
+    def focus_main_table(self) -> None:
+        self.query_one(self.MAIN_TABLE, DataTable).focus()
+
+
+class FleetView(Vertical, View):
     """One row per node: service states, version, key figures, last face."""
+
+    MAIN_TABLE = "#fleet-table"
+
+    @dataclass
+    class NodeChosen(Message):
+        """Enter on a node's row: the app opens the node's page."""
+
+        node: str
 
     COLUMNS = (
         ("node", "Node"),
@@ -164,7 +213,7 @@ class FleetView(Vertical):
                     if not same_cell(cell, before):
                         table.update_cell(node.name, column, cell, update_width=True)
         else:
-            selected = self.selected_node()
+            selected = cursor_row_key(table)
             table.clear()
             for node, cells in rows:
                 table.add_row(*cells, key=node.name)
@@ -178,28 +227,53 @@ class FleetView(Vertical):
             f"sorted by {self.sort_mode} (s: change)"
         )
 
-    def selected_node(self) -> str | None:
-        table = self.query_one("#fleet-table", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        except Exception:
-            return None
-        return str(key.value) if key.value is not None else None
+    def cycle_sort(self) -> None:
+        self.sort_mode = SORT_MODES[(SORT_MODES.index(self.sort_mode) + 1) % len(SORT_MODES)]
+        self.post_message(self.Changed())
+
+    def focus_filter(self) -> None:
+        self.query_one("#fleet-filter", Input).focus()
+
+    @on(Input.Changed, "#fleet-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.post_message(self.Changed())
+
+    @on(Input.Submitted, "#fleet-filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        self.focus_main_table()
+
+    @on(DataTable.RowSelected, "#fleet-table")
+    def _node_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.post_message(self.NodeChosen(str(event.row_key.value)))
 
 
-class DetectionsView(Horizontal):
+class DetectionsView(Horizontal, View):
     """The live face feed, the selected face's thumbnail, faces per minute per node."""
 
+    MAIN_TABLE = "#detections-table"
     #: rows in the live table; at high rates every visible row changes each tick anyway
     SHOWN = 100
 
+    @dataclass
+    class ThumbnailFailed(Message):
+        """A kept face's bytes could not be decoded: the app records it in the model."""
+
+        face_id: str
+        node: str
+        reason: str
+
     def __init__(self, image: Widget, **kwargs: Any) -> None:
+        """`image` is the textual-image widget that shows the selected face."""
         super().__init__(**kwargs)
         self.image = image
         self._shown: list[str] = []
         self._sparklines: dict[str, tuple[Sparkline, Label]] = {}
+        #: the model of the last redraw: a row highlighted between redraws (arrow keys) shows
+        #: its face at once
+        self._model: FleetModel | None = None
+        self._thumbnail_for: str | None = None
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="detections-table", cursor_type="row", zebra_stripes=True)
@@ -226,7 +300,7 @@ class DetectionsView(Horizontal):
         detections = list(model.detections)[: self.SHOWN]
         ids = [d.id for d in detections]
         if ids != self._shown:
-            selected = self.selected_face()
+            selected = cursor_row_key(table)
             follow = selected is None or table.cursor_row == 0
             table.clear()
             for d in detections:
@@ -245,6 +319,8 @@ class DetectionsView(Horizontal):
             elif ids:
                 table.move_cursor(row=0, animate=False)
         self._redraw_sparklines(model, now)
+        self._model = model
+        self._show_selected_face(model)
 
     def _redraw_sparklines(self, model: FleetModel, now: float) -> None:
         box = self.query_one("#sparklines", VerticalScroll)
@@ -263,19 +339,67 @@ class DetectionsView(Horizontal):
             spark.data = series
             label.update(f"{series[-1]:.0f}/min")
 
-    def selected_face(self) -> str | None:
-        table = self.query_one("#detections-table", DataTable)
-        if not table.row_count:
-            return None
+    # --- the selected face ----------------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#detections-table")
+    def _face_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self._model is not None:
+            self._show_selected_face(self._model)
+
+    def _show_selected_face(self, model: FleetModel) -> None:
+        face_id = cursor_row_key(self.query_one("#detections-table", DataTable))
+        if face_id is None or face_id == self._thumbnail_for:
+            return
+        self._thumbnail_for = face_id
+        detection = next((d for d in model.detections if d.id == face_id), None)
+        if detection is None:
+            return
+        info = self.query_one("#face-info", Static)
+        info.update(
+            f"{detection.node} · track {detection.track} · score {detection.score:.2f}\n"
+            f"box {','.join(map(str, detection.box))} in {detection.frame[0]}x"
+            f"{detection.frame[1]} · {detection.detector}\n{detection.ts}"
+        )
+        kept = model.thumbnail(face_id)
+        if detection.problem or kept is None:
+            self.image.image = None  # type: ignore[attr-defined]
+            reason = detection.problem or (
+                f"image not kept (only the last {model.max_thumbnails} faces are)"
+            )
+            info.update(f"{info.content}\n[b red]{reason}[/]")
+            return
+        self.decode_thumbnail(face_id, detection.node, kept[1])
+
+    @work(thread=True, exclusive=True, group="thumbnail")
+    def decode_thumbnail(self, face_id: str, node: str, payload: bytes) -> None:
+        """Decode off the UI thread; a payload Pillow cannot read becomes an alert entry."""
         try:
-            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        except Exception:
-            return None
-        return str(key.value) if key.value is not None else None
+            with PILImage.open(io.BytesIO(payload)) as img:
+                img.load()
+                picture = img.convert("RGB")
+            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        except Exception as exc:  # Pillow raises many kinds on corrupt data
+            reason = f"cannot decode: {exc}"
+            self.app.call_from_thread(self._thumbnail_failed, face_id, node, reason)
+            return
+        self.app.call_from_thread(self._show_thumbnail, face_id, picture)
+
+    def _show_thumbnail(self, face_id: str, picture: PILImage.Image) -> None:
+        if face_id == self._thumbnail_for:
+            self.image.image = picture  # type: ignore[attr-defined]
+
+    def _thumbnail_failed(self, face_id: str, node: str, reason: str) -> None:
+        self.post_message(self.ThumbnailFailed(face_id, node, reason))
+        if face_id == self._thumbnail_for:
+            self.image.image = None  # type: ignore[attr-defined]
+            info = self.query_one("#face-info", Static)
+            info.update(f"{info.content}\n[b red]{reason}[/]")
 
 
-class NodeView(Vertical):
+class NodeView(Vertical, View):
     """One node: its services now and their recent heartbeats."""
+
+    MAIN_TABLE = "#node-history"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -373,8 +497,10 @@ class NodeView(Vertical):
             history.add_row(when, service, state_text(entry.state), entry.summary or "-")
 
 
-class AlertsView(Vertical):
+class AlertsView(Vertical, View):
     """Active problems, then the log of alerts raised, resolved and bad messages."""
+
+    MAIN_TABLE = "#alerts-active"
 
     def compose(self) -> ComposeResult:
         yield Static("Active", classes="pane-title")
