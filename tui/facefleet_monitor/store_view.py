@@ -8,11 +8,9 @@ Store calls block (S3 round trips), so they run in thread workers; results come 
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from typing import Any
 
-from PIL import Image as PILImage
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -32,8 +30,8 @@ from facefleet.facestore import (
     delete_faces,
     who_am_i,
 )
+from facefleet_monitor.thumbnail import decode_thumbnail
 
-THUMBNAIL_PX = 320
 #: At most this many faces are listed (the filter narrows a larger store).
 LIST_LIMIT = 5000
 
@@ -219,10 +217,7 @@ class StoredFacesScreen(Screen[None]):
     def read_thumbnail(self, face: StoredFace) -> None:
         try:
             payload, metadata = self.store.read(face)
-            with PILImage.open(io.BytesIO(payload)) as img:
-                img.load()
-                picture = img.convert("RGB")
-            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            picture = decode_thumbnail(payload)
         except Exception as exc:  # a store error or bytes Pillow cannot read
             self.app.call_from_thread(self._thumbnail_failed, face, str(exc))
             return

@@ -4,7 +4,6 @@ must act on with a message."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +29,8 @@ from facefleet_monitor.state import (
     STOPPED,
     NodeStatus,
 )
+from facefleet_monitor.thumbnail import decode_thumbnail
 
-THUMBNAIL_PX = 320
 STATE_STYLE = {
     ONLINE: "green",
     STOPPED: "yellow",
@@ -368,16 +367,13 @@ class DetectionsView(Horizontal, View):
             )
             info.update(f"{info.content}\n[b red]{reason}[/]")
             return
-        self.decode_thumbnail(face_id, detection.node, kept[1])
+        self._decode_face(face_id, detection.node, kept[1])
 
     @work(thread=True, exclusive=True, group="thumbnail")
-    def decode_thumbnail(self, face_id: str, node: str, payload: bytes) -> None:
+    def _decode_face(self, face_id: str, node: str, payload: bytes) -> None:
         """Decode off the UI thread; a payload Pillow cannot read becomes an alert entry."""
         try:
-            with PILImage.open(io.BytesIO(payload)) as img:
-                img.load()
-                picture = img.convert("RGB")
-            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            picture = decode_thumbnail(payload)
         except Exception as exc:  # Pillow raises many kinds on corrupt data
             reason = f"cannot decode: {exc}"
             self.app.call_from_thread(self._thumbnail_failed, face_id, node, reason)
