@@ -29,10 +29,10 @@ from bench.common import (
     wait_until,
 )
 from bench.faces import FacePublisher
-from facefleet.contract import parse_timestamp
+from facefleet.contract import DetectorFigures, parse_timestamp
+from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY
 from facefleet.shared import default_yunet_model
-from facefleet.statusboard import StatusBoard
 
 EDGE_NODE = "bench-edge"
 CLOUD_NODE = "bench-cloud"
@@ -123,8 +123,8 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
             busy_detector = Service(
                 "detector", detector_config(edge_mqtt, BUSY_SCENE), here, name="detector-busy"
             )
-            edge_board = StatusBoard(edge.settings_for())
-            cloud_board = StatusBoard(cloud.settings_for(MONITOR_IDENTITY))
+            edge_board = StatusWatch(edge.settings_for()).start()
+            cloud_board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()
             services = [processor, forwarder, logger, idle_detector, busy_detector]
             try:
                 for service in (processor, forwarder, logger, idle_detector):
@@ -143,7 +143,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 progress(f"footprint idle: {json.dumps(idle)}")
                 idle_detector.stop()
                 busy_detector.start()
-                edge_board.latest.clear()
+                edge_board.clear()
                 wait_until(lambda: edge_board.online(EDGE_NODE, "detector"), 60, "detector")
                 pids["detector"] = busy_detector.pid
                 publisher = FacePublisher(edge.settings_for(), EDGE_NODE)
@@ -160,7 +160,8 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                     120,
                     f"{len(sent)} faces stored",
                 )
-                detector_figures = edge_board.get(EDGE_NODE, "detector")
+                fps = edge_board.figures(EDGE_NODE, "detector", DetectorFigures).fps
+                detector_fps = "?" if fps is None else str(fps)
             finally:
                 for service in services:
                     service.stop()
@@ -192,7 +193,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
         "load": load,
         "note": "cpu_pct = % of one core averaged over the window; rss_mb = peak resident MB. "
         f"idle: detector on an empty scene at 15 fps, no faces; load: detector on a scene "
-        f"with persons at 15 fps ({detector_figures.get('fps', '?')} fps reported) and "
+        f"with persons at 15 fps ({detector_fps} fps reported) and "
         f"{rate:.0f} faces/s through logger, forwarder and processor",
     }
     progress(

@@ -31,8 +31,9 @@ from bench.common import (
     wait_until,
 )
 from bench.faces import FacePublisher
+from facefleet.contract import ProcessorFigures
+from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
-from facefleet.statusboard import StatusBoard
 
 EDGE_NODE = "bench-edge"
 HEARTBEAT_S = 0.25
@@ -53,8 +54,8 @@ def replica_config(cloud: LocalBroker, s3: S3Server, node: str, bucket: str) -> 
     }
 
 
-def stored(board: StatusBoard, nodes: list[str]) -> int:
-    return sum(int(board.get(n, "processor").get("stored", 0)) for n in nodes)
+def stored(board: StatusWatch, nodes: list[str]) -> int:
+    return sum(board.figures(n, "processor", ProcessorFigures).stored or 0 for n in nodes)
 
 
 def drain(
@@ -65,7 +66,7 @@ def drain(
     s3.client().create_bucket(Bucket=bucket)
     here = workdir / f"processor-{replicas}"
     with LocalBroker("cloud", workdir=here / "cloud", processors=tuple(nodes)) as cloud:
-        board = StatusBoard(cloud.settings_for(MONITOR_IDENTITY))
+        board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()
         services = [
             Service(
                 "processor", replica_config(cloud, s3, n, bucket), here, name=n, env=S3Server.ENV
@@ -85,7 +86,7 @@ def drain(
             publisher.close()
             s3.freeze()
             try:
-                board.latest.clear()
+                board.clear()
                 for service in services:
                     service.start()
                 wait_until(lambda: all(board.online(n, "processor") for n in nodes), 60, "online")
@@ -99,7 +100,9 @@ def drain(
             wait_until(lambda: stored(board, nodes) >= backlog, 600, f"{backlog} stored")
             seconds = time.monotonic() - began
             cpu = {n: round(100 * (p.cpu_s() - cpu0[n]) / seconds) for n, p in watched.items()}
-            per_replica = {n: int(board.get(n, "processor").get("stored", 0)) for n in nodes}
+            per_replica = {
+                n: board.figures(n, "processor", ProcessorFigures).stored or 0 for n in nodes
+            }
         finally:
             for service in services:
                 service.stop()

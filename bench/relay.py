@@ -34,9 +34,9 @@ from paho.mqtt.properties import Properties
 
 from bench.common import Options, Service, progress, wait_until
 from facefleet.contract import Receipt, faces_topic, new_face_id, receipts_topic
+from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.mqtt import MqttSettings, make_client, publish_properties, start, user_properties
-from facefleet.statusboard import StatusBoard
 
 NODE = "bench-edge"
 #: The subscriber's identity on the cloud broker: a processor's rights (read faces, write
@@ -192,7 +192,7 @@ class Relay:
                 "spool": {"path": str(self.workdir / "spool" / "spool.sqlite")},
             }
             self.forwarder = Service("forwarder", config, self.workdir).start()
-            board = StatusBoard(self.cloud.settings_for(MONITOR_IDENTITY))
+            board = StatusWatch(self.cloud.settings_for(MONITOR_IDENTITY)).start()
             try:
                 wait_until(lambda: board.online(NODE, "forwarder"), 30, "forwarder online")
             finally:

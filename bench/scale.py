@@ -35,9 +35,9 @@ import yaml
 
 from bench.common import Options, ProcSample, Service, percentile, progress, wait_until
 from facefleet import pki
+from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.seaweed import SeaweedS3
-from facefleet.statusboard import StatusBoard
 
 HEARTBEAT_S = 10.0  # facefleet.settings.ServiceSettings.heartbeat_s, the services' default
 DEVICES_PER_PROCESS = 125
@@ -229,12 +229,12 @@ def run_fleet(
     s3 = SeaweedS3(here / "seaweed")
     services: list[Service] = []
     devices: DeviceFleet | None = None
-    board: StatusBoard | None = None
+    board: StatusWatch | None = None
     try:
         cloud.start()
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
-        board = StatusBoard(cloud.settings_for(MONITOR_IDENTITY))
+        board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()
         for node in PROCESSORS:
             config = processor_config(cloud, s3, node)
             services.append(Service("processor", config, here, name=node, env=SeaweedS3.ENV))

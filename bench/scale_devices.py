@@ -22,14 +22,20 @@ import random
 import sys
 import threading
 import time
+from copy import copy
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from facefleet.contract import (
+    DetectorFigures,
     FaceMeta,
+    ForwarderFigures,
+    LoggerFigures,
     Receipt,
+    ServiceFigures,
     faces_topic,
     new_face_id,
     receipts_topic,
@@ -39,25 +45,25 @@ from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 from facefleet.service import Heartbeat
 
 #: The edge services whose heartbeats reach the cloud broker over a device's connection, with
-#: the figures a healthy device's services send (the keys of each service's `figures()`; the
-#: values of a lab edge playing its clip at 5 fps).
-EDGE_FIGURES: dict[str, dict[str, Any]] = {
-    "detector": {
-        "fps": 5.0, "frames": 18000, "faces_detected": 5200, "tracks_active": 1,
-        "published": 410, "published_bytes": 5330000, "dropped": 0, "unacked": 0,
-        "errors": 0, "held_back": {"small": 12, "blurry": 30}, "merged": 25,
-    },
-    "logger": {
-        "events": 1300, "faces": 410, "status_changes": 6, "errors": 0,
-        "audit_path": "/var/log/facefleet/audit.jsonl",
-    },
-    "forwarder": {
-        "spool_depth": 0, "spool_bytes": 0, "spool_oldest_age_s": 0.0, "forwarded": 1300,
-        "forwarded_faces": 410, "uplink_bytes": 5400000, "uplink_face_bytes": 5330000,
-        "inflight": 0, "unconfirmed": 0, "confirmed": 410, "resent": 0,
-        "rejected_by_processor": 0, "dropped": 0, "expired": 0, "rejected": 0,
-        "edge_connected": True, "cloud_connected": True, "errors": 0,
-    },
+#: the figures a healthy device's services send (the values of a lab edge playing its clip at
+#: 5 fps).
+EDGE_FIGURES: dict[str, ServiceFigures] = {
+    "detector": DetectorFigures(
+        fps=5.0, frames=18000, faces_detected=5200, tracks_active=1,
+        published=410, published_bytes=5330000, dropped=0, unacked=0,
+        errors=0, held_back={"small": 12, "blurry": 30}, merged=25,
+    ),
+    "logger": LoggerFigures(
+        events=1300, faces=410, status_changes=6, errors=0,
+        audit_path="/var/log/facefleet/audit.jsonl",
+    ),
+    "forwarder": ForwarderFigures(
+        spool_depth=0, spool_bytes=0, spool_oldest_age_s=0.0, forwarded=1300,
+        forwarded_faces=410, uplink_bytes=5400000, uplink_face_bytes=5330000,
+        inflight=0, unconfirmed=0, confirmed=410, resent=0,
+        rejected_by_processor=0, dropped=0, expired=0, rejected=0,
+        edge_connected=True, cloud_connected=True, errors=0,
+    ),
 }  # fmt: skip
 
 
@@ -105,7 +111,7 @@ class Device:
         self.client.max_inflight_messages_set(32)  # the forwarder's uplink.inflight default
         # the forwarder's heartbeat last: its will (offline, retained) is the one installed
         self.heartbeats = [
-            Heartbeat(self.client, prefix, node, service, heartbeat_s, figures.copy)
+            Heartbeat(self.client, prefix, node, service, heartbeat_s, partial(copy, figures))
             for service, figures in EDGE_FIGURES.items()
         ]
         self.connected = False

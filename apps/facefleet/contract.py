@@ -12,10 +12,10 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "facefleet"
@@ -39,10 +39,13 @@ STATES = ("online", "offline", "stopped")
 #: dead letter. Each is final: the device may forget the face.
 RECEIPT_STATUSES = ("stored", "duplicate", "rejected")
 
-#: Heartbeat key telling what the node runs: {"arch": "aarch64", "os": "Ubuntu 20.04.6 LTS",
-#: "python": "3.9.5", "opencv": "4.8.0"} ("opencv" only from services that loaded OpenCV).
+#: Version of the heartbeat's JSON (`v`). Adding a figure does not bump it (readers ignore
+#: fields they do not know and default the ones a heartbeat lacks); renaming a field or changing
+#: its meaning does. Heartbeats from before `v` was sent are version 1.
+STATUS_VERSION = "1"
+#: What a node runs, in the heartbeat's `platform`: {"arch": "aarch64", "os": "Ubuntu 20.04.6
+#: LTS", "python": "3.9.5", "opencv": "4.8.0"} ("opencv" only from services that loaded OpenCV).
 #: Added in 0.1.0 without a schema bump: readers must accept heartbeats without it.
-PLATFORM_KEY = "platform"
 PLATFORM_FIELDS = ("arch", "os", "python", "opencv")
 
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -126,43 +129,6 @@ def parse_topic(prefix: str, topic: str) -> tuple[str, str, str | None] | None:
     if len(parts) == 4 and parts[2] == "status":
         return parts[1], "status", parts[3]
     return None
-
-
-def parse_status_body(node: str, service: str, payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """A heartbeat payload checked against the contract; ValueError with a one-line reason."""
-    if len(payload) > max_bytes:
-        raise ValueError(f"status too large ({len(payload)} bytes)")
-    if not payload:
-        # an empty retained message clears the topic: the service was removed
-        raise ValueError("empty status (retained status cleared)")
-    try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"malformed status JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError("malformed status: not a JSON object")
-    state = body.get("state")
-    if state not in STATES:
-        raise ValueError(f"malformed status: unknown state {state!r}")
-    for key, expected in (("node", node), ("service", service)):
-        if key in body and body[key] != expected:
-            raise ValueError(f"status {key} {body[key]!r} does not match the topic")
-    interval = body.get("interval_s")
-    if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
-        raise ValueError(f"malformed interval_s: {interval!r}")
-    return body
-
-
-def platform_summary(bodies: list[dict[str, Any]]) -> str:
-    """One line for the platform of a node from its services' heartbeats: `aarch64, Debian GNU/Linux
-    11 (bullseye), Python 3.9.2, OpenCV 4.6.0` (OpenCV from whichever service loaded it)."""
-    merged: dict[str, str] = {}
-    for body in bodies:
-        platform = body.get(PLATFORM_KEY)
-        if isinstance(platform, dict):
-            merged.update({k: str(v) for k, v in platform.items() if k in PLATFORM_FIELDS and v})
-    labels = {"arch": "", "os": "", "python": "Python ", "opencv": "OpenCV "}
-    return ", ".join(labels[key] + merged[key] for key in PLATFORM_FIELDS if key in merged)
 
 
 def utc_timestamp(when: datetime | None = None) -> str:
@@ -255,6 +221,228 @@ class Receipt:
         if receipt.status not in RECEIPT_STATUSES or not valid_face_id(receipt.id):
             raise ContractError(f"malformed receipt: {payload[:120]!r}")
         return receipt
+
+
+# --- the status heartbeat ------------------------------------------------------------------
+
+_Fields = TypeVar("_Fields", bound="ServiceFigures")
+
+
+def _decoded(annotation: str, value: Any) -> Any:
+    """`value` as the type a field is annotated with, or None when it is not one."""
+    kind = annotation.replace(" | None", "")
+    if isinstance(value, bool):
+        return value if kind == "bool" else None
+    if kind == "int":
+        return value if isinstance(value, int) else None
+    if kind == "float":
+        return float(value) if isinstance(value, (int, float)) else None
+    if kind == "str":
+        return value if isinstance(value, str) else None
+    if kind == "dict[str, int]" and isinstance(value, dict):
+        return {
+            str(k): n for k, n in value.items() if isinstance(n, int) and not isinstance(n, bool)
+        }
+    return None
+
+
+@dataclass(frozen=True)
+class ServiceFigures:
+    """What a service counts, sent flat beside the heartbeat's envelope fields.
+
+    Every figure is optional: a heartbeat from another release of the fleet (a rollout runs
+    mixed versions) may lack one, and None says "not reported", not zero. Unknown keys and
+    values of the wrong type are ignored.
+    """
+
+    service: ClassVar[str] = ""
+    #: failures the service counted (every service has them; what counts is its own)
+    errors: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_json(cls: type[_Fields], body: Mapping[str, Any]) -> _Fields:
+        found = {f.name: _decoded(str(f.type), body.get(f.name)) for f in fields(cls)}
+        return cls(**{name: value for name, value in found.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class DetectorFigures(ServiceFigures):
+    service: ClassVar[str] = "detector"
+    #: frames per second processed over the last few seconds
+    fps: float | None = None
+    frames: int | None = None
+    faces_detected: int | None = None
+    tracks_active: int | None = None
+    published: int | None = None
+    published_bytes: int | None = None
+    #: faces dropped because the publish queue was full
+    dropped: int | None = None
+    unacked: int | None = None
+    #: tracks the quality gate never published, by reason
+    held_back: dict[str, int] | None = None
+    merged: int | None = None
+    #: open, reopening, lost or ended
+    camera: str | None = None
+    camera_error: str | None = None
+    camera_reopens: int | None = None
+    frames_dropped: int | None = None
+    source: str | None = None
+    backend: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggerFigures(ServiceFigures):
+    service: ClassVar[str] = "logger"
+    events: int | None = None
+    faces: int | None = None
+    status_changes: int | None = None
+    audit_path: str | None = None
+
+
+@dataclass(frozen=True)
+class ForwarderFigures(ServiceFigures):
+    service: ClassVar[str] = "forwarder"
+    spool_depth: int | None = None
+    spool_bytes: int | None = None
+    spool_oldest_age_s: float | None = None
+    #: messages sent up: faces and the edge services' relayed heartbeats
+    forwarded: int | None = None
+    forwarded_faces: int | None = None
+    uplink_bytes: int | None = None
+    uplink_face_bytes: int | None = None
+    inflight: int | None = None
+    unconfirmed: int | None = None
+    confirmed: int | None = None
+    resent: int | None = None
+    rejected_by_processor: int | None = None
+    dropped: int | None = None
+    expired: int | None = None
+    rejected: int | None = None
+    edge_connected: bool | None = None
+    cloud_connected: bool | None = None
+
+
+@dataclass(frozen=True)
+class ProcessorFigures(ServiceFigures):
+    service: ClassVar[str] = "processor"
+    received: int | None = None
+    stored: int | None = None
+    duplicates: int | None = None
+    dead_lettered: int | None = None
+    storage_errors: int | None = None
+    inflight: int | None = None
+    #: where faces go (bucket or directory)
+    storage: str | None = None
+
+
+FIGURES: dict[str, type[ServiceFigures]] = {
+    kind.service: kind
+    for kind in (DetectorFigures, LoggerFigures, ForwarderFigures, ProcessorFigures)
+}
+
+
+@dataclass(frozen=True)
+class Status:
+    """One retained heartbeat on `<prefix>/<node>/status/<service>` (JSON, figures flat beside
+    the envelope). `service` may carry an instance suffix (`processor-2`); its figures are
+    those of the service before the dash."""
+
+    state: str
+    service: str
+    node: str
+    version: str | None = None
+    ts: str | None = None
+    interval_s: float | None = None
+    uptime_s: float | None = None
+    platform: dict[str, str] = field(default_factory=dict)
+    figures: ServiceFigures | None = None
+    v: str = STATUS_VERSION
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {
+            "v": self.v,
+            "state": self.state,
+            "service": self.service,
+            "node": self.node,
+            "version": self.version,
+            "ts": self.ts,
+            "interval_s": self.interval_s,
+        }
+        if self.uptime_s is not None:
+            body["uptime_s"] = self.uptime_s
+        if self.platform:
+            body["platform"] = self.platform
+        if self.figures is not None:
+            body.update(self.figures.to_json())
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes, node: str = "", service: str = "") -> Status:
+        """A heartbeat from its JSON; ValueError with a one-line reason when the envelope is
+        malformed. `node` and `service` (the topic's) stand in for missing ones."""
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed status JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError("malformed status: not a JSON object")
+        state = body.get("state")
+        if state not in STATES:
+            raise ValueError(f"malformed status: unknown state {state!r}")
+        interval = body.get("interval_s")
+        if interval is not None and (
+            isinstance(interval, bool) or not (isinstance(interval, (int, float)) and interval > 0)
+        ):
+            raise ValueError(f"malformed interval_s: {interval!r}")
+        node, service = body.get("node", node), body.get("service", service)
+        if not isinstance(node, str) or not isinstance(service, str):
+            raise ValueError("malformed status: node and service must be strings")
+        platform = body.get("platform")
+        figures = FIGURES.get(service.partition("-")[0])
+        return cls(
+            state=state,
+            service=service,
+            node=node,
+            version=_decoded("str", body.get("version")),
+            ts=_decoded("str", body.get("ts")),
+            interval_s=_decoded("float", interval),
+            uptime_s=_decoded("float", body.get("uptime_s")),
+            platform=(
+                {k: str(v) for k, v in platform.items() if v} if isinstance(platform, dict) else {}
+            ),
+            figures=figures.from_json(body) if figures else None,
+            v=str(body.get("v", STATUS_VERSION)),
+        )
+
+
+def parse_status(node: str, service: str, payload: bytes, max_bytes: int) -> Status:
+    """A heartbeat payload received on the status topic of (node, service), checked against
+    the contract; ValueError with a one-line reason."""
+    if len(payload) > max_bytes:
+        raise ValueError(f"status too large ({len(payload)} bytes)")
+    if not payload:
+        # an empty retained message clears the topic: the service was removed
+        raise ValueError("empty status (retained status cleared)")
+    status = Status.decode(payload, node, service)
+    for key, expected in (("node", node), ("service", service)):
+        if getattr(status, key) != expected:
+            raise ValueError(f"status {key} {getattr(status, key)!r} does not match the topic")
+    return status
+
+
+def platform_summary(statuses: Iterable[Status]) -> str:
+    """One line for the platform of a node from its services' heartbeats: `aarch64, Debian GNU/Linux
+    11 (bullseye), Python 3.9.2, OpenCV 4.6.0` (OpenCV from whichever service loaded it)."""
+    merged: dict[str, str] = {}
+    for status in statuses:
+        merged.update({k: v for k, v in status.platform.items() if k in PLATFORM_FIELDS})
+    labels = {"arch": "", "os": "", "python": "Python ", "opencv": "OpenCV "}
+    return ", ".join(labels[key] + merged[key] for key in PLATFORM_FIELDS if key in merged)
 
 
 def parse_face_properties(

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config import ConfigError, dump_toml
+from facefleet.contract import DetectorFigures, ForwarderFigures, ProcessorFigures
 from facefleet.detector.settings import DetectorChoice, choose_detector
+from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
 from facefleet.shared import default_yunet_model
-from facefleet.statusboard import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class Demo:
                 start_new_session=True,
             )
 
-    def wait_online(self, board: StatusBoard, node: str, service: str, timeout_s: float) -> None:
+    def wait_online(self, board: StatusWatch, node: str, service: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not board.online(node, service):
             process = self.services[service]
@@ -233,60 +234,63 @@ class Demo:
 
     # -- progress and summary ------------------------------------------------------
 
-    def progress(self, board: StatusBoard) -> str:
-        det = board.get(EDGE_NODE, "detector")
-        fwd = board.get(EDGE_NODE, "forwarder")
-        pro = board.get(CLOUD_NODE, "processor")
+    def progress(self, board: StatusWatch) -> str:
+        det = board.figures(EDGE_NODE, "detector", DetectorFigures)
+        fwd = board.figures(EDGE_NODE, "forwarder", ForwarderFigures)
+        pro = board.figures(CLOUD_NODE, "processor", ProcessorFigures)
         return (
-            f"frames {det.get('frames', 0)}  fps {det.get('fps', 0):.1f}  "
-            f"faces {det.get('faces_detected', 0)}  published {det.get('published', 0)}  "
-            f"spooled {fwd.get('spool_depth', 0)}  forwarded {fwd.get('forwarded_faces', 0)}  "
-            f"stored {pro.get('stored', 0)}  dead-lettered {pro.get('dead_lettered', 0)}"
+            f"frames {det.frames or 0}  fps {det.fps or 0:.1f}  "
+            f"faces {det.faces_detected or 0}  published {det.published or 0}  "
+            f"spooled {fwd.spool_depth or 0}  forwarded {fwd.forwarded_faces or 0}  "
+            f"stored {pro.stored or 0}  dead-lettered {pro.dead_lettered or 0}"
         )
 
-    def camera_trouble(self, board: StatusBoard) -> str:
+    def camera_trouble(self, board: StatusWatch) -> str:
         """The detector's reason for having no frames ("" while it has them)."""
-        det = board.get(EDGE_NODE, "detector")
-        return str(det.get("camera_error") or "") if det.get("camera") != "open" else ""
+        det = board.figures(EDGE_NODE, "detector", DetectorFigures)
+        return (det.camera_error or "") if det.camera != "open" else ""
 
-    def drained(self, board: StatusBoard) -> bool:
-        det = board.get(EDGE_NODE, "detector")
-        fwd = board.get(EDGE_NODE, "forwarder")
-        pro = board.get(CLOUD_NODE, "processor")
-        if det.get("state") != "stopped" or not fwd or not pro:
+    def drained(self, board: StatusWatch) -> bool:
+        """The detector stopped and everything it published is accounted for in storage (a
+        figure not reported yet counts as not drained)."""
+        detector = board.status(EDGE_NODE, "detector")
+        fwd = board.figures(EDGE_NODE, "forwarder", ForwarderFigures)
+        pro = board.figures(CLOUD_NODE, "processor", ProcessorFigures)
+        if detector is None or detector.state != "stopped":
             return False
-        accounted = pro.get("stored", 0) + pro.get("duplicates", 0) + pro.get("dead_lettered", 0)
-        return bool(
-            fwd.get("spool_depth", 1) == 0
-            and fwd.get("inflight", 1) == 0
-            and accounted >= det.get("published", 0)
-            and pro.get("inflight", 1) == 0
+        det = board.figures(EDGE_NODE, "detector", DetectorFigures)
+        accounted = (pro.stored or 0) + (pro.duplicates or 0) + (pro.dead_lettered or 0)
+        return (
+            fwd.spool_depth == 0
+            and fwd.inflight == 0
+            and accounted >= (det.published or 0)
+            and pro.inflight == 0
         )
 
-    def summary(self, board: StatusBoard, started: float, drained: bool) -> dict[str, Any]:
-        det = board.get(EDGE_NODE, "detector")
-        fwd = board.get(EDGE_NODE, "forwarder")
-        pro = board.get(CLOUD_NODE, "processor")
+    def summary(self, board: StatusWatch, started: float, drained: bool) -> dict[str, Any]:
+        det = board.figures(EDGE_NODE, "detector", DetectorFigures)
+        fwd = board.figures(EDGE_NODE, "forwarder", ForwarderFigures)
+        pro = board.figures(CLOUD_NODE, "processor", ProcessorFigures)
         return {
             "source": self.args.source,
             "mode": self.args.mode,
             "encoding": self.args.encoding,
             "backend": self.detection.backend,
-            "frames": det.get("frames", 0),
-            "fps": det.get("fps", 0),
-            "faces_detected": det.get("faces_detected", 0),
+            "frames": det.frames or 0,
+            "fps": det.fps or 0,
+            "faces_detected": det.faces_detected or 0,
             # persons the quality gate never published (per reason), and tracks it joined
-            "held_back": det.get("held_back", {}),
-            "merged": det.get("merged", 0),
-            "published": det.get("published", 0),
-            "published_bytes": det.get("published_bytes", 0),
-            "uplink_messages": fwd.get("forwarded", 0),
-            "uplink_bytes": fwd.get("uplink_bytes", 0),
-            "uplink_face_bytes": fwd.get("uplink_face_bytes", 0),
-            "spool_dropped": fwd.get("dropped", 0),
-            "stored": pro.get("stored", 0),
-            "duplicates": pro.get("duplicates", 0),
-            "dead_lettered": pro.get("dead_lettered", 0),
+            "held_back": det.held_back or {},
+            "merged": det.merged or 0,
+            "published": det.published or 0,
+            "published_bytes": det.published_bytes or 0,
+            "uplink_messages": fwd.forwarded or 0,
+            "uplink_bytes": fwd.uplink_bytes or 0,
+            "uplink_face_bytes": fwd.uplink_face_bytes or 0,
+            "spool_dropped": fwd.dropped or 0,
+            "stored": pro.stored or 0,
+            "duplicates": pro.duplicates or 0,
+            "dead_lettered": pro.dead_lettered or 0,
             "drained": drained,
             "wall_s": round(time.monotonic() - started, 1),
             "storage": str(self.storage),
@@ -300,7 +304,7 @@ class Demo:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         self.edge.start()
         self.cloud.start()
-        board = StatusBoard(self.cloud.settings_for(MONITOR_IDENTITY))
+        board = StatusWatch(self.cloud.settings_for(MONITOR_IDENTITY)).start()
         drained = False
         try:
             configs = self.configs()
@@ -337,7 +341,7 @@ class Demo:
         print(json.dumps(result), flush=True)
         return 0 if drained or not self.args.until_eof else 1
 
-    def watch(self, board: StatusBoard, stop: threading.Event) -> bool:
+    def watch(self, board: StatusWatch, stop: threading.Event) -> bool:
         """Progress lines until ^C, or with --until-eof until the source ended and drained.
 
         While the source does not open, the progress line is replaced by the detector's reason
@@ -357,7 +361,7 @@ class Demo:
                 raise RuntimeError(f"detector failed: {self.log_tail('detector')}")
             if not self.args.until_eof:
                 continue
-            never_opened = board.get(EDGE_NODE, "detector").get("frames", 0) == 0
+            never_opened = not board.figures(EDGE_NODE, "detector", DetectorFigures).frames
             if never_opened and time.monotonic() - started > self.args.open_timeout:
                 reason = trouble or "no frames"
                 print(

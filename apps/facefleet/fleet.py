@@ -14,64 +14,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from facefleet.config import ConfigError
-from facefleet.contract import (
-    SERVICES,
-    SERVICES_BY_KIND,
-    STALE_INTERVALS,
-    all_status_filter,
-    parse_status_body,
-    parse_timestamp,
-    parse_topic,
-    platform_summary,
+from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary
+from facefleet.health import (
+    Heard,
+    StatusWatch,
+    inventory_watcher_settings,
+    problem,
+    state,
 )
 from facefleet.inventory import InventoryInfo, load_inventory
-from facefleet.mqtt import MqttSettings, make_client, start
+from facefleet.mqtt import MqttSettings
 from facefleet.service import setup_logging
 
 EXIT_UNHEALTHY = 1
 #: Without --wait: how long retained heartbeats may take to arrive after the subscription.
 RETAINED_WINDOW_S = 2.0
 CONNECT_TIMEOUT_S = 10.0
-MAX_STATUS_BYTES = 64 * 1024
-NEVER = "never seen"
-STALE = "stale"
 
 
 @dataclass
 class NodeHealth:
-    """One node: the last heartbeat body of each expected service and what is wrong."""
+    """One node: the state and last heartbeat of each expected service, and what is wrong."""
 
     node: str
     kind: str
-    services: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stale: set[str] = field(default_factory=set)
+    services: dict[str, Status] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
         return not self.problems
 
-    def state(self, service: str) -> str:
-        body = self.services.get(service)
-        if body is None:
-            return NEVER
-        return STALE if service in self.stale else str(body["state"])
-
     @property
     def platform(self) -> str:
         """Architecture, OS, Python and OpenCV as the services' heartbeats tell them."""
-        return platform_summary(list(self.services.values()))
+        return platform_summary(self.services.values())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -81,120 +65,47 @@ class NodeHealth:
             "platform": self.platform,
             "problems": self.problems,
             "services": {
-                service: {**self.services.get(service, {}), "state": self.state(service)}
+                service: {**self._body(service), "state": self.states[service]}
                 for service in SERVICES_BY_KIND[self.kind]
             },
         }
 
-
-def service_problem(
-    service: str, body: dict[str, Any] | None, expect_version: str | None, now: datetime
-) -> tuple[str | None, bool]:
-    """What is wrong with one service's last heartbeat (None: healthy), and whether it is stale."""
-    if body is None:
-        return f"{service} never reported", False
-    if body["state"] != "online":
-        return f"{service} {body['state']}", False
-    interval = body.get("interval_s")
-    try:
-        age = (now - parse_timestamp(str(body.get("ts")))).total_seconds()
-    except ValueError:
-        return f"{service} heartbeat without a valid ts", False
-    if interval and age > STALE_INTERVALS * float(interval):
-        return f"{service} stale ({age:.0f} s without a heartbeat)", True
-    version = body.get("version")
-    if expect_version is not None and version != expect_version:
-        return f"{service} runs {version}, expected {expect_version}", False
-    if service == "detector" and not float(body.get("fps") or 0) > 0:
-        return "detector produces no frames", False
-    return None, False
+    def _body(self, service: str) -> dict[str, Any]:
+        status = self.services.get(service)
+        return dict(json.loads(status.encode())) if status else {}
 
 
 def evaluate(
     nodes: dict[str, str],
-    seen: dict[tuple[str, str], dict[str, Any]],
+    seen: dict[tuple[str, str], Heard],
     expect_version: str | None,
-    now: datetime | None = None,
+    now: float | None = None,
 ) -> list[NodeHealth]:
     """Health of every node (inventory order) from the last heartbeat of each service."""
-    now = now or datetime.now(timezone.utc)
+    now = time.time() if now is None else now
     report = []
     for node, kind in nodes.items():
         health = NodeHealth(node, kind)
         for service in SERVICES_BY_KIND[kind]:
-            body = seen.get((node, service))
-            problem, stale = service_problem(service, body, expect_version, now)
-            if body is not None:
-                health.services[service] = body
-            if stale:
-                health.stale.add(service)
-            if problem:
-                health.problems.append(problem)
+            heard = seen.get((node, service))
+            if heard is not None:
+                health.services[service] = heard.status
+            health.states[service] = state(heard, now)
+            wrong = problem(service, heard, now, expect_version)
+            if wrong:
+                health.problems.append(wrong)
         report.append(health)
     return report
 
 
-class StatusWatch:
-    """A read-only client on the cloud broker that keeps the last heartbeat per service."""
-
-    def __init__(self, settings: MqttSettings, prefix: str, nodes: dict[str, str]) -> None:
-        self.settings = settings
-        self.prefix = prefix
-        self.nodes = nodes
-        self.seen: dict[tuple[str, str], dict[str, Any]] = {}
-        self.subscribed = threading.Event()
-        self.refused: str | None = None
-        self.changed = threading.Event()
-        self._lock = threading.Lock()
-        self.client = make_client(settings, f"facefleet-fleet-status-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None
-    ) -> None:
-        if reason.is_failure:
-            self.refused = str(reason)
-            self.changed.set()
-            return
-        client.subscribe(all_status_filter(self.prefix), qos=1)
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        parsed = parse_topic(self.prefix, message.topic)
-        if parsed is None or parsed[1] != "status" or parsed[0] not in self.nodes:
-            return
-        node, _kind, service = parsed
-        if service not in SERVICES:
-            return
-        try:
-            body = parse_status_body(node, service, bytes(message.payload), MAX_STATUS_BYTES)
-        except ValueError:
-            return  # the monitor shows malformed heartbeats; here they count as none
-        with self._lock:
-            self.seen[(node, service)] = body
-        self.changed.set()
-
-    def snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
-        with self._lock:
-            return dict(self.seen)
-
-    def complete(self, seen: dict[tuple[str, str], dict[str, Any]]) -> bool:
-        """Every expected service of every node has reported at least once in `seen` (a
-        snapshot: judged on the same heartbeats as the report made from it)."""
-        return all(
-            (node, service) in seen
-            for node, kind in self.nodes.items()
-            for service in SERVICES_BY_KIND[kind]
-        )
-
-    def __enter__(self) -> StatusWatch:
-        start(self.client, self.settings)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def complete(nodes: dict[str, str], seen: dict[tuple[str, str], Heard]) -> bool:
+    """Every expected service of every node has reported at least once in `seen` (a snapshot:
+    judged on the same heartbeats as the report made from it)."""
+    return all(
+        (node, service) in seen
+        for node, kind in nodes.items()
+        for service in SERVICES_BY_KIND[kind]
+    )
 
 
 def watch(
@@ -219,26 +130,10 @@ def watch(
             if wait_s > 0:
                 if all(h.healthy for h in report) or now >= deadline:
                     return report
-            elif status.complete(seen) or now >= settle:
+            elif complete(nodes, seen) or now >= settle:
                 return report
             status.changed.clear()
             status.changed.wait(0.5)
-
-
-def mqtt_settings(info: InventoryInfo, pki_dir: Path | None) -> MqttSettings:
-    """The monitor's read-only identity on the cloud broker (certificates from the PKI dir)."""
-    files = info.pki_files(pki_dir)
-    return MqttSettings(
-        host=info.broker_host,
-        port=info.broker_port,
-        tls=True,
-        ca_file=str(files[0]),
-        cert_file=str(files[1]),
-        key_file=str(files[2]),
-        keepalive_s=10,
-        reconnect_min_s=1,
-        reconnect_max_s=5,
-    )
 
 
 def select_nodes(info: InventoryInfo, limit: str | None) -> dict[str, str]:
@@ -261,8 +156,9 @@ def format_table(report: list[NodeHealth]) -> str:
             if service not in SERVICES_BY_KIND[health.kind]:
                 cells.append("-")
                 continue
-            body = health.services.get(service, {})
-            cells.append(f"{health.state(service)} {body.get('version', '')}".strip())
+            status = health.services.get(service)
+            version = status.version if status and status.version else ""
+            cells.append(f"{health.states[service]} {version}".strip())
         cells.append(health.platform or "-")
         cells.append("ok" if health.healthy else "; ".join(health.problems))
         rows.append(cells)
@@ -311,7 +207,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     setup_logging("WARNING")  # quiets paho's reports of a closing connection
     info = load_inventory(Path(args.inventory))
     nodes = select_nodes(info, args.limit)
-    settings = mqtt_settings(info, args.pki_dir)
+    settings = inventory_watcher_settings(info, args.pki_dir)
     started = time.monotonic()
     try:
         report = watch(settings, info.prefix, nodes, args.expect_version, args.wait)

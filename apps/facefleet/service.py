@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -17,11 +16,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from facefleet import __version__
-from facefleet.contract import PLATFORM_KEY, status_topic, utc_timestamp, valid_node
+from facefleet.contract import ServiceFigures, Status, status_topic, utc_timestamp, valid_node
 
 log = logging.getLogger(__name__)
-
-Figures = Callable[[], dict[str, Any]]
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -96,7 +93,7 @@ class Heartbeat:
         node: str,
         service: str,
         interval_s: float,
-        figures: Figures,
+        figures: Callable[[], ServiceFigures],
     ) -> None:
         self.client = client
         self.topic = status_topic(prefix, node, service)
@@ -112,34 +109,31 @@ class Heartbeat:
         client.will_set(topic, payload, qos=1, retain=True)
 
     def payload(self, state: str) -> bytes:
-        body: dict[str, Any] = {
-            "state": state,
-            "service": self.service,
-            "node": self.node,
-            "version": __version__,
-            "ts": utc_timestamp(),
-            "interval_s": self.interval_s,
-            "uptime_s": round(time.time() - self.started, 1),
-            PLATFORM_KEY: self.platform,
-        }
+        figures = None
         try:
-            body.update(self.figures())
+            figures = self.figures()
         except Exception:  # a broken figure must not silence the heartbeat
             log.exception("collecting status figures failed")
-        return json.dumps(body, separators=(",", ":")).encode()
+        status = Status(
+            state=state,
+            service=self.service,
+            node=self.node,
+            version=__version__,
+            ts=utc_timestamp(),
+            interval_s=self.interval_s,
+            uptime_s=round(time.time() - self.started, 1),
+            platform=self.platform,
+            figures=figures,
+        )
+        return status.encode()
 
     def will(self) -> tuple[str, bytes]:
         """The last will: this topic, `offline`, retained (installed on the client here, before
         it connects)."""
-        body = {
-            "state": "offline",
-            "service": self.service,
-            "node": self.node,
-            "version": __version__,
-            "ts": None,
-            "interval_s": self.interval_s,
-        }
-        return self.topic, json.dumps(body, separators=(",", ":")).encode()
+        status = Status(
+            "offline", self.service, self.node, version=__version__, interval_s=self.interval_s
+        )
+        return self.topic, status.encode()
 
     def publish(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         return self.client.publish(self.topic, self.payload(state), qos=1, retain=True)

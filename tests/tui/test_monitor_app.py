@@ -28,13 +28,14 @@ from tui_helpers import (
     wait_until,
 )
 
+from facefleet.contract import ProcessorFigures, Status
+from facefleet.health import OFFLINE
 from facefleet.localbroker import LocalBroker
 from facefleet_monitor.app import MonitorApp, StatusReceived, image_widget_class
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import MonitorConfig, config_from_args
 from facefleet_monitor.events import StatusEvent
 from facefleet_monitor.feed import FlowGate
-from facefleet_monitor.state import OFFLINE
 
 pytestmark = pytest.mark.broker
 SIZE = (150, 40)
@@ -180,10 +181,13 @@ async def test_pause_freezes_the_detections_feed(edge_broker: LocalBroker) -> No
 SERVICE_SCRIPT = textwrap.dedent("""
     import sys, time
     from facefleet import mqtt
+    from facefleet.contract import DetectorFigures
     from facefleet.service import Heartbeat
     settings = mqtt.MqttSettings(host="127.0.0.1", port=int(sys.argv[1]), keepalive_s=30)
     client = mqtt.make_client(settings, "detector-cam5")
-    beat = Heartbeat(client, "facefleet", "cam5", "detector", 1.0, lambda: {"fps": 5.0})
+    beat = Heartbeat(
+        client, "facefleet", "cam5", "detector", 1.0, lambda: DetectorFigures(fps=5.0)
+    )
     client.will_set(*beat.will(), qos=1, retain=True)
     client.connect(settings.host, settings.port, keepalive=30)
     client.loop_start()
@@ -291,9 +295,9 @@ async def test_cloud_broker_with_mtls_from_an_inventory(
 
 def test_status_messages_supersede_each_other() -> None:
     gate = FlowGate()
-    first = StatusEvent("cam1", "detector", {"state": "online"}, size=10)
-    second = StatusEvent("cam1", "detector", {"state": "stopped"}, size=12)
-    other = StatusEvent("cam1", "logger", {"state": "online"}, size=10)
+    first = StatusEvent("cam1", "detector", Status("online", "detector", "cam1"), size=10)
+    second = StatusEvent("cam1", "detector", Status("stopped", "detector", "cam1"), size=12)
+    other = StatusEvent("cam1", "logger", Status("online", "logger", "cam1"), size=10)
     for event in (first, second, other):
         assert gate.admit(event)
     assert not StatusReceived(first, gate).can_replace(StatusReceived(other, gate))
@@ -513,7 +517,8 @@ async def test_keys_a_person_tries_first(edge_broker: LocalBroker) -> None:
         assert (table.scroll_x >= scrolled, table.cursor_row) == (True, row)
         app.show_node("cloud1")  # a cloud node publishes no faces: it stores the fleet's
         await pilot.pause(0.2)
-        stored = app.model.nodes["cloud1"].services["processor"].figure("stored")
+        processor = app.model.nodes["cloud1"].figures(ProcessorFigures)
+        stored = processor.stored if processor else None
         assert f"{stored} faces stored by its processor" in screen_text(app)
     pub.close()
 
@@ -525,7 +530,7 @@ def test_identical_heartbeats_make_one_history_line() -> None:
     model = FleetModel(clock=lambda: clock[0])
     for stored in (1, 1, 1, 2):
         body = status_body("cloud1", "processor", stored=stored)
-        model.apply(StatusEvent("cloud1", "processor", body))
+        model.apply(StatusEvent("cloud1", "processor", Status.decode(json.dumps(body).encode())))
         clock[0] += 5
     history = list(model.nodes["cloud1"].services["processor"].history)
     assert [(h.count, h.since, h.at) for h in history] == [(3, 1000.0, 1010.0), (1, 1015.0, 1015.0)]

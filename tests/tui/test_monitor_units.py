@@ -13,6 +13,7 @@ import pytest
 from tui_helpers import face_meta, make_jpeg, status_body
 
 from facefleet.config import ConfigError
+from facefleet.health import NEVER, OFFLINE, ONLINE, STALE
 from facefleet.inventory import load_inventory
 from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
@@ -21,7 +22,6 @@ from facefleet_monitor.events import FaceEvent, FeedError, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, parse_face, parse_status
 from facefleet_monitor.formatting import format_age
 from facefleet_monitor.model import FleetModel
-from facefleet_monitor.state import NEVER, OFFLINE, ONLINE, STALE
 
 UI_FREE = (
     "facefleet_monitor.events",
@@ -33,6 +33,7 @@ UI_FREE = (
     "facefleet_monitor.config",
     "facefleet_monitor.cli",
     "facefleet.inventory",
+    "facefleet.health",
 )
 
 

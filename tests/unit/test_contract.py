@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_missing_properties_are_named() -> None:
 
 
 def test_platform_summary_merges_the_services_of_a_node() -> None:
-    from facefleet.contract import platform_summary
+    from facefleet.contract import Status, platform_summary
 
     base = {"arch": "aarch64", "os": "Ubuntu 20.04.6 LTS", "python": "3.9.5"}
     bodies = [
@@ -64,8 +65,10 @@ def test_platform_summary_merges_the_services_of_a_node() -> None:
         {"state": "online"},  # a release from before the platform was reported
         {"state": "online", "platform": "garbage"},
     ]
-    assert platform_summary(bodies) == "aarch64, Ubuntu 20.04.6 LTS, Python 3.9.5, OpenCV 4.8.0"
-    assert platform_summary([{"state": "offline"}]) == ""
+    statuses = [Status.decode(json.dumps(body).encode(), "cam1", "detector") for body in bodies]
+    assert platform_summary(statuses) == "aarch64, Ubuntu 20.04.6 LTS, Python 3.9.5, OpenCV 4.8.0"
+    offline = Status.decode(b'{"state": "offline"}', "cam1", "detector")
+    assert platform_summary([offline]) == ""
 
 
 def test_node_platform_reports_this_machine(tmp_path: Path) -> None:

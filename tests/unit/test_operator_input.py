@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.config import ConfigError
-from facefleet.fleet import mqtt_settings
+from facefleet.health import inventory_watcher_settings
 from facefleet.inventory import load_inventory
 from facefleet.mqtt import MqttSettings, why_unreachable
 from facefleet.pki import ensure_ca, issue
@@ -75,7 +75,7 @@ def test_a_copy_of_the_example_inventory_finds_the_pki_site_yml_makes(tmp_path: 
     assert config.mqtt.tls
     assert config.mqtt.cert_file == str(checkout / ".pki" / "mine" / "monitor.crt")
     assert config.mqtt.host == "mqtt.facefleet.example.com"
-    settings = mqtt_settings(info, None)
+    settings = inventory_watcher_settings(info, None)
     assert settings.key_file == str(checkout / ".pki" / "mine" / "monitor.key")
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from facefleet.contract import STALE_INTERVALS
+from facefleet.contract import STALE_INTERVALS, DetectorFigures, ForwarderFigures, ProcessorFigures
+from facefleet.health import NEVER, OFFLINE, STALE, STOPPED
 from facefleet_monitor.events import ConnectionEvent
-from facefleet_monitor.state import NEVER, OFFLINE, STALE, STOPPED, NodeStatus, ServiceStatus
+from facefleet_monitor.state import NodeStatus, ServiceStatus
 
 ERROR, WARNING = "error", "warning"
 #: How long a malformed message keeps its node's "bad messages" alert active.
@@ -89,23 +90,25 @@ def _service_alerts(node: NodeStatus, status: ServiceStatus, now: float) -> Iter
         yield Alert(f"stopped:{key}", WARNING, node.name, status.service, "stopped")
     if health in (NEVER, OFFLINE, STOPPED):
         return
-    body = status.body
-    if status.service == "detector":
-        camera = body.get("camera")
-        why = f": {body['camera_error']}" if body.get("camera_error") else ""
-        source = f" ({body['source']})" if why and body.get("source") else ""
+    figures = status.status.figures if status.status else None
+    if isinstance(figures, DetectorFigures):
+        camera = figures.camera
+        why = f": {figures.camera_error}" if figures.camera_error else ""
+        source = f" ({figures.source})" if why and figures.source else ""
         if camera == "lost":
             line = f"camera lost{why}{source}"
             yield Alert(f"camera:{key}", ERROR, node.name, status.service, line)
         elif camera == "reopening":
             line = f"camera reopening{why}{source}"
             yield Alert(f"camera:{key}", WARNING, node.name, status.service, line)
-    if status.service == "forwarder":
-        depths = [b.get("spool_depth") for b in list(status.trend)[-3:]]
+    if isinstance(figures, ForwarderFigures):
+        depths = [f.spool_depth for f in status.trend_of(ForwarderFigures)[-3:]]
         if (
             len(depths) == 3
-            and all(isinstance(d, int) for d in depths)
-            and depths[0] < depths[1] < depths[2]  # type: ignore[operator]
+            and depths[0] is not None
+            and depths[1] is not None
+            and depths[2] is not None
+            and depths[0] < depths[1] < depths[2]
         ):
             yield Alert(
                 f"spool:{key}",
@@ -114,9 +117,9 @@ def _service_alerts(node: NodeStatus, status: ServiceStatus, now: float) -> Iter
                 status.service,
                 f"spool growing: {depths[2]} waiting",
             )
-    if status.service == "processor":
-        dead = [b.get("dead_lettered") for b in status.trend]
-        numbers = [d for d in dead if isinstance(d, int)]
+    if isinstance(figures, ProcessorFigures):
+        dead = [f.dead_lettered for f in status.trend_of(ProcessorFigures)]
+        numbers = [d for d in dead if d is not None]
         if len(numbers) >= 2 and numbers[-1] > numbers[0]:
             yield Alert(
                 f"dead:{key}",

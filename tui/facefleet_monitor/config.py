@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facefleet.config import ConfigError
 from facefleet.contract import DEFAULT_PREFIX
+from facefleet.health import watcher_settings
 from facefleet.inventory import load_inventory
 from facefleet.mqtt import MqttSettings, tls_context
 
@@ -102,16 +103,13 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
             ca_file=ca,
             cert_file=cert,
             key_file=key,
-            keepalive_s=10,
-            reconnect_min_s=1,
-            reconnect_max_s=5,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if settings.tls:
         tls_context(settings)  # a file that is not a certificate or key: one line, before the UI
     return MonitorConfig(
-        mqtt=settings,
+        mqtt=watcher_settings(settings),
         prefix=prefix,
         expected=expected,
         image_protocol=args.image,

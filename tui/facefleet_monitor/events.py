@@ -4,18 +4,17 @@ change, already checked against the contract (pure Python, no Textual and no MQT
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from facefleet.contract import FaceMeta
+from facefleet.contract import FaceMeta, Status
 
 
 @dataclass(frozen=True)
 class StatusEvent:
-    """One status heartbeat (already checked: a JSON object with a known state)."""
+    """One status heartbeat (already checked against the contract)."""
 
     node: str
     service: str
-    body: dict[str, Any]
+    status: Status
     retained: bool = False
     size: int = 0
 

@@ -18,15 +18,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from facefleet import contract
 from facefleet import mqtt as ffmqtt
 from facefleet.contract import (
     ContractError,
     all_faces_filter,
     all_status_filter,
     parse_face_properties,
-    parse_status_body,
     parse_topic,
 )
+from facefleet.health import MAX_STATUS_BYTES
 from facefleet_monitor.events import (
     ConnectionEvent,
     FaceEvent,
@@ -37,7 +38,6 @@ from facefleet_monitor.events import (
 
 log = logging.getLogger(__name__)
 
-MAX_STATUS_BYTES = 64 * 1024
 MAX_FACE_BYTES = 4 * 1024 * 1024
 
 _MAGIC = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",)}
@@ -46,12 +46,12 @@ _MAGIC = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",)
 def parse_status(
     node: str, service: str, payload: bytes, retained: bool
 ) -> StatusEvent | FeedError:
-    """Check a heartbeat payload: a JSON object whose state is one of the contract's."""
+    """Check a heartbeat payload against the contract."""
     try:
-        body = parse_status_body(node, service, payload, MAX_STATUS_BYTES)
+        status = contract.parse_status(node, service, payload, MAX_STATUS_BYTES)
     except ValueError as exc:
         return FeedError(f"{node}/status/{service}", node, str(exc), len(payload))
-    return StatusEvent(node, service, body, retained=retained, size=len(payload))
+    return StatusEvent(node, service, status, retained=retained, size=len(payload))
 
 
 def parse_face(

@@ -4,7 +4,8 @@ without a terminal)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+
+from facefleet.contract import ServiceFigures
 
 
 def format_age(seconds: float | None) -> str:
@@ -38,8 +39,11 @@ FIGURE_LABELS = {
 }
 
 
-def summarize(service: str, body: dict[str, Any]) -> str:
+def summarize(figures: ServiceFigures | None) -> str:
     """The figures of a heartbeat that matter most, in one short line."""
+    if figures is None:
+        return ""
+    reported = figures.to_json()
     keys = {
         "detector": ("fps", "camera", "faces_detected", "published", "errors"),
         "logger": ("events", "faces", "errors"),
@@ -52,11 +56,11 @@ def summarize(service: str, body: dict[str, Any]) -> str:
             "errors",
         ),
         "processor": ("received", "stored", "dead_lettered", "storage_errors", "errors"),
-    }.get(service, ())
+    }[figures.service]
     parts = []
     for key in keys:
-        if key in body:
-            value = body[key]
+        if key in reported:
+            value = reported[key]
             if isinstance(value, float):
                 value = f"{value:.1f}"
             parts.append(f"{FIGURE_LABELS.get(key, key)}={value}")

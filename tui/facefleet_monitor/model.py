@@ -8,12 +8,12 @@ alert log and the faces-per-minute series are ring buffers.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from facefleet.contract import SERVICES_BY_KIND, parse_timestamp
+from facefleet.contract import SERVICES_BY_KIND
+from facefleet.health import Heard, heard_at
 from facefleet_monitor.alerts import ERROR, Alert, AlertLogEntry, fleet_alerts
 from facefleet_monitor.events import (
     ConnectionEvent,
@@ -105,25 +105,16 @@ class FleetModel:
                 (kind for kind, names in SERVICES_BY_KIND.items() if event.service in names), ""
             )
         status = node.service(event.service)
-        body = event.body
-        status.body = body
-        status.reported = str(body.get("state"))
-        interval = body.get("interval_s")
-        status.interval_s = float(interval) if isinstance(interval, int | float) else None
-        # A retained heartbeat may be old (the broker replays it on subscribe): judge its age
-        # by the time it was sent, not by when we happened to receive it.
-        seen = now
-        if event.retained and isinstance(body.get("ts"), str):
-            with contextlib.suppress(ValueError):
-                seen = min(now, parse_timestamp(body["ts"]).timestamp())
-        status.seen_at = seen
-        summary = summarize(event.service, body)
+        reported = event.status
+        seen = heard_at(reported, now, event.retained)
+        status.last = Heard(reported, seen)
+        summary = summarize(reported.figures)
         last = status.history[-1] if status.history else None
-        if last is not None and (last.state, last.summary) == (status.reported, summary):
+        if last is not None and (last.state, last.summary) == (reported.state, summary):
             status.history[-1] = HistoryEntry(seen, last.state, summary, last.since, last.count + 1)
         else:
-            status.history.append(HistoryEntry(seen, status.reported, summary, seen))
-        status.trend.append(body)
+            status.history.append(HistoryEntry(seen, reported.state, summary, seen))
+        status.trend.append(reported.figures)
 
     def _apply_face(self, event: FaceEvent, now: float) -> None:
         meta = event.meta

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
-from facefleet.contract import STALE_INTERVALS
+from facefleet.contract import SERVICES, ProcessorFigures, ServiceFigures, Status
+from facefleet.health import NEVER, Heard, state
 
-SERVICE_ORDER = ("detector", "logger", "forwarder", "processor")
-
-ONLINE, OFFLINE, STOPPED, STALE, NEVER = "online", "offline", "stopped", "stale", "never seen"
+_Figures = TypeVar("_Figures", bound=ServiceFigures)
 
 
 @dataclass(frozen=True)
@@ -31,29 +30,34 @@ class ServiceStatus:
     node: str
     service: str
     expected: bool = False
-    reported: str = NEVER
-    body: dict[str, Any] = field(default_factory=dict)
-    seen_at: float | None = None
-    interval_s: float | None = None
+    #: the last heartbeat and the time its age counts from
+    last: Heard | None = None
     history: deque[HistoryEntry] = field(default_factory=lambda: deque(maxlen=50))
     #: last heartbeat figures, oldest first, for trend alerts (spool growth, dead letters)
-    trend: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=6))
+    trend: deque[ServiceFigures | None] = field(default_factory=lambda: deque(maxlen=6))
 
     def health(self, now: float) -> str:
-        """online/offline/stopped as reported, stale after three missed intervals, or never
-        seen."""
-        if self.seen_at is None:
-            return NEVER
-        if (
-            self.reported == ONLINE
-            and self.interval_s
-            and now - self.seen_at > STALE_INTERVALS * self.interval_s
-        ):
-            return STALE
-        return self.reported
+        return state(self.last, now)
 
-    def figure(self, name: str) -> Any:
-        return self.body.get(name)
+    @property
+    def status(self) -> Status | None:
+        return self.last.status if self.last else None
+
+    @property
+    def reported(self) -> str:
+        """The state the last heartbeat reported, however old it is."""
+        return self.last.status.state if self.last else NEVER
+
+    @property
+    def seen_at(self) -> float | None:
+        return self.last.at if self.last else None
+
+    @property
+    def interval_s(self) -> float | None:
+        return self.last.status.interval_s if self.last else None
+
+    def trend_of(self, kind: type[_Figures]) -> list[_Figures]:
+        return [figures for figures in self.trend if isinstance(figures, kind)]
 
 
 @dataclass
@@ -78,22 +82,26 @@ class NodeStatus:
         return status
 
     def ordered_services(self) -> list[ServiceStatus]:
-        rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
+        rank = {name: i for i, name in enumerate(SERVICES)}
         return sorted(self.services.values(), key=lambda s: (rank.get(s.service, 99), s.service))
 
+    def figures(self, kind: type[_Figures]) -> _Figures | None:
+        """The figures of the last heartbeat of this node's service of that kind, if any."""
+        status = self.services.get(kind.service)
+        figures = status.status.figures if status and status.status else None
+        return figures if isinstance(figures, kind) else None
+
     def version(self) -> str:
-        versions = sorted(
-            {str(s.body["version"]) for s in self.services.values() if s.body.get("version")}
-        )
-        return ",".join(versions)
+        statuses = [s.status for s in self.services.values()]
+        return ",".join(sorted({s.version for s in statuses if s and s.version}))
 
     def errors(self) -> int:
         total = 0
         for status in self.services.values():
-            for key in ("errors", "storage_errors"):
-                value = status.body.get(key)
-                if isinstance(value, int | float):
-                    total += int(value)
+            figures = status.status.figures if status.status else None
+            total += (figures.errors or 0) if figures else 0
+            if isinstance(figures, ProcessorFigures):
+                total += figures.storage_errors or 0
         return total
 
 

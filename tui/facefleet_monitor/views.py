@@ -16,19 +16,19 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Sparkline, Static
 
-from facefleet.contract import SERVICES_BY_KIND, platform_summary
+from facefleet.contract import (
+    SERVICES,
+    SERVICES_BY_KIND,
+    DetectorFigures,
+    ForwarderFigures,
+    ProcessorFigures,
+    platform_summary,
+)
+from facefleet.health import NEVER, OFFLINE, ONLINE, STALE, STOPPED
 from facefleet_monitor.alerts import ERROR, WARNING
 from facefleet_monitor.formatting import format_age, format_clock, format_face_time, summarize
 from facefleet_monitor.model import FleetModel
-from facefleet_monitor.state import (
-    NEVER,
-    OFFLINE,
-    ONLINE,
-    SERVICE_ORDER,
-    STALE,
-    STOPPED,
-    NodeStatus,
-)
+from facefleet_monitor.state import NodeStatus
 from facefleet_monitor.thumbnail import decode_thumbnail
 
 STATE_STYLE = {
@@ -106,7 +106,7 @@ class FleetView(Vertical, View):
     COLUMNS = (
         ("node", "Node"),
         ("kind", "Kind"),
-        *((s, s.capitalize()) for s in SERVICE_ORDER),
+        *((s, s.capitalize()) for s in SERVICES),
         ("version", "Version"),
         ("fps", "FPS"),
         ("camera", "Camera"),
@@ -149,7 +149,7 @@ class FleetView(Vertical, View):
             kind += " (unlisted)"
         cells: list[Any] = [Text(node.name, style=name_style), kind]
         states = []
-        for service in SERVICE_ORDER:
+        for service in SERVICES:
             status = node.services.get(service)
             if status is None or (status.seen_at is None and not status.expected):
                 cells.append(Text("-", style="dim"))
@@ -157,13 +157,13 @@ class FleetView(Vertical, View):
             health = status.health(now)
             states.append(health)
             cells.append(state_text(health))
-        detector = node.services.get("detector")
-        forwarder = node.services.get("forwarder")
-        processor = node.services.get("processor")
-        camera = detector.figure("camera") if detector else None
+        detector = node.figures(DetectorFigures)
+        forwarder = node.figures(ForwarderFigures)
+        processor = node.figures(ProcessorFigures)
+        camera = detector.camera if detector else None
         cells += [
             node.version() or "-",
-            _number(detector.figure("fps"), "{:.1f}") if detector else "-",
+            _number(detector.fps, "{:.1f}") if detector else "-",
             Text(
                 str(camera),
                 style="bold red"
@@ -172,11 +172,11 @@ class FleetView(Vertical, View):
             )
             if camera
             else "-",
-            _number(forwarder.figure("spool_depth")) if forwarder else "-",
-            format_age(forwarder.figure("spool_oldest_age_s"))
-            if forwarder and isinstance(forwarder.figure("spool_oldest_age_s"), int | float)
+            _number(forwarder.spool_depth) if forwarder else "-",
+            format_age(forwarder.spool_oldest_age_s)
+            if forwarder and forwarder.spool_oldest_age_s is not None
             else "-",
-            _number(processor.figure("stored")) if processor else "-",
+            _number(processor.stored) if processor else "-",
             Text(str(node.errors()), style="bold red") if node.errors() else "0",
             f"{format_face_time(node.last_face_ts)[:8]} ({format_age(now - node.last_face_at)})"
             if node.last_face_at is not None
@@ -444,8 +444,8 @@ class NodeView(Vertical, View):
             if node.expected
             else ("not in the inventory" if model.has_inventory else "seen on the broker")
         )
-        processor = node.services.get("processor")
-        stored = processor.figure("stored") if processor else None
+        processor = node.figures(ProcessorFigures)
+        stored = processor.stored if processor else None
         if node.kind == "cloud" or isinstance(stored, int):
             # a cloud node publishes no faces: what it did is store the fleet's
             faces = f"{stored if isinstance(stored, int) else 0} faces stored by its processor"
@@ -460,7 +460,7 @@ class NodeView(Vertical, View):
                 + (f" · {node.bad_messages} bad messages" if node.bad_messages else ""),
             )
         )
-        platform = platform_summary([s.body for s in node.ordered_services()])
+        platform = platform_summary(s.status for s in node.ordered_services() if s.status)
         self.query_one("#node-platform", Static).update(
             f"runs on {platform}" if platform else "platform not reported"
         )
@@ -468,23 +468,23 @@ class NodeView(Vertical, View):
         for status in node.ordered_services():
             if status.seen_at is None and status.service not in wanted:
                 continue
-            body = status.body
-            uptime = body.get("uptime_s")
+            reported = status.status
+            uptime = reported.uptime_s if reported else None
             services.add_row(
                 status.service,
                 state_text(status.health(now)),
-                str(body.get("version") or "-"),
+                (reported.version if reported else None) or "-",
                 f"{format_clock(status.seen_at)} ({format_age(now - status.seen_at)} ago)"
                 if status.seen_at is not None
                 else "-",
                 f"{status.interval_s:g}s" if status.interval_s else "-",
-                format_age(uptime) if isinstance(uptime, int | float) else "-",
-                summarize(status.service, body) or "-",
+                format_age(uptime) if uptime is not None else "-",
+                summarize(reported.figures if reported else None) or "-",
             )
         entries = [
             (entry, status.service) for status in node.services.values() for entry in status.history
         ]
-        rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
+        rank = {name: i for i, name in enumerate(SERVICES)}
         entries.sort(key=lambda e: (-e[0].at, rank.get(e[1], 99)))
         for entry, service in entries[:100]:
             when = format_clock(entry.at)

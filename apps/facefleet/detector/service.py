@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -22,7 +23,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from facefleet import mqtt as mqtt_setup
 from facefleet.config import ConfigError, redacted
-from facefleet.contract import CONTENT_TYPES, FaceMeta, faces_topic, new_face_id
+from facefleet.contract import CONTENT_TYPES, DetectorFigures, FaceMeta, faces_topic, new_face_id
 from facefleet.detector.backends import FaceDetector, create_detector
 from facefleet.detector.settings import DetectorConfig, PublishSettings
 from facefleet.detector.sources import (
@@ -58,7 +59,8 @@ def check(cfg: DetectorConfig) -> None:
 
 
 class Figures:
-    """The detector's counters; written by the capture loop, read by the heartbeat thread."""
+    """The detector's counters: written by the capture loop and paho's callbacks, read by the
+    heartbeat thread, always under one lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -91,27 +93,48 @@ class Figures:
             while self._recent and self._recent[0] < now - FPS_WINDOW_S:
                 self._recent.popleft()
 
-    def fps(self) -> float:
+    def failed(self, count: int = 1) -> None:
+        with self._lock:
+            self.errors += count
+
+    def dropped_face(self) -> None:
+        """A face the full publish queue refused: dropped, and an error."""
+        with self._lock:
+            self.dropped += 1
+            self.errors += 1
+
+    def acknowledged(self, size: int) -> None:
+        with self._lock:
+            self.published += 1
+            self.published_bytes += size
+
+    def waiting(self, unacked: int) -> None:
+        """Faces still waiting for the broker's acknowledgement."""
+        with self._lock:
+            self.unacked = unacked
+
+    def tracks_ended(self) -> None:
+        with self._lock:
+            self.tracks_active = 0
+
+    def snapshot(self) -> DetectorFigures:
         now = time.monotonic()
         with self._lock:
             recent = sum(1 for t in self._recent if t >= now - FPS_WINDOW_S)
-        span = min(FPS_WINDOW_S, now - self._since)
-        return round(recent / span, 1) if span > 0 else 0.0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "fps": self.fps(),
-            "frames": self.frames,
-            "faces_detected": self.faces_detected,
-            "tracks_active": self.tracks_active,
-            "published": self.published,
-            "published_bytes": self.published_bytes,
-            "dropped": self.dropped,
-            "unacked": self.unacked,
-            "errors": self.errors,
-            "held_back": dict(self.held_back),
-            "merged": self.merged,
-        }
+            span = min(FPS_WINDOW_S, now - self._since)
+            return DetectorFigures(
+                fps=round(recent / span, 1) if span > 0 else 0.0,
+                frames=self.frames,
+                faces_detected=self.faces_detected,
+                tracks_active=self.tracks_active,
+                published=self.published,
+                published_bytes=self.published_bytes,
+                dropped=self.dropped,
+                unacked=self.unacked,
+                errors=self.errors,
+                held_back=dict(self.held_back),
+                merged=self.merged,
+            )
 
 
 def encode(publication: Publication, settings: PublishSettings) -> bytes:
@@ -164,7 +187,7 @@ class FacePublisher:
         try:
             payload = encode(publication, self.settings)
         except (ValueError, cv2.error) as exc:
-            self.figures.errors += 1
+            self.figures.failed()
             log.warning("track %d: %s", publication.track, exc)
             return
         meta = FaceMeta(
@@ -182,8 +205,7 @@ class FacePublisher:
         props = mqtt_setup.publish_properties(self.content_type, meta.user_properties())
         info = self.client.publish(self.topic, payload, qos=1, properties=props)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.figures.dropped += 1
-            self.figures.errors += 1
+            self.figures.dropped_face()
             if not self._dropping:
                 log.warning(
                     "publish queue full (%d messages, broker unreachable?): dropping faces",
@@ -207,12 +229,11 @@ class FacePublisher:
             if size is None:
                 continue
             if refused:
-                self.figures.errors += 1
+                self.figures.failed()
                 log.warning("the broker refused face message %d", mid)
             else:
-                self.figures.published += 1
-                self.figures.published_bytes += size
-        self.figures.unacked = len(self._pending)
+                self.figures.acknowledged(size)
+        self.figures.waiting(len(self._pending))
 
     def drain(self, timeout_s: float) -> int:
         """Wait until the broker acknowledged every publish, or the timeout; returns how many
@@ -275,16 +296,16 @@ class Detector:
         """On every (re)connect: announce `online` at once, not only at the next beat."""
         self.heartbeat.publish("online")
 
-    def status(self) -> dict[str, Any]:
-        return {
-            **self.figures.snapshot(),
-            "camera": self.source.state,
-            "camera_error": self.source.error,
-            "camera_reopens": self.source.reopens,
-            "frames_dropped": self.source.dropped,
-            "source": redact_source(self.cfg.camera.source),
-            "backend": self.pipeline.backend.name,
-        }
+    def status(self) -> DetectorFigures:
+        return replace(
+            self.figures.snapshot(),
+            camera=self.source.state,
+            camera_error=self.source.error,
+            camera_reopens=self.source.reopens,
+            frames_dropped=self.source.dropped,
+            source=redact_source(self.cfg.camera.source),
+            backend=self.pipeline.backend.name,
+        )
 
     def run(self, stop: threading.Event) -> int:
         log.info("detector starting: %s", redacted(self.cfg))
@@ -306,7 +327,7 @@ class Detector:
             try:
                 faces, publications = self.pipeline.process(frame)
             except cv2.error as exc:
-                self.figures.errors += 1
+                self.figures.failed()
                 log.warning("detection failed on frame %d: %s", frame.index, exc)
                 continue
             for publication in publications:
@@ -326,11 +347,11 @@ class Detector:
         for publication in self.pipeline.tracker.flush():
             self.publisher.publish(publication)
         self._settle_tracks()
-        self.figures.tracks_active = 0
+        self.figures.tracks_ended()
         self.source.close()
         unacked = self.publisher.drain(self.cfg.publish.flush_timeout_s)
         if unacked:
-            self.figures.errors += unacked
+            self.figures.failed(unacked)
             log.error(
                 "%d faces not acknowledged by the broker within %.0f s; they are lost",
                 unacked,

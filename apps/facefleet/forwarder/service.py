@@ -30,7 +30,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from facefleet.config import ConfigError
-from facefleet.contract import ContractError, Receipt, face_id_of, receipts_topic, status_topic
+from facefleet.contract import (
+    ContractError,
+    ForwarderFigures,
+    Receipt,
+    face_id_of,
+    receipts_topic,
+    status_topic,
+)
 from facefleet.forwarder.delivery import Delivery
 from facefleet.forwarder.settings import ForwarderConfig
 from facefleet.forwarder.spool import Incoming, Spool, Spooled
@@ -162,28 +169,28 @@ class Forwarder:
 
     # -- figures ----------------------------------------------------------------------
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> ForwarderFigures:
         delivery = self.delivery
-        return {
-            "spool_depth": self.spool.depth,
-            "spool_bytes": self.spool.bytes,
-            "spool_oldest_age_s": self.spool.oldest_age_s(),
-            "forwarded": delivery.forwarded,
-            "forwarded_faces": delivery.forwarded_faces,
-            "uplink_bytes": delivery.uplink_bytes,
-            "uplink_face_bytes": delivery.uplink_face_bytes,
-            "inflight": len(delivery.inflight),
-            "unconfirmed": len(delivery.unconfirmed),
-            "confirmed": delivery.confirmed,
-            "resent": delivery.resent,
-            "rejected_by_processor": delivery.rejected_by_processor,
-            "dropped": self.spool.dropped,
-            "expired": self.spool.expired,
-            "rejected": delivery.rejected,
-            "edge_connected": self.edge_link.connected.is_set(),
-            "cloud_connected": self.cloud_link.connected.is_set(),
-            "errors": self.errors,
-        }
+        return ForwarderFigures(
+            spool_depth=self.spool.depth,
+            spool_bytes=self.spool.bytes,
+            spool_oldest_age_s=self.spool.oldest_age_s(),
+            forwarded=delivery.forwarded,
+            forwarded_faces=delivery.forwarded_faces,
+            uplink_bytes=delivery.uplink_bytes,
+            uplink_face_bytes=delivery.uplink_face_bytes,
+            inflight=len(delivery.inflight),
+            unconfirmed=len(delivery.unconfirmed),
+            confirmed=delivery.confirmed,
+            resent=delivery.resent,
+            rejected_by_processor=delivery.rejected_by_processor,
+            dropped=self.spool.dropped,
+            expired=self.spool.expired,
+            rejected=delivery.rejected,
+            edge_connected=self.edge_link.connected.is_set(),
+            cloud_connected=self.cloud_link.connected.is_set(),
+            errors=self.errors,
+        )
 
     # -- writer: received -> spool -> ack upstream ------------------------------------
 

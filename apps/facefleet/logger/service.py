@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from facefleet.config import ConfigError
-from facefleet.contract import parse_timestamp, parse_topic, utc_timestamp
+from facefleet.contract import LoggerFigures, Status, parse_timestamp, parse_topic, utc_timestamp
 from facefleet.logger.settings import AuditSettings, LoggerConfig
 from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
 from facefleet.service import Heartbeat, resolve_node, stop_event
@@ -139,6 +139,7 @@ class AuditLogger:
             raise ConfigError(f"audit.path: {cfg.audit.path}: {exc.strerror}") from None
         self.states: dict[tuple[str, str], str] = {}
         self.events = self.faces = self.status_changes = self.errors = 0
+        self._counting = threading.Lock()  # paho's thread counts, the heartbeat's reads
         self.client = make_client(cfg.mqtt, f"facefleet-logger-{self.node}", manual_ack=True)
         self.heartbeat = Heartbeat(
             self.client, cfg.prefix, self.node, "logger", cfg.heartbeat_s, self.figures
@@ -150,14 +151,22 @@ class AuditLogger:
         self.client.subscribe(f"{self.cfg.prefix}/#", qos=1)
         self.heartbeat.publish("online")
 
-    def figures(self) -> dict[str, Any]:
-        return {
-            "events": self.events,
-            "faces": self.faces,
-            "status_changes": self.status_changes,
-            "errors": self.errors,
-            "audit_path": self.cfg.audit.path,
-        }
+    def figures(self) -> LoggerFigures:
+        with self._counting:
+            return LoggerFigures(
+                events=self.events,
+                faces=self.faces,
+                status_changes=self.status_changes,
+                errors=self.errors,
+                audit_path=self.cfg.audit.path,
+            )
+
+    def _count(self, *, events: int = 0, faces: int = 0, changes: int = 0, errors: int = 0) -> None:
+        with self._counting:
+            self.events += events
+            self.faces += faces
+            self.status_changes += changes
+            self.errors += errors
 
     def record_for(self, msg: mqtt.MQTTMessage) -> dict[str, Any] | None:
         """The audit line of a message, or None when it changes nothing worth a line."""
@@ -166,29 +175,28 @@ class AuditLogger:
             return None
         node, kind, service = parsed
         if kind == "faces":
-            self.faces += 1
+            self._count(faces=1)
             return face_record(msg, node)
         assert service is not None
         try:
-            status = json.loads(msg.payload)
-            state = str(status["state"])
-        except (ValueError, KeyError, TypeError):
-            self.errors += 1
+            status = Status.decode(bytes(msg.payload), node, service)
+        except ValueError:
+            self._count(errors=1)
             return {"event": "status-malformed", "logged": utc_timestamp(), "topic": msg.topic}
         previous = self.states.get((node, service))
-        if previous == state:
+        if previous == status.state:
             return None
-        self.states[(node, service)] = state
-        self.status_changes += 1
+        self.states[(node, service)] = status.state
+        self._count(changes=1)
         return {
             "event": "status",
             "logged": utc_timestamp(),
             "node": node,
             "service": service,
-            "state": state,
+            "state": status.state,
             "previous": previous,
-            "version": status.get("version"),
-            "ts": status.get("ts"),
+            "version": status.version,
+            "ts": status.ts,
         }
 
     def _expire(self) -> None:
@@ -197,7 +205,7 @@ class AuditLogger:
                 try:
                     removed = handler.expire()
                 except OSError as exc:
-                    self.errors += 1
+                    self._count(errors=1)
                     log.error("could not expire old audit files: %s", exc)
                     continue
                 if removed:
@@ -208,9 +216,9 @@ class AuditLogger:
             record = self.record_for(msg)
             if record is not None:
                 self.writer.info("%s", json.dumps(record, separators=(",", ":")))
-                self.events += 1
+                self._count(events=1)
         except Exception:  # the trail must go on; the message is redelivered after a restart
-            self.errors += 1
+            self._count(errors=1)
             log.exception("could not audit a message on %s", msg.topic)
             return
         client.ack(msg.mid, msg.qos)

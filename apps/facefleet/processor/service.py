@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from facefleet.config import ConfigError
 from facefleet.contract import (
     ContractError,
+    ProcessorFigures,
     Receipt,
     all_faces_filter,
     face_id_of,
@@ -122,19 +123,19 @@ class Processor:
         self.counters.add("received")
         self.pending.put(msg)
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> ProcessorFigures:
         c = self.counters
-        return {
-            "received": c.received,
-            "stored": c.stored,
-            "uploads": c.stored,
-            "duplicates": c.duplicates,
-            "dead_lettered": c.dead_lettered,
-            "storage_errors": c.storage_errors,
-            "inflight": self.pending.qsize() + c.busy,
-            "errors": c.errors,
-            "storage": self.sink.describe(),
-        }
+        with c.lock:
+            return ProcessorFigures(
+                received=c.received,
+                stored=c.stored,
+                duplicates=c.duplicates,
+                dead_lettered=c.dead_lettered,
+                storage_errors=c.storage_errors,
+                inflight=self.pending.qsize() + c.busy,
+                errors=c.errors,
+                storage=self.sink.describe(),
+            )
 
     def _with_retry(self, what: str, action: Any) -> Any:
         """Run `action` until it succeeds or the service stops (then None)."""
