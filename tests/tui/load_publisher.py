@@ -1,7 +1,7 @@
 """Publish faces (real JPEGs) and heartbeats at a fixed rate from its own process.
 
 Used by the load test and to measure the rate the monitor keeps up with:
-    python tests/tui/load_publisher.py PORT RATE SECONDS [NODES]
+    python -m tests.tui.load_publisher PORT RATE SECONDS [NODES]
 Prints the number of faces and heartbeats sent as JSON when done.
 """
 
@@ -11,9 +11,8 @@ import json
 import sys
 import time
 
-from tui_helpers import Publisher, face_meta, make_jpeg, status_body
-
 from facefleet.mqtt import MqttSettings
+from tests.tui.tui_helpers import Publisher, face_meta, make_jpeg, status_body
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Measure the message rate the monitor keeps up with (real mosquitto, publisher process).
 
-    .venv/bin/python tests/tui/measure_rate.py [RATE ...]
+    .venv/bin/python -m tests.tui.measure_rate [RATE ...]
 For each rate: publish for 5 s, print how long until the monitor had applied everything,
 the longest redraw-timer gap, the worst key latency and the memory growth.
 """
@@ -11,9 +11,8 @@ import asyncio
 import json
 import sys
 
-from test_monitor_app import run_load
-
 from facefleet.localbroker import LocalBroker
+from tests.tui.test_monitor_app import run_load
 
 
 def main() -> None:

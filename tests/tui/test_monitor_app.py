@@ -14,19 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
-from tests.helpers import cloud_inventory, refused_port
 from textual.widgets import DataTable, TabbedContent
-from tui_helpers import (
-    Publisher,
-    async_test,
-    face_meta,
-    frozen_clock,
-    make_jpeg,
-    screen_text,
-    status_body,
-    wait_until,
-)
 
 from facefleet.contract import ProcessorFigures, Status
 from facefleet.health import OFFLINE
@@ -36,6 +24,19 @@ from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import MonitorConfig, config_from_args
 from facefleet_monitor.events import StatusEvent
 from facefleet_monitor.feed import FlowGate
+from tests.conftest import ROOT
+from tests.helpers import cloud_inventory, refused_port
+from tests.tui.scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
+from tests.tui.tui_helpers import (
+    Publisher,
+    async_test,
+    face_meta,
+    frozen_clock,
+    make_jpeg,
+    screen_text,
+    status_body,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 SIZE = (150, 40)
@@ -338,11 +339,13 @@ async def run_load(broker: LocalBroker, rate: int, seconds: float) -> dict[str, 
         publisher = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).with_name("load_publisher.py")),
+                "-m",
+                "tests.tui.load_publisher",
                 str(broker.port),
                 str(rate),
                 str(seconds),
             ],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
         )

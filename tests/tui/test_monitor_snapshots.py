@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
-from tui_helpers import Publisher, frozen_clock, wait_until
 
 from facefleet.localbroker import LocalBroker
 from facefleet_monitor.app import MonitorApp, image_widget_class
 from facefleet_monitor.config import MonitorConfig
+from tests.tui.scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
+from tests.tui.tui_helpers import Publisher, frozen_clock, wait_until
 
 pytestmark = pytest.mark.broker
 SIZE = (150, 40)

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tui_helpers import face_meta, make_jpeg, status_body
 
 from facefleet.config import ConfigError
 from facefleet.health import NEVER, OFFLINE, ONLINE, STALE
@@ -22,6 +21,7 @@ from facefleet_monitor.events import FaceEvent, FeedError, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, parse_face, parse_status
 from facefleet_monitor.formatting import format_age
 from facefleet_monitor.model import FleetModel
+from tests.tui.tui_helpers import face_meta, make_jpeg, status_body
 
 UI_FREE = (
     "facefleet_monitor.events",

@@ -7,9 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.helpers import face_meta, jpeg_bytes
 from textual.widgets import DataTable
-from tui_helpers import async_test, screen_text, wait_until
 
 from facefleet.contract import FaceMeta, utc_timestamp
 from facefleet.facestore import DirectoryStore, FaceFilter
@@ -18,6 +16,8 @@ from facefleet.processor.sinks import FilesystemSink
 from facefleet_monitor.app import MonitorApp, image_widget_class
 from facefleet_monitor.config import MonitorConfig
 from facefleet_monitor.store_view import ConfirmDelete, StoredFacesApp, StoredFacesScreen
+from tests.helpers import face_meta, jpeg_bytes
+from tests.tui.tui_helpers import async_test, screen_text, wait_until
 
 SIZE = (150, 40)
 NOW = datetime.now(timezone.utc)
