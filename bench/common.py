@@ -1,25 +1,22 @@
-"""What every benchmark shares: progress lines, real processes on loopback, /proc sampling."""
+"""What every benchmark shares: progress lines, brokers and S3 on loopback, /proc sampling. The
+services as processes and `wait_until` come from `tests.support`, shared with the tests."""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from facefleet.config import dump_toml
 from facefleet.localbroker import LocalBroker
 from facefleet.locals3 import LocalS3
 
-ROOT = Path(__file__).resolve().parent.parent
 _STARTED = time.monotonic()
 #: What a boto3 PUT of a small object takes within an AWS region, at the low end (AWS quotes
 #: 100-200 ms to the first byte; a few KB from EC2 or Lambda commonly take 30-120 ms).
@@ -71,72 +68,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} CPUs, {mem_gb:.0f} GB RAM, Linux {platform.release()}, "
         f"Python {platform.python_version()}, OpenCV {cv2.__version__}, mosquitto {version}"
     )
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-class Service:
-    """`python -m facefleet <service> --config FILE` as a real subprocess."""
-
-    def __init__(
-        self,
-        service: str,
-        config: dict[str, Any],
-        workdir: Path,
-        *,
-        name: str = "",
-        env: dict[str, str] | None = None,
-        cpus: str = "",
-    ) -> None:
-        self.service = service
-        self.name = name or service
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / f"{self.name}.toml"
-        self.config_path.write_text(dump_toml(config))
-        self.log_path = workdir / f"{self.name}.log"
-        self.env = {**os.environ, **(env or {})}
-        self.cpus = cpus
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        command = [sys.executable, "-m", "facefleet", self.service, "--config"]
-        command.append(str(self.config_path))
-        if self.cpus:
-            command = ["taskset", "-c", self.cpus, *command]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=self.env)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 8) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.strip().splitlines()[-lines:])
 
 
 class S3Server(LocalS3):

@@ -19,7 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Options, progress
+from tests.support import ROOT
+
+from bench.common import Options, progress
 from facefleet.config import build
 from facefleet.detector.evaluate_cli import evaluate
 from facefleet.detector.evaluation import recall_precision

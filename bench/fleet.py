@@ -30,8 +30,9 @@ from typing import Any
 import yaml
 from lab.fleet import ssh_command
 from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+from tests.support import ROOT, wait_until
 
-from bench.common import ROOT, Options, percentile, progress, wait_until
+from bench.common import Options, percentile, progress
 from facefleet.contract import parse_timestamp
 
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"

@@ -18,16 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    Options,
-    S3Server,
-    Service,
-    brokers,
-    footprint,
-    percentile,
-    progress,
-    wait_until,
-)
+from tests.support import ServiceProcess, wait_until
+
+from bench.common import Options, S3Server, brokers, footprint, percentile, progress
 from bench.faces import FacePublisher
 from facefleet.contract import DetectorFigures, parse_timestamp
 from facefleet.health import StatusWatch
@@ -80,7 +73,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
         with brokers(workdir / "pipeline", processors=(CLOUD_NODE,)) as (edge, cloud):
             edge_mqtt = edge.settings_for().as_table()
             here = workdir / "pipeline"
-            processor = Service(
+            processor = ServiceProcess(
                 "processor",
                 {
                     "node": CLOUD_NODE,
@@ -96,7 +89,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 here,
                 env=S3Server.ENV,
             )
-            forwarder = Service(
+            forwarder = ServiceProcess(
                 "forwarder",
                 {
                     "node": EDGE_NODE,
@@ -107,7 +100,7 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 },
                 here,
             )
-            logger = Service(
+            logger = ServiceProcess(
                 "logger",
                 {
                     "node": EDGE_NODE,
@@ -117,10 +110,10 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 },
                 here,
             )
-            idle_detector = Service(
+            idle_detector = ServiceProcess(
                 "detector", detector_config(edge_mqtt, IDLE_SCENE), here, name="detector-idle"
             )
-            busy_detector = Service(
+            busy_detector = ServiceProcess(
                 "detector", detector_config(edge_mqtt, BUSY_SCENE), here, name="detector-busy"
             )
             edge_board = StatusWatch(edge.settings_for()).start()

@@ -22,14 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    Options,
-    ProcSample,
-    S3Server,
-    Service,
-    progress,
-    wait_until,
-)
+from tests.support import ServiceProcess, wait_until
+
+from bench.common import Options, ProcSample, S3Server, progress
 from bench.faces import FacePublisher
 from facefleet.contract import ProcessorFigures
 from facefleet.health import StatusWatch
@@ -68,7 +63,7 @@ def drain(
     with LocalBroker("cloud", workdir=here / "cloud", processors=tuple(nodes)) as cloud:
         board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()
         services = [
-            Service(
+            ServiceProcess(
                 "processor", replica_config(cloud, s3, n, bucket), here, name=n, env=S3Server.ENV
             )
             for n in nodes

@@ -31,8 +31,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tests.support import ServiceProcess, wait_until
 
-from bench.common import Options, Service, progress, wait_until
+from bench.common import Options, progress
 from facefleet.contract import Receipt, faces_topic, new_face_id, receipts_topic
 from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
@@ -139,7 +140,7 @@ class Subscriber:
         self.client.loop_stop()
 
 
-class Publisher:
+class SequencePublisher:
     """QoS 1 publisher of numbered 32 KB messages of one run on the faces topic of NODE."""
 
     def __init__(self, settings: MqttSettings, run: int, prefix: str = "facefleet") -> None:
@@ -178,7 +179,7 @@ class Relay:
             self.edge = BridgedEdge("edge", workdir=self.workdir / "edge", cloud=self.cloud)
         else:
             self.edge = LocalBroker("edge", workdir=self.workdir / "edge")
-        self.forwarder: Service | None = None
+        self.forwarder: ServiceProcess | None = None
 
     def start(self) -> None:
         self.cloud.start()
@@ -191,7 +192,7 @@ class Relay:
                 "cloud": self.cloud.settings_for(NODE).as_table(reconnect_max_s=RECONNECT_MAX_S),
                 "spool": {"path": str(self.workdir / "spool" / "spool.sqlite")},
             }
-            self.forwarder = Service("forwarder", config, self.workdir).start()
+            self.forwarder = ServiceProcess("forwarder", config, self.workdir).start()
             board = StatusWatch(self.cloud.settings_for(MONITOR_IDENTITY)).start()
             try:
                 wait_until(lambda: board.online(NODE, "forwarder"), 30, "forwarder online")
@@ -205,7 +206,7 @@ class Relay:
             faces_topic("facefleet", NODE),
         )
 
-    def warm_up(self, sub: Subscriber, pub: Publisher) -> None:
+    def warm_up(self, sub: Subscriber, pub: SequencePublisher) -> None:
         """One message through, so the relay is connected end to end before timing."""
         pub.publish(10**9)
         wait_until(lambda: 10**9 in sub.arrivals, 30, f"{self.kind}: first message relayed")
@@ -219,7 +220,7 @@ class Relay:
 
 def throughput(relay: Relay, count: int) -> dict[str, Any]:
     sub = relay.subscriber()
-    pub = Publisher(relay.edge.settings_for(), sub.run)
+    pub = SequencePublisher(relay.edge.settings_for(), sub.run)
     try:
         relay.warm_up(sub, pub)
         began = time.monotonic()
@@ -244,7 +245,7 @@ def direct(workdir: Path, count: int) -> dict[str, Any]:
     with LocalBroker("cloud", workdir=workdir / "direct", processors=(RECEIVER,)) as cloud:
         settings = cloud.settings_for(RECEIVER)
         sub = Subscriber(settings, faces_topic("facefleet", NODE))
-        pub = Publisher(cloud.settings_for(NODE), sub.run)
+        pub = SequencePublisher(cloud.settings_for(NODE), sub.run)
         try:
             began = time.monotonic()
             for seq in range(count):
@@ -264,7 +265,7 @@ def outage(
     relay: Relay, rate: float, before_s: float, outage_s: float, after_s: float
 ) -> dict[str, Any]:
     sub = relay.subscriber()
-    pub = Publisher(relay.edge.settings_for(), sub.run)
+    pub = SequencePublisher(relay.edge.settings_for(), sub.run)
     seq = 0
     period = 1.0 / rate
 

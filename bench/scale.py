@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from tests.support import ServiceProcess, wait_until
 
-from bench.common import Options, ProcSample, Service, percentile, progress, wait_until
+from bench.common import Options, ProcSample, percentile, progress
 from facefleet import pki
 from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
@@ -227,7 +228,7 @@ def run_fleet(
     cloud = LocalBroker("cloud", workdir=here / "cloud", processors=PROCESSORS, pki_dir=pki_dir)
     (here / "seaweed").mkdir(exist_ok=True)
     s3 = SeaweedS3(here / "seaweed")
-    services: list[Service] = []
+    services: list[ServiceProcess] = []
     devices: DeviceFleet | None = None
     board: StatusWatch | None = None
     try:
@@ -237,7 +238,7 @@ def run_fleet(
         board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()
         for node in PROCESSORS:
             config = processor_config(cloud, s3, node)
-            services.append(Service("processor", config, here, name=node, env=SeaweedS3.ENV))
+            services.append(ServiceProcess("processor", config, here, name=node, env=SeaweedS3.ENV))
         for service in services:
             service.start()
         wait_until(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,21 +11,7 @@ import pytest
 
 from facefleet.localbroker import LocalBroker
 from facefleet.seaweed import SeaweedS3
-from facefleet.shared import shared_dir
-
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require_shared(*relative: str) -> Path:
-    """The shared path, or skip (fail under CI=true, where the data must be present)."""
-    path = shared_dir().joinpath(*relative)
-    if not path.exists():
-        message = f"shared data missing: {path} (set FACEFLEET_SHARED)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+from tests.helpers import require_shared
 
 
 @pytest.fixture
@@ -48,15 +33,11 @@ def cloud_broker(tmp_path: Path) -> Iterator[LocalBroker]:
         yield broker
 
 
-S3Server = SeaweedS3
-S3_ENV = SeaweedS3.ENV
-
-
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """One real S3-compatible store (SeaweedFS) for the whole session: it takes seconds to
     start, so tests share it and each works in a bucket of its own (`s3_bucket`)."""
-    server = S3Server(tmp_path_factory.mktemp("seaweed")).start()
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     try:
         yield server
     finally:
@@ -64,7 +45,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+def s3_bucket(s3_server: SeaweedS3, request: pytest.FixtureRequest) -> str:
     """A new, empty bucket on the session's store, named after the test."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t{next(_bucket_numbers)}-{stem}"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import ROOT, require_shared
+from tests.helpers import require_shared
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.s3, pytest.mark.shared]
 

@@ -15,7 +15,7 @@ import pytest
 from facefleet.detector import evaluation
 from facefleet.detector.settings import DetectionSettings
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import require_shared
+from tests.helpers import require_shared
 
 pytestmark = pytest.mark.shared
 

@@ -14,7 +14,7 @@ from facefleet.detector.backends import FaceDetector, create_detector
 from facefleet.detector.evaluation import matches
 from facefleet.detector.settings import DetectionSettings, MergeSettings
 from facefleet.detector.synthetic import LOOKS, SceneParams, SyntheticScene
-from tests.conftest import require_shared
+from tests.helpers import require_shared
 
 
 def yunet(model: str = "face_detection_yunet_2023mar.onnx", **kw: Any) -> FaceDetector:

@@ -15,7 +15,7 @@ from facefleet.detector.backends import create_detector
 from facefleet.detector.settings import DetectionSettings
 from facefleet.detector.synthetic import SceneParams, SyntheticScene
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import require_shared
+from tests.helpers import require_shared
 
 
 def detect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

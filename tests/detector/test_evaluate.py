@@ -11,7 +11,8 @@ import pytest
 
 from facefleet.detector.evaluation import CropRecord, judge, read_truth, score_crops
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import ROOT, require_shared
+from tests.helpers import require_shared
+from tests.support import ROOT
 
 CLIP_TRUTH = ROOT / "tests" / "data" / "short_hamilton_clip.truth.toml"
 TRUTH = """

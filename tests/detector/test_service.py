@@ -19,8 +19,8 @@ from facefleet.detector.synthetic import SceneParams
 from facefleet.localbroker import LocalBroker
 from facefleet.mqtt import content_type, user_properties
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import require_shared
-from tests.helpers import Collector, ServiceProcess, wait_until
+from tests.helpers import require_shared
+from tests.support import Collector, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.broker
 

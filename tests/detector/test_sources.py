@@ -27,6 +27,7 @@ from facefleet.detector.sources import (
 )
 from facefleet.detector.synthetic import SceneParams
 from tests.helpers import refused_port
+from tests.support import wait_until
 
 
 def test_parse_camera_uris() -> None:
@@ -176,19 +177,12 @@ def video_opener(path: Path) -> Callable[[SourceSpec, CameraSettings], cv2.Video
     return lambda spec, camera: cv2.VideoCapture(str(path))
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_live_source_keeps_only_the_newest_frame_and_reopens(tmp_path: Path) -> None:
     video = write_video(tmp_path / "camera.avi", 30)
     camera = CameraSettings(reopen_min_s=0.05, reopen_max_s=0.2)
     source = LiveSource(SourceSpec("v4l2", 0), camera, opener=video_opener(video))
     try:
-        wait_for(lambda: source.reopens >= 2)  # the clip ended twice: reopened twice
+        wait_until(lambda: source.reopens >= 2, 10, "two reopens")  # the clip ended twice
         frame = source.read(5.0)
         assert frame is not None
         assert source.dropped > 0, "an idle consumer must see frames dropped, not queued"
@@ -208,11 +202,11 @@ def test_live_source_that_cannot_open_goes_from_reopening_to_lost(tmp_path: Path
     )
     try:
         assert source.state == "reopening"
-        wait_for(lambda: source.state == "lost")
+        wait_until(lambda: source.state == "lost", 10, "lost")
         assert source.read(0.1) is None
         video = write_video(tmp_path / "tmp.avi", 200)
         video.rename(tmp_path / "unplugged.avi")  # plugged in again
-        wait_for(lambda: source.state == "open")
+        wait_until(lambda: source.state == "open", 10, "open")
         assert source.read(5.0) is not None
     finally:
         source.close()
@@ -244,7 +238,7 @@ def test_a_camera_that_never_opens_logs_its_reason_once_per_try(
     caplog.set_level(logging.WARNING, logger="facefleet.detector.sources")
     source = LiveSource(parse_source(camera.source), camera)
     try:
-        wait_for(lambda: source.state == "lost")
+        wait_until(lambda: source.state == "lost", 10, "lost")
         time.sleep(0.5)
     finally:
         source.close()

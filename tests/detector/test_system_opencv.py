@@ -19,7 +19,8 @@ import paho
 import pytest
 
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import IN_CI, ROOT, require_shared
+from tests.helpers import IN_CI, require_shared
+from tests.support import ROOT
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import IN_CI, ROOT
 from tests.fleet.fleetlab import (
     ALL_AT_ONCE,
     INVENTORY,
@@ -39,6 +38,8 @@ from tests.fleet.fleetlab import (
     run_lab,
     snapshot_sources,
 )
+from tests.helpers import IN_CI
+from tests.support import ROOT
 
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"

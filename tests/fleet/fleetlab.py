@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
 PKI_DIR = ROOT / ".pki" / "lab"

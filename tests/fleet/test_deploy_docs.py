@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
 from tests.fleet.fleetlab import ALL_AT_ONCE, INVENTORY, Lab, deploy
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -35,11 +35,10 @@ from lab.inventory import LAB_BUCKET, LAB_S3_SECRET
 from facefleet.contract import FACE_PROPERTIES, faces_topic
 from facefleet.mqtt import MqttSettings, make_client, start
 from facefleet.processor.service import SESSION_EXPIRY_S
-from tests.conftest import ROOT
-from tests.fleet.clients import Collector, cloud_settings, lab_s3, stored_faces
+from tests.fleet.clients import cloud_settings, lab_s3, stored_faces
 from tests.fleet.fleetlab import CLOUD_UNITS as LAB_CLOUD_UNITS
 from tests.fleet.fleetlab import DROPIN, EDGE_UNITS, PKI_DIR, Lab, deploy, run_lab
-from tests.helpers import Publisher, face_meta, jpeg_bytes, wait_until
+from tests.support import ROOT, Collector, Publisher, face_meta, jpeg_bytes, wait_until
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -164,7 +163,7 @@ class Fleet:
         edge reached the cloud broker."""
         edges = edges or self.edges
         topics = [faces_topic("facefleet", edge) for edge in edges]
-        with Collector(self.lab, "monitor", topics) as seen:
+        with Collector(cloud_settings(self.lab, "monitor"), *topics) as seen:
             wait_until(
                 lambda: all(seen.count(t) >= WARMUP_FACES for t in topics),
                 90,
@@ -318,8 +317,8 @@ def test_uplink_cut_spools_and_drains_in_order(fleet: Fleet) -> None:
     edge, cloud_ip = fleet.edges[0], fleet.lab.hosts[fleet.cloud]
     status_topic = f"facefleet/{edge}/status/forwarder"
     with (
-        Collector(fleet.lab, "monitor", [f"facefleet/{edge}/faces"]) as faces,
-        Collector(fleet.lab, "monitor", [status_topic]) as watch,
+        Collector(cloud_settings(fleet.lab, "monitor"), f"facefleet/{edge}/faces") as faces,
+        Collector(cloud_settings(fleet.lab, "monitor"), status_topic) as watch,
     ):
         fleet.stream()
         fleet.warm_up()
@@ -407,7 +406,7 @@ def test_s3_outage_is_ridden_out(fleet: Fleet) -> None:
     before = fleet.restarts()
     try:
         with Collector(
-            fleet.lab, "monitor", [f"facefleet/{fleet.cloud}/status/processor"]
+            cloud_settings(fleet.lab, "monitor"), f"facefleet/{fleet.cloud}/status/processor"
         ) as watch:
             fleet.stream()
             fleet.warm_up()
@@ -529,7 +528,7 @@ def test_bad_input_at_every_entry_is_dead_lettered(fleet: Fleet) -> None:
     device = Publisher(cloud_settings(fleet.lab, edge))
     try:
         for payload, ctype, pairs in cases:
-            device.raw(faces_topic("facefleet", edge), payload, ctype, pairs)
+            device.send_raw(faces_topic("facefleet", edge), payload, ctype, pairs)
     finally:
         device.close()
     wait_until(
@@ -575,8 +574,8 @@ def test_a_device_cannot_read_another_devices_topics(fleet: Fleet) -> None:
     fleet.stream()
     topics = [f"facefleet/{victim}/faces", f"facefleet/{victim}/receipts", "facefleet/#"]
     with (
-        Collector(fleet.lab, spy, topics) as intruder,
-        Collector(fleet.lab, "monitor", [f"facefleet/{victim}/faces"]) as control,
+        Collector(cloud_settings(fleet.lab, spy), *topics) as intruder,
+        Collector(cloud_settings(fleet.lab, "monitor"), f"facefleet/{victim}/faces") as control,
     ):
         fleet.warm_up()
         stolen = {m.topic for m in intruder.messages if not m.topic.startswith(f"facefleet/{spy}/")}
@@ -599,7 +598,7 @@ def test_two_processor_replicas_split_the_load(fleet: Fleet) -> None:
     )
     topics = [f"facefleet/{cloud}/status/processor", f"facefleet/{cloud}/status/processor-2"]
     try:
-        with Collector(fleet.lab, "monitor", topics) as watch:
+        with Collector(cloud_settings(fleet.lab, "monitor"), *topics) as watch:
             wait_until(
                 lambda: all("stored" in watch.latest().get(t, {}) for t in topics),
                 30,
@@ -717,12 +716,16 @@ def test_expired_and_foreign_certificates_are_refused(
 
 def test_the_monitor_identity_cannot_publish(fleet: Fleet) -> None:
     edge = fleet.edges[0]
-    with Collector(fleet.lab, "monitor", ["facefleet/#"]) as watch:
+    with Collector(cloud_settings(fleet.lab, "monitor"), "facefleet/#") as watch:
         monitor = Publisher(cloud_settings(fleet.lab, "monitor"))
         try:
-            monitor.raw(f"facefleet/{edge}/faces", b"x", "image/jpeg", [("id", f"{BAD}mon")])
-            monitor.raw(f"facefleet/{edge}/status/forwarder", b'{"state":"offline"}', None, None)
-            monitor.raw(f"facefleet/{edge}/receipts", b'{"id":"x","status":"stored"}', None, None)
+            monitor.send_raw(f"facefleet/{edge}/faces", b"x", "image/jpeg", [("id", f"{BAD}mon")])
+            monitor.send_raw(
+                f"facefleet/{edge}/status/forwarder", b'{"state":"offline"}', None, None
+            )
+            monitor.send_raw(
+                f"facefleet/{edge}/receipts", b'{"id":"x","status":"stored"}', None, None
+            )
         finally:
             monitor.close()
         time.sleep(3)

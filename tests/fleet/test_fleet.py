@@ -21,8 +21,9 @@ import pytest
 from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
 from facefleet.contract import SERVICES
-from tests.fleet.clients import BROKER_PORT, Collector, lab_s3
+from tests.fleet.clients import BROKER_PORT, cloud_settings, lab_s3
 from tests.fleet.fleetlab import PKI_DIR, Lab, deploy
+from tests.support import Collector, Publisher
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 #: The checks up to the last two only look at the deployment: they run while the second
@@ -141,7 +142,7 @@ def test_units_exposure_at_most_three(lab: Lab) -> None:
 def test_heartbeats_of_every_service_reach_the_cloud_broker(lab: Lab) -> None:
     wanted = {f"facefleet/{edge}/status/{svc}" for edge in lab.edges for svc in EDGE_SERVICES}
     wanted.add(f"facefleet/{lab.cloud}/status/processor")
-    with Collector(lab, "monitor", ["facefleet/+/status/+"]) as monitor:
+    with Collector(cloud_settings(lab, "monitor"), "facefleet/+/status/+") as monitor:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not wanted <= monitor.topics():
             time.sleep(1)
@@ -216,7 +217,7 @@ def test_stored_faces_are_encrypted_retained_and_listed_by_facefleet_faces(lab: 
 def test_plaintext_and_anonymous_connections_are_refused(lab: Lab) -> None:
     address = lab.hosts[lab.cloud]
     # control: the broker is up and takes a client with a fleet certificate
-    with Collector(lab, "monitor", ["facefleet/#"]) as monitor:
+    with Collector(cloud_settings(lab, "monitor"), "facefleet/#") as monitor:
         assert monitor.subscribed.is_set()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address, 1883), timeout=5).close()
@@ -255,11 +256,11 @@ def tls_without_certificate(address: str) -> Exception | None:
 def test_a_device_cannot_publish_under_another_device(lab: Lab) -> None:
     intruder, victim = lab.edges[0], lab.edges[1]
     marker = uuid.uuid4().hex.encode()
-    with Collector(lab, "monitor", [f"facefleet/{victim}/#", f"facefleet/{intruder}/#"]) as seen:
-        device = Collector(lab, intruder, [])
-        device.client.on_subscribe = None
-        device.client.on_connect = lambda *_: device.subscribed.set()
-        with device:
+    with Collector(
+        cloud_settings(lab, "monitor"), f"facefleet/{victim}/#", f"facefleet/{intruder}/#"
+    ) as seen:
+        device = Publisher(cloud_settings(lab, intruder))
+        try:
             forged = device.client.publish(f"facefleet/{victim}/faces", marker, qos=1)
             forged_status = device.client.publish(f"facefleet/{victim}/status/x", marker, qos=1)
             # its own faces topic works (the processor dead-letters this non-face)
@@ -273,6 +274,8 @@ def test_a_device_cannot_publish_under_another_device(lab: Lab) -> None:
             ):
                 time.sleep(0.2)
             time.sleep(2)  # a forged message would have arrived by now
+        finally:
+            device.close()
         arrived = {m.topic for m in seen.messages if m.payload == marker}
     assert own_topic in arrived, "the device's own topic did not work"
     assert not {t for t in arrived if t.startswith(f"facefleet/{victim}/")}, arrived

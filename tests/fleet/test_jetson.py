@@ -19,7 +19,6 @@ import pytest
 from lab.inventory import LAB_BUCKET
 
 from facefleet.shared import YUNET_MODEL
-from tests.conftest import require_shared
 from tests.fleet.clients import lab_s3, stored_faces
 from tests.fleet.fleetlab import (
     EDGE_UNITS,
@@ -30,7 +29,8 @@ from tests.fleet.fleetlab import (
     start_publishers,
     stop_publishers,
 )
-from tests.helpers import fleet_status, wait_until
+from tests.helpers import fleet_status, require_shared
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from facefleet import __version__
-from tests.conftest import ROOT
 from tests.fleet.clients import lab_s3, stored_faces
 from tests.fleet.fleetlab import (
     INVENTORY,
@@ -33,6 +32,7 @@ from tests.fleet.fleetlab import (
     stop_publishers,
 )
 from tests.helpers import fleet_status as run_fleet_status
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -16,7 +16,7 @@ import pytest
 from facefleet.contract import DEFAULT_PREFIX, TOPIC_FAMILIES, TOPIC_RIGHTS
 from facefleet.localbroker import LocalBroker, cloud_acl
 from facefleet.mqtt import make_client
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PROCESSOR, MONITOR, DEVICE, OTHER_DEVICE = "cloud-1", "monitor", "edge-1", "edge-2"
 IDENTITIES = {"device": DEVICE, "processor": PROCESSOR, "monitor": MONITOR}

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_shared
-from tests.helpers import refused_port
+from tests.helpers import refused_port, require_shared
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

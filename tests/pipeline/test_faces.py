@@ -17,8 +17,8 @@ import pytest
 from facefleet.contract import FaceMeta, storage_key, utc_timestamp
 from facefleet.processor.settings import StorageSettings
 from facefleet.processor.sinks import FilesystemSink, S3Sink, Sink
-from tests.conftest import S3_ENV, S3Server
-from tests.helpers import face_meta, jpeg_bytes
+from facefleet.seaweed import SeaweedS3
+from tests.support import face_meta, jpeg_bytes
 
 NOW = datetime.now(timezone.utc)
 
@@ -31,7 +31,7 @@ class Store:
     options: list[str]
     env: dict[str, str]
     sink: Sink
-    s3: S3Server | None = None
+    s3: SeaweedS3 | None = None
     bucket: str = ""
     root: Path | None = None
 
@@ -80,14 +80,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     if request.param == "directory":
         root = tmp_path / "store"
         return Store(str(root), [], {}, FilesystemSink(root), root=root)
-    s3: S3Server = request.getfixturevalue("s3_server")
+    s3: SeaweedS3 = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
-    for name, value in S3_ENV.items():
+    for name, value in SeaweedS3.ENV.items():
         monkeypatch.setenv(name, value)
     sink = S3Sink(
         StorageSettings(kind="s3", bucket=bucket, endpoint_url=s3.url, region="us-east-1")
     )
-    return Store(f"s3://{bucket}", ["--endpoint-url", s3.url], S3_ENV, sink, s3=s3, bucket=bucket)
+    return Store(
+        f"s3://{bucket}", ["--endpoint-url", s3.url], SeaweedS3.ENV, sink, s3=s3, bucket=bucket
+    )
 
 
 def put(store: Store, node: str, age: timedelta, seed: int = 0) -> FaceMeta:
@@ -222,17 +224,17 @@ def test_bad_usage_is_one_line_and_exit_2(store: Store) -> None:
 
 
 @pytest.mark.s3
-def test_s3_errors_are_one_line(s3_server: S3Server, s3_bucket: str) -> None:
+def test_s3_errors_are_one_line(s3_server: SeaweedS3, s3_bucket: str) -> None:
     def run(spec: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         store = Store(spec, ["--endpoint-url", s3_server.url], env, FilesystemSink("/nonexistent"))
         return faces(store, *args, env=env)
 
-    missing = run("s3://no-such-bucket", "list", env=S3_ENV)
+    missing = run("s3://no-such-bucket", "list", env=SeaweedS3.ENV)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         "facefleet faces: config error: bucket no-such-bucket does not exist"
     ]
-    wrong_keys = {**S3_ENV, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    wrong_keys = {**SeaweedS3.ENV, "AWS_SECRET_ACCESS_KEY": "wrong"}
     refused = run(f"s3://{s3_bucket}", "list", env=wrong_keys)
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
@@ -256,7 +258,7 @@ def test_s3_errors_are_one_line(s3_server: S3Server, s3_bucket: str) -> None:
 
 @pytest.mark.s3
 def test_retention_on_s3_is_a_lifecycle_rule_beside_others(
-    s3_server: S3Server, s3_bucket: str
+    s3_server: SeaweedS3, s3_bucket: str
 ) -> None:
     client = s3_server.client()
     foreign = {"ID": "logs", "Status": "Enabled", "Filter": {"Prefix": "logs/"}}
@@ -265,7 +267,7 @@ def test_retention_on_s3_is_a_lifecycle_rule_beside_others(
         LifecycleConfiguration={"Rules": [{**foreign, "Expiration": {"Days": 3}}]},
     )
     store = Store(
-        f"s3://{s3_bucket}", ["--endpoint-url", s3_server.url], S3_ENV, FilesystemSink("/x")
+        f"s3://{s3_bucket}", ["--endpoint-url", s3_server.url], SeaweedS3.ENV, FilesystemSink("/x")
     )
     result = faces(store, "retention", "--days", "30")
     assert result.returncode == 0, result.stderr

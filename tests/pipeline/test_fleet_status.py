@@ -18,7 +18,8 @@ import pytest
 from facefleet.contract import utc_timestamp
 from facefleet.localbroker import LocalBroker
 from tests.helpers import cloud_inventory, fleet_status
-from tests.tui.tui_helpers import Publisher, status_body
+from tests.support import Publisher
+from tests.tui.tui_helpers import status_body
 
 pytestmark = [pytest.mark.broker]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from facefleet.contract import status_topic
-from tests.helpers import Publisher, ServiceProcess, wait_until
-from tests.pipeline.conftest import mqtt_table, wait_online
+from tests.pipeline.relay import mqtt_table, wait_online
+from tests.support import Publisher, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -33,11 +33,11 @@ def test_audit_lines_for_faces_and_status_changes_without_image_bytes(
     try:
         wait_online(edge_broker, "logger")
         publisher = Publisher(edge_broker.settings_for())
-        ids = [publisher.face("edge1", seed=i).id for i in range(25)]
+        ids = [publisher.send_face("edge1", seed=i).id for i in range(25)]
         topic = status_topic("facefleet", "edge1", "detector")
         for state in ("online", "online", "online", "stopped"):
-            publisher.raw(topic, json.dumps({"state": state}).encode(), None, None)
-        publisher.raw(topic, b"{not json", None, None)
+            publisher.send_raw(topic, json.dumps({"state": state}).encode(), None, None)
+        publisher.send_raw(topic, b"{not json", None, None)
 
         def lines() -> list[dict[str, object]]:
             files = sorted(audit.parent.glob("audit.jsonl*"))
@@ -78,7 +78,7 @@ def test_audit_lines_older_than_the_age_limit_are_deleted(edge_broker, tmp_path:
     try:
         wait_online(edge_broker, "logger")
         publisher = Publisher(edge_broker.settings_for())
-        ids = {publisher.face("edge1", seed=i).id for i in range(5)}
+        ids = {publisher.send_face("edge1", seed=i).id for i in range(5)}
 
         def lines() -> list[dict[str, str]]:
             files = sorted(audit.parent.glob("audit.jsonl*"))

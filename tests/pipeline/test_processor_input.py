@@ -10,8 +10,8 @@ import pytest
 
 from facefleet.contract import faces_topic
 from facefleet.localbroker import LocalBroker
-from tests.helpers import Publisher, ServiceProcess, face_meta, jpeg_bytes, wait_until
-from tests.pipeline.conftest import CLOUD_NODE, mqtt_table, wait_online
+from tests.pipeline.relay import CLOUD_NODE, mqtt_table, wait_online
+from tests.support import Publisher, ServiceProcess, face_meta, jpeg_bytes, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -69,8 +69,8 @@ def test_bad_input_is_dead_lettered_and_good_input_still_stored(
         "wrong type": (good, "text/plain", props),
     }
     for payload, ctype, user_props in cases.values():
-        device.raw(topic, payload, ctype, user_props)
-    meta = device.face("edge1")  # a good one after all the bad ones
+        device.send_raw(topic, payload, ctype, user_props)
+    meta = device.send_face("edge1")  # a good one after all the bad ones
     wait_until(lambda: len(dead_letters(store)) >= len(cases), 30, "all dead letters")
     reasons = " | ".join(str(d["reason"]) for d in dead_letters(store))
     for expected in (
@@ -97,7 +97,9 @@ def test_redelivered_face_is_stored_once(
     payload = jpeg_bytes()
     meta = face_meta("edge1", payload)
     for _ in range(3):  # what a forwarder restart or a lost PUBACK produces
-        device.raw(faces_topic("facefleet", "edge1"), payload, "image/jpeg", meta.user_properties())
+        device.send_raw(
+            faces_topic("facefleet", "edge1"), payload, "image/jpeg", meta.user_properties()
+        )
     wait_until(lambda: list(store.glob("faces/**/*.jpg")), 30, "stored")
     import time
 

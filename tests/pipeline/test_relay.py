@@ -11,8 +11,8 @@ import pytest
 
 from facefleet.contract import FACE_PROPERTIES, all_status_filter
 from facefleet.service import os_release
-from tests.helpers import Collector, Publisher, wait_until
-from tests.pipeline.conftest import EDGE_NODE, Relay
+from tests.pipeline.relay import EDGE_NODE, Relay
+from tests.support import Collector, Publisher, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.s3]
 
@@ -28,7 +28,7 @@ def assert_exactly_once(relay: Relay, ids: list[str]) -> None:
 
 def test_faces_flow_to_s3_with_metadata(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
-    metas = [publisher.face(EDGE_NODE, seed=i) for i in range(30)]
+    metas = [publisher.send_face(EDGE_NODE, seed=i) for i in range(30)]
     keys = relay.wait_stored(30)
     assert_exactly_once(relay, [m.id for m in metas])
     head = relay.s3.client().head_object(Bucket=relay.bucket, Key=keys[0])
@@ -64,9 +64,11 @@ def test_heartbeats_of_both_services_reach_the_cloud(relay: Relay) -> None:
 
 def test_kill_9_forwarder_mid_stream_loses_nothing(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(40)]
+    ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(40)]
     relay.forwarder.kill()
-    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(40)]  # queued at the edge
+    ids += [
+        publisher.send_face(EDGE_NODE, seed=100 + i).id for i in range(40)
+    ]  # queued at the edge
     relay.forwarder.start()
     relay.wait_stored(80)
     time.sleep(2)  # a late duplicate would show up now
@@ -80,15 +82,15 @@ def test_cloud_broker_restart_loses_nothing(relay: Relay, how: str) -> None:
     subscription (and, after SIGKILL, what it acknowledged since its last autosave); the
     forwarder still holds every face without a receipt and sends it again."""
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(30)]
+    ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(30)]
     if how == "SIGKILL":
         relay.cloud.kill()
     else:
         relay.cloud.stop()
-    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(30)]  # spooled
+    ids += [publisher.send_face(EDGE_NODE, seed=100 + i).id for i in range(30)]  # spooled
     time.sleep(2)
     relay.cloud.start()
-    ids += [publisher.face(EDGE_NODE, seed=200 + i).id for i in range(30)]
+    ids += [publisher.send_face(EDGE_NODE, seed=200 + i).id for i in range(30)]
     relay.wait_stored(90, timeout_s=90)
     time.sleep(2)
     assert_exactly_once(relay, ids)
@@ -98,7 +100,7 @@ def test_cloud_broker_restart_loses_nothing(relay: Relay, how: str) -> None:
 def test_faces_stay_spooled_until_a_processor_confirms_them(relay: Relay) -> None:
     relay.processor.stop()  # its persistent session keeps queueing faces at the broker
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(10)]
+    ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(10)]
     wait_until(lambda: relay.forwarder_status()["resent"] >= 10, 30, "resends without receipts")
     status = relay.forwarder_status()
     assert status["spool_depth"] == 10  # PUBACKed by the broker, yet kept
@@ -115,9 +117,9 @@ def test_faces_stay_spooled_until_a_processor_confirms_them(relay: Relay) -> Non
 
 def test_kill_9_processor_mid_stream_loses_nothing(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(40)]
+    ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(40)]
     relay.processor.kill()
-    ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(40)]
+    ids += [publisher.send_face(EDGE_NODE, seed=100 + i).id for i in range(40)]
     relay.processor.start()
     relay.wait_stored(80, timeout_s=90)
     time.sleep(2)
@@ -127,11 +129,11 @@ def test_kill_9_processor_mid_stream_loses_nothing(relay: Relay) -> None:
 
 def test_s3_outage_is_ridden_out(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
-    ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(10)]
+    ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(10)]
     relay.wait_stored(10)
     relay.s3.freeze()
     try:
-        ids += [publisher.face(EDGE_NODE, seed=100 + i).id for i in range(20)]
+        ids += [publisher.send_face(EDGE_NODE, seed=100 + i).id for i in range(20)]
         time.sleep(12)  # longer than boto3's own retries (2 attempts, 2 s timeout)
         assert relay.processor.alive()
     finally:
@@ -148,7 +150,7 @@ def test_backlog_drains_in_publish_order(relay: Relay) -> None:
     publisher = Publisher(relay.edge.settings_for())
     with relay.processor_first():
         relay.cloud.stop()
-        ids = [publisher.face(EDGE_NODE, seed=i).id for i in range(60)]
+        ids = [publisher.send_face(EDGE_NODE, seed=i).id for i in range(60)]
         relay.cloud.start()
     wait_until(lambda: len(watcher.snapshot()) >= 60, 60, "backlog at the cloud broker")
     arrived = [dict(m.properties.UserProperty)["id"] for m in watcher.snapshot()]

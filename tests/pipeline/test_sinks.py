@@ -16,16 +16,16 @@ from facefleet.contract import storage_key
 from facefleet.locals3 import LocalS3
 from facefleet.processor.settings import StorageSettings
 from facefleet.processor.sinks import FilesystemSink, S3Sink, StorageUnavailable
-from tests.conftest import S3_ENV, S3Server
-from tests.helpers import face_meta, jpeg_bytes
+from facefleet.seaweed import SeaweedS3
+from tests.support import face_meta, jpeg_bytes
 
 
 @pytest.mark.s3
 @pytest.mark.parametrize("conditional_put", [True, False])
 def test_s3_sink_writes_once_with_metadata(
-    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
+    s3_server: SeaweedS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, conditional_put: bool
 ) -> None:
-    for name, value in S3_ENV.items():
+    for name, value in SeaweedS3.ENV.items():
         monkeypatch.setenv(name, value)
     sink = S3Sink(
         StorageSettings(
@@ -123,11 +123,11 @@ def test_a_storage_directory_that_cannot_be_written_is_a_config_error(tmp_path: 
 
 
 def test_s3_objects_are_encrypted_server_side(
-    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    s3_server: SeaweedS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SeaweedFS encrypts with SSE-S3 (it has a key) and reports it on HEAD; SSE-KMS it cannot
     do (no KMS), but what boto3 sends is checked on the request itself."""
-    for name, value in S3_ENV.items():
+    for name, value in SeaweedS3.ENV.items():
         monkeypatch.setenv(name, value)
     sent: list[dict[str, object]] = []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from facefleet.localbroker import LocalBroker
-from tests.helpers import Collector, Publisher, ServiceProcess, wait_until
-from tests.pipeline.conftest import EDGE_NODE, forwarder_config, wait_online
+from tests.pipeline.relay import EDGE_NODE, forwarder_config, wait_online
+from tests.support import Collector, Publisher, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -32,7 +32,7 @@ def test_full_spool_drops_are_counted_in_the_heartbeat(tmp_path: Path, policy: s
         wait_online(edge, "forwarder")
         publisher = Publisher(edge.settings_for())
         for i in range(40):  # ~6.6 KB each: about 260 KB into a 64 KB spool
-            publisher.face(EDGE_NODE, seed=i)
+            publisher.send_face(EDGE_NODE, seed=i)
         status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
 
         wait_until(
@@ -66,7 +66,7 @@ def test_faces_older_than_the_spool_age_limit_expire_counted(tmp_path: Path) -> 
         wait_online(edge, "forwarder")
         publisher = Publisher(edge.settings_for())
         for i in range(10):
-            publisher.face(EDGE_NODE, seed=i)
+            publisher.send_face(EDGE_NODE, seed=i)
         status = Collector(edge.settings_for(), "facefleet/edge1/status/forwarder")
 
         wait_until(lambda: latest_figures(status).get("expired") == 10, 30, "10 faces expired")

@@ -12,7 +12,8 @@ import sys
 import time
 
 from facefleet.mqtt import MqttSettings
-from tests.tui.tui_helpers import Publisher, face_meta, make_jpeg, status_body
+from tests.support import Publisher
+from tests.tui.tui_helpers import face_meta, make_jpeg, status_body
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
                 pub.face(face_meta(node, sent, jpeg, face_id=f"f{sent}"), jpeg)
                 faces += 1
             sent += 1
-        if len(pub._pending) > 5000:
+        if len(pub.pending) > 5000:
             pub.flush()
         time.sleep(0.002)
     elapsed = time.monotonic() - start

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from tests.tui.tui_helpers import Publisher, face_meta, make_jpeg, status_body
+from tests.support import Publisher
+from tests.tui.tui_helpers import face_meta, make_jpeg, status_body
 
 EXPECTED = {"cam1": "edge", "cam2": "edge", "cam3": "edge", "cloud1": "cloud"}
 #: faces the scenario publishes that the monitor lists (the oversized one is refused)

@@ -24,11 +24,10 @@ from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import MonitorConfig, config_from_args
 from facefleet_monitor.events import StatusEvent
 from facefleet_monitor.feed import FlowGate
-from tests.conftest import ROOT
 from tests.helpers import cloud_inventory, refused_port
+from tests.support import ROOT, Publisher
 from tests.tui.scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
 from tests.tui.tui_helpers import (
-    Publisher,
     async_test,
     face_meta,
     frozen_clock,

@@ -11,8 +11,9 @@ import pytest
 from facefleet.localbroker import LocalBroker
 from facefleet_monitor.app import MonitorApp, image_widget_class
 from facefleet_monitor.config import MonitorConfig
+from tests.support import Publisher
 from tests.tui.scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
-from tests.tui.tui_helpers import Publisher, frozen_clock, wait_until
+from tests.tui.tui_helpers import frozen_clock, wait_until
 
 pytestmark = pytest.mark.broker
 SIZE = (150, 40)

@@ -16,7 +16,7 @@ from facefleet.processor.sinks import FilesystemSink
 from facefleet_monitor.app import MonitorApp, image_widget_class
 from facefleet_monitor.config import MonitorConfig
 from facefleet_monitor.store_view import ConfirmDelete, StoredFacesApp, StoredFacesScreen
-from tests.helpers import face_meta, jpeg_bytes
+from tests.support import face_meta, jpeg_bytes
 from tests.tui.tui_helpers import async_test, screen_text, wait_until
 
 SIZE = (150, 40)

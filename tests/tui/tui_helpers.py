@@ -1,9 +1,9 @@
-"""Test helpers: a real publisher client, real JPEG faces, contract properties, a frozen clock."""
+"""Helpers of the monitor tests: deterministic faces and heartbeats, a frozen clock, Pilot waits,
+the screen as text. The MQTT publisher they use is `tests.support.Publisher`."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -11,13 +11,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import paho.mqtt.client as mqtt
 
-from facefleet import mqtt as ffmqtt
-from facefleet.contract import FaceMeta, faces_topic, status_topic
-from facefleet.mqtt import MqttSettings
+from facefleet.contract import FaceMeta
 
-PREFIX = "facefleet"
 #: the monitor's frozen "now" in snapshot tests; heartbeats are stamped 5 s before it
 FROZEN_NOW = datetime(2026, 1, 1, 12, 0, 5, tzinfo=timezone.utc).timestamp()
 HEARTBEAT_TS = "2026-01-01T12:00:00.000Z"
@@ -85,47 +81,6 @@ def status_body(node: str, service: str, state: str = "online", **figures: Any) 
     }
     body.update(figures)
     return body
-
-
-class Publisher:
-    """A real MQTT v5 client that publishes what a test needs, and waits for the PUBACKs."""
-
-    def __init__(self, settings: MqttSettings, client_id: str = "test-publisher") -> None:
-        self.client = ffmqtt.make_client(settings, client_id)
-        self.client.connect(settings.host, settings.port, keepalive=30)
-        self.client.loop_start()
-        deadline = time.monotonic() + 10
-        while not self.client.is_connected():
-            assert time.monotonic() < deadline, "publisher could not connect"
-            time.sleep(0.02)
-        self._pending: list[mqtt.MQTTMessageInfo] = []
-
-    def status(
-        self, node: str, service: str, body: dict[str, Any] | bytes, retain: bool = True
-    ) -> None:
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self._pending.append(
-            self.client.publish(status_topic(PREFIX, node, service), payload, qos=1, retain=retain)
-        )
-
-    def face(self, meta: FaceMeta, payload: bytes, qos: int = 1) -> None:
-        props = ffmqtt.publish_properties(meta.content_type, meta.user_properties())
-        self._pending.append(
-            self.client.publish(faces_topic(PREFIX, meta.node), payload, qos=qos, properties=props)
-        )
-
-    def raw(self, topic: str, payload: bytes, props: Any = None) -> None:
-        self._pending.append(self.client.publish(topic, payload, qos=1, properties=props))
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        for info in self._pending:
-            info.wait_for_publish(timeout=timeout_s)
-        self._pending.clear()
-
-    def close(self) -> None:
-        self.flush()
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 async def wait_until(

@@ -14,7 +14,7 @@ from facefleet.contract import (
     storage_key,
     utc_timestamp,
 )
-from tests.helpers import face_meta, jpeg_bytes
+from tests.support import face_meta, jpeg_bytes
 
 
 def test_timestamp_round_trip_has_milliseconds_and_z() -> None:

@@ -17,8 +17,8 @@ from facefleet.mqtt import MqttSettings, why_unreachable
 from facefleet.pki import ensure_ca, issue
 from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args
-from tests.conftest import ROOT
 from tests.helpers import refused_port
+from tests.support import ROOT
 
 
 def facefleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

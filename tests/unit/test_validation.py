@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from facefleet.contract import ContractError, faces_topic
 from facefleet.processor.settings import ValidationSettings
 from facefleet.processor.validation import validate
-from tests.helpers import face_meta, jpeg_bytes, png_bytes
+from tests.support import face_meta, jpeg_bytes, png_bytes
 
 LIMITS = ValidationSettings(max_bytes=200_000, max_pixels=1000 * 1000)
 TOPIC = faces_topic("facefleet", "edge1")
