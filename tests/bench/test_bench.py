@@ -10,30 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench.cli import REQUIRED_KEYS
 
 from facefleet.shared import YUNET_MODEL
 from tests.helpers import require_shared
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.s3, pytest.mark.shared]
-
-KEYS = (
-    "detector.fps.yunet",
-    "detector.fps.haar",
-    "detector.fps.homework",
-    "uplink.bytes_per_person.default",
-    "uplink.bytes_per_person.homework",
-    "uplink.persons_missed.default",
-    "forwarder.msgs_per_s",
-    "bridge.msgs_per_s",
-    "forwarder.lost_in_outage",
-    "bridge.lost_in_outage",
-    "latency_ms.p50",
-    "latency_ms.p99",
-    "processor.faces_per_s.1",
-    "processor.faces_per_s.2",
-    "processor.faces_per_s.4",
-)
 
 
 def lookup(results: dict[str, object], dotted: str) -> object:
@@ -58,7 +41,7 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "[bench " in run.stdout  # progress lines while it runs
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in KEYS:
+    for key in REQUIRED_KEYS:
         value = lookup(results, key)
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
     assert results["machine"] and isinstance(results["machine"], str)
