@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from facefleet.localbroker import BROKER_MAX_OPEN_FILES, LocalBroker
+from tests.support import ROOT
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "mosquitto"
+ROLE = ROOT / "roles" / "mosquitto"
 #: Where files live and where logs go differ by design between a host and a test directory.
 PLACE_SPECIFIC = {
     "pid_file", "persistence_location", "log_dest", "log_type", "log_timestamp", "include_dir",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from facefleet.contract import DEAD_LETTER_PREFIX, DELETIONS_PREFIX, FACES_PREFIX, PROBE_PREFIX
+from tests.support import ROOT
 
-IAM = Path(__file__).resolve().parents[2] / "iam"
+IAM = ROOT / "iam"
 
 
 def grants(name: str) -> dict[str, set[str]]:

@@ -5,14 +5,12 @@ staging play and the argument spec list roles by name, and must say the same."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from facefleet.contract import SERVICES, SERVICES_BY_KIND
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def load(relative: str) -> Any:
