@@ -536,3 +536,37 @@ def test_identical_heartbeats_make_one_history_line() -> None:
         clock[0] += 5
     history = list(model.nodes["cloud1"].services["processor"].history)
     assert [(h.count, h.since, h.at) for h in history] == [(3, 1000.0, 1010.0), (1, 1015.0, 1015.0)]
+
+
+@async_test
+async def test_fleet_table_columns_fit_what_is_shown_whatever_came_before() -> None:
+    """Columns are as wide as what they show now: a wider value shown for a while (a long
+    version during a rollout, `never seen` before a first heartbeat) does not leave its
+    column wide once the rows change (a table keeps its columns' widths through clear(), so
+    the layout depended on which redraws had come before, and a snapshot test flaked)."""
+    from facefleet.mqtt import MqttSettings
+    from facefleet_monitor.views import FleetView
+
+    cfg = MonitorConfig(mqtt=MqttSettings(host="127.0.0.1", port=refused_port()), label="x")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.query_one(FleetView)
+        table = view.query_one("#fleet-table", DataTable)
+
+        def heartbeat(node: str, version: str) -> None:
+            status = Status("online", "logger", node, version=version, interval_s=10)
+            app.model.apply(StatusEvent(node, "logger", status))
+
+        async def version_width() -> int:
+            view.redraw(app.model, time.time())
+            await pilot.pause(0.1)  # the table sizes its columns as it lays out
+            return table.columns["version"].content_width
+
+        long = "0.1.0+a-long-build-label"
+        heartbeat("cam1", long)
+        assert await version_width() == len(long)
+        # cam1 is back on the short version as cam2 joins: the rows change, and the version
+        # column is as wide as its label, as in a table that never showed the long one
+        heartbeat("cam1", "0.1.0")
+        heartbeat("cam2", "0.1.0")
+        assert await version_width() == len("Version")

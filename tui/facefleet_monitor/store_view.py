@@ -31,6 +31,7 @@ from facefleet.facestore import (
     who_am_i,
 )
 from facefleet_monitor.thumbnail import decode_thumbnail
+from facefleet_monitor.views import fit_columns
 
 #: At most this many faces are listed (the filter narrows a larger store).
 LIST_LIMIT = 5000
@@ -160,6 +161,7 @@ class StoredFacesScreen(Screen[None]):
             table.add_row(
                 face.node, face.ts.replace("T", " ")[:19], str(face.size), face.id, key=face.id
             )
+        fit_columns(table)
         by_node = Counter(face.node for face in faces)
         per_node = ", ".join(f"{node} {count}" for node, count in sorted(by_node.items()))
         limited = f" (first {LIST_LIMIT}; narrow the filter)" if len(faces) >= LIST_LIMIT else ""

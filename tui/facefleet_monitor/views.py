@@ -53,6 +53,20 @@ def same_cell(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def fit_columns(table: DataTable[Any]) -> None:
+    """Size each column to its label and the cells it holds now, at once. DataTable only
+    ever widens columns (clear() keeps their widths), so a value shown once (a node's `never
+    seen` before its first heartbeat) kept its column wide, and the layout depended on which
+    redraws had come first (a snapshot test flaked on it)."""
+    for key, column in table.columns.items():
+        cells = (
+            cell if isinstance(cell, Text) else Text.from_markup(cell) if isinstance(cell, str)
+            else Text(str(cell))
+            for cell in table.get_column(key)
+        )  # fmt: skip
+        column.content_width = max([column.label.cell_len, *(text.cell_len for text in cells)])
+
+
 def _number(value: Any, fmt: str = "{}") -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
@@ -216,6 +230,7 @@ class FleetView(Vertical, View):
             table.clear()
             for node, cells in rows:
                 table.add_row(*cells, key=node.name)
+            fit_columns(table)
             if selected is not None and selected in shown:
                 table.move_cursor(row=shown.index(selected), animate=False)
         self._shown = shown
@@ -312,6 +327,7 @@ class DetectionsView(Horizontal, View):
                     Text(f"{d.size} ✖ {d.problem}", style="bold red") if d.problem else str(d.size),
                     key=d.id,
                 )
+            fit_columns(table)
             self._shown = ids
             if ids and not follow and selected in ids:
                 table.move_cursor(row=ids.index(selected), animate=False)
@@ -437,8 +453,19 @@ class NodeView(Vertical, View):
         history = self.query_one("#node-history", DataTable)
         services.clear()
         history.clear()
-        if node is None:
-            return
+        if node is not None:
+            self._show(model, node, now, services, history)
+        fit_columns(services)
+        fit_columns(history)
+
+    def _show(
+        self,
+        model: FleetModel,
+        node: NodeStatus,
+        now: float,
+        services: DataTable[Any],
+        history: DataTable[Any],
+    ) -> None:
         expected = (
             "in the inventory"
             if node.expected
@@ -536,6 +563,7 @@ class AlertsView(Vertical, View):
                 alert.service or "-",
                 alert.text,
             )
+        fit_columns(active)
         log.clear()
         for entry in list(reversed(model.log))[:200]:
             log.add_row(
@@ -544,3 +572,4 @@ class AlertsView(Vertical, View):
                 entry.node or "-",
                 entry.text,
             )
+        fit_columns(log)
