@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 
 from facefleet.contract import FaceMeta, new_face_id, utc_timestamp
 from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
@@ -25,6 +26,25 @@ from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 def face_payload() -> bytes:
     """A real face JPEG (the synthetic scene's asset, 12 KB)."""
     return resources.files("facefleet").joinpath("assets", "astronaut_face.jpg").read_bytes()
+
+
+def face_message(
+    node: str, track: int, sha256: str, frame: tuple[int, int], detector: str
+) -> tuple[FaceMeta, Properties]:
+    """A valid face's metadata (a new id, ts = now, a JPEG) and its MQTT publish properties."""
+    meta = FaceMeta(
+        id=new_face_id(),
+        node=node,
+        track=track,
+        ts=utc_timestamp(),
+        box=(100, 80, 120, 140),
+        score=0.95,
+        frame=frame,
+        detector=detector,
+        sha256=sha256,
+        content_type="image/jpeg",
+    )
+    return meta, publish_properties(meta.content_type, meta.user_properties())
 
 
 class FacePublisher:
@@ -48,19 +68,7 @@ class FacePublisher:
             time.sleep(0.05)
 
     def publish(self, track: int = 1) -> str:
-        meta = FaceMeta(
-            id=new_face_id(),
-            node=self.node,
-            track=track,
-            ts=utc_timestamp(),
-            box=(100, 80, 120, 140),
-            score=0.95,
-            frame=(640, 480),
-            detector="bench",
-            sha256=self.sha,
-            content_type="image/jpeg",
-        )
-        props = publish_properties(meta.content_type, meta.user_properties())
+        meta, props = face_message(self.node, track, self.sha, (640, 480), "bench")
         self.infos.append(self.client.publish(self.topic, self.payload, qos=1, properties=props))
         self.sent[meta.id] = meta.ts
         return meta.id

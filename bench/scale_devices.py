@@ -29,19 +29,17 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from bench.faces import face_message
 from facefleet.contract import (
     DetectorFigures,
-    FaceMeta,
     ForwarderFigures,
     LoggerFigures,
     Receipt,
     ServiceFigures,
     faces_topic,
-    new_face_id,
     receipts_topic,
-    utc_timestamp,
 )
-from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
+from facefleet.mqtt import MqttSettings, make_client, start
 from facefleet.service import Heartbeat
 
 #: The edge services whose heartbeats reach the cloud broker over a device's connection, with
@@ -166,19 +164,7 @@ class Device:
             self.figures.heartbeat_bytes += size
 
     def face(self, payload: bytes, sha256: str, track: int) -> None:
-        meta = FaceMeta(
-            id=new_face_id(),
-            node=self.node,
-            track=track,
-            ts=utc_timestamp(),
-            box=(100, 80, 120, 140),
-            score=0.95,
-            frame=(1280, 720),
-            detector="yunet",
-            sha256=sha256,
-            content_type="image/jpeg",
-        )
-        properties = publish_properties(meta.content_type, meta.user_properties())
+        meta, properties = face_message(self.node, track, sha256, (1280, 720), "yunet")
         with self._lock:
             self.sent[meta.id] = time.monotonic()
         self.client.publish(self.faces_topic, payload, qos=1, properties=properties)
