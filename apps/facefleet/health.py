@@ -153,10 +153,13 @@ class StatusWatch(StatusTracker):
         self.prefix = prefix
         self.nodes = nodes
         self.subscribed = threading.Event()
+        #: When the last retained heartbeat came (or the subscription was answered): the
+        #: broker replays them all right after it
+        self.retained_at = time.monotonic()
         self.refused: str | None = None
         self.client = make_client(settings, f"facefleet-status-{uuid.uuid4().hex[:8]}")
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
     def _on_connect(
@@ -168,7 +171,13 @@ class StatusWatch(StatusTracker):
             return
         client.subscribe(all_status_filter(self.prefix), qos=1)
 
+    def _on_subscribe(self, *_args: Any) -> None:
+        self.retained_at = time.monotonic()
+        self.subscribed.set()
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            self.retained_at = time.monotonic()
         parsed = parse_topic(self.prefix, message.topic)
         if parsed is None:
             return
