@@ -200,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="watch until everything is healthy, at most this long (default: report at once)",
+        help="watch until everything is healthy, at most this long (default: report once the "
+        "broker has replayed the retained heartbeats)",
     )
     status.add_argument(
         "--pki-dir", type=Path, help="certificates of the monitor identity (default: inventory)"
