@@ -93,6 +93,11 @@ async def wait_until(
         await pilot.pause(0.05)
 
 
+async def wait_shown(pilot: Any, app: Any, text: str, timeout_s: float = 10.0) -> None:
+    """Wait until the terminal shows `text` (a redraw may be a timer tick away)."""
+    await wait_until(pilot, lambda: text in screen_text(app), timeout_s, what=f"{text!r} shown")
+
+
 def screen_text(app: Any) -> str:
     """What the terminal shows now, as plain text (the SVG snapshot's text layer)."""
     import io
