@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.fleet import ssh_command
+
 from tests.support import ROOT
 
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
@@ -110,7 +112,7 @@ class Lab:
 
     def ssh(self, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(ROOT / "lab" / "ssh"), host, command],
+            ssh_command(self.hosts[host], command),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -174,7 +176,7 @@ def start_publishers(lab: Lab, edges: list[str], python: str) -> None:
     for edge in edges:
         lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
         upload = subprocess.run(
-            [str(ROOT / "lab" / "ssh"), edge, f"cat > {PUBLISHER_DIR}/face_publisher.py"],
+            ssh_command(lab.hosts[edge], f"cat > {PUBLISHER_DIR}/face_publisher.py"),
             input=script,
             text=True,
             capture_output=True,
