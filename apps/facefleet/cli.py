@@ -98,6 +98,11 @@ TOOLS: dict[str, tuple[str, str, str]] = {
         "run_wheelhouse",
         "download the wheels of one target platform (architecture, Python) for offline installs",
     ),
+    "wheel": (
+        "facefleet.wheelbuild",
+        "run_wheel",
+        "build the facefleet wheel of a checkout (reused while its sources are unchanged)",
+    ),
     "monitor": (
         "facefleet_monitor.cli",
         "run_monitor",
