@@ -22,6 +22,8 @@ import cv2
 from facefleet.config import build
 from facefleet.detector.service import Detector, quiet_opencv
 from facefleet.detector.settings import DetectorConfig
+from facefleet.runtime import lifecycle
+from facefleet.service import resolve_node
 
 
 def cpu_seconds() -> float:
@@ -34,9 +36,9 @@ def main() -> int:
     cv2.setNumThreads(1)
     quiet_opencv()
     cfg = build(DetectorConfig, json.loads(sys.argv[1]), "<bench>")
-    detector = Detector(cfg)
+    detector = Detector(cfg, resolve_node(cfg.node), threading.Event())
     began, cpu_began = time.perf_counter(), cpu_seconds()
-    detector.run(threading.Event())
+    lifecycle(detector)
     seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
     figures = detector.figures
     print(

@@ -11,60 +11,131 @@ import logging
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from facefleet import __version__
 from facefleet.config import ConfigError
 from facefleet.contract import SERVICES_BY_KIND
+
+if TYPE_CHECKING:  # imported when a service runs: not every command needs paho
+    from importlib.metadata import EntryPoint
+
+    from facefleet.runtime import ServiceSpec
 
 EXIT_CONFIG = 2
 #: What runs on Python 3.9 (JetPack 5 edges): the edge services and `detect` to try a model on
 #: the device (tests/edge_modules.py lists the code they import; `make check` keeps it 3.9-clean).
 PY39_COMMANDS = (*SERVICES_BY_KIND["edge"], "detect")
 
+#: The group of entry points through which other distributions add commands (the monitor):
+#: each names a `Command`.
+PLUGIN_GROUP = "facefleet.commands"
+
 log = logging.getLogger("facefleet")
 
 
-def _service_runner(service: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ServiceCommand:
+    """`facefleet <name>`: a service. Its module is imported only when it runs (the detector
+    and the processor import OpenCV) and holds SERVICE, the service's `ServiceSpec`."""
+
+    name: str
+    module: str
+    help: str
+
+    def load(self) -> ServiceSpec[Any]:
         from importlib import import_module
 
-        from facefleet import config
-        from facefleet.service import setup_logging
+        from facefleet.runtime import ServiceSpec
 
         try:
-            module = import_module(f"facefleet.{service}.service")
+            module = import_module(self.module)
         except ImportError as exc:  # the detector and processor decode images with OpenCV
             raise ConfigError(
-                f"'facefleet {service}' needs the 'opencv' extra "
+                f"'facefleet {self.name}' needs the 'opencv' extra "
                 f"(pip install 'facefleet[opencv]', or the system OpenCV): {exc}"
             ) from None
-        cfg = config.load(module.CONFIG_CLASS, args.config)
+        spec = getattr(module, "SERVICE", None)
+        if not isinstance(spec, ServiceSpec):
+            raise TypeError(f"{self.module}.SERVICE is not a ServiceSpec")
+        return spec
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        from facefleet import config, runtime
+
+        spec = self.load()
+        cfg = config.load(spec.config_class, args.config)
         if args.check:
-            module.check(cfg)
+            runtime.check(spec, cfg)
             print(f"{args.config or '<defaults>'}: ok")
             return 0
-        setup_logging(cfg.log_level)
-        result: int = module.run(cfg)
-        return result
+        return runtime.run(spec, cfg)
 
-    return run
+
+SERVICES = (
+    ServiceCommand(
+        "detector",
+        "facefleet.detector.service",
+        "capture frames, detect and track faces, publish one good crop per person",
+    ),
+    ServiceCommand(
+        "logger",
+        "facefleet.logger.service",
+        "write the edge audit trail (one JSON line per face and status change)",
+    ),
+    ServiceCommand(
+        "forwarder",
+        "facefleet.forwarder.service",
+        "relay edge messages to the cloud broker through a durable spool",
+    ),
+    ServiceCommand(
+        "processor",
+        "facefleet.processor.service",
+        "validate faces from the cloud broker and store them (S3 or a directory)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command another distribution adds through an entry point of PLUGIN_GROUP."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _plugins() -> Sequence[EntryPoint]:
+    """The entry points of PLUGIN_GROUP (Python 3.9's entry_points() takes no group)."""
+    from importlib.metadata import entry_points
+
+    if sys.version_info >= (3, 10):
+        found = entry_points(group=PLUGIN_GROUP)
+    else:
+        found = entry_points().get(PLUGIN_GROUP, ())
+    return tuple(found)
+
+
+def _load_plugin(entry: EntryPoint) -> Command:
+    try:
+        command = entry.load()
+    except ImportError as exc:
+        raise ConfigError(f"'facefleet {entry.name}' cannot be loaded: {exc}") from None
+    if not isinstance(command, Command):
+        raise TypeError(f"entry point {entry.value} is not a facefleet.cli.Command")
+    return command
 
 
 def _add_service_commands(sub: Any) -> None:
-    helps = {
-        "detector": "capture frames, detect and track faces, publish one good crop per person",
-        "logger": "write the edge audit trail (one JSON line per face and status change)",
-        "forwarder": "relay edge messages to the cloud broker through a durable spool",
-        "processor": "validate faces from the cloud broker and store them (S3 or a directory)",
-    }
-    for service, text in helps.items():
-        p = sub.add_parser(service, help=text, description=text)
+    for service in SERVICES:
+        p = sub.add_parser(service.name, help=service.help, description=service.help)
         p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
         p.add_argument(
             "--check", action="store_true", help="validate the config file and exit (0 = valid)"
         )
-        p.set_defaults(func=_service_runner(service))
+        p.set_defaults(func=service)
 
 
 #: Commands whose arguments live in their own module, imported only when that command runs, so
@@ -103,11 +174,6 @@ TOOLS: dict[str, tuple[str, str, str]] = {
         "run_wheel",
         "build the facefleet wheel of a checkout (reused while its sources are unchanged)",
     ),
-    "monitor": (
-        "facefleet_monitor.cli",
-        "run_monitor",
-        "terminal UI: fleet health and live detections",
-    ),
 }
 
 
@@ -118,10 +184,9 @@ def _tool_module(command: str) -> Any:
     try:
         return import_module(module_name)
     except ImportError as exc:
-        extra = "monitor" if command == "monitor" else "opencv"
         raise ConfigError(
-            f"'facefleet {command}' needs the '{extra}' extra "
-            f"(pip install 'facefleet[{extra}]'): {exc}"
+            f"'facefleet {command}' needs the 'opencv' extra "
+            f"(pip install 'facefleet[opencv]'): {exc}"
         ) from None
 
 
@@ -132,7 +197,8 @@ def _run_tool(args: argparse.Namespace) -> int:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `command`'s own module is imported to add its arguments."""
+    """The parser; only `command`'s own module is imported to add its arguments. Commands of
+    other distributions are looked up only when `command` is none of ours (or for help)."""
     parser = argparse.ArgumentParser(
         prog="facefleet", description="Face capture on a fleet of edge cameras."
     )
@@ -144,6 +210,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _tool_module(name).add_arguments(tool)
         tool.set_defaults(func=_run_tool)
+    if command not in TOOLS and all(command != service.name for service in SERVICES):
+        for entry in _plugins():
+            plugin = _load_plugin(entry)
+            p = sub.add_parser(plugin.name, help=plugin.help, description=plugin.help)
+            plugin.add_arguments(p)
+            p.set_defaults(func=plugin.run)
     return parser
 
 
@@ -158,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     try:
-        args = build_parser(command if command in TOOLS else None).parse_args(argv)
+        args = build_parser(command).parse_args(argv)
         result: int = args.func(args)
     except ConfigError as exc:
         print(f"facefleet {command or ''}: config error: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """`facefleet monitor` options and entry point. Imports Textual only when the UI starts, so
-building the `facefleet` parser stays cheap."""
+building the `facefleet` parser stays cheap. The command reaches `facefleet` through the entry
+point COMMAND (pyproject.toml: group `facefleet.commands`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import logging
 from typing import Any
 
+from facefleet.cli import Command
 from facefleet.config import ConfigError
 from facefleet_monitor.config import IMAGE_PROTOCOLS, config_from_args
 
@@ -72,7 +74,13 @@ def run_monitor(args: argparse.Namespace) -> int:
         handler = logging.NullHandler()  # stderr belongs to the UI
     root.addHandler(handler)
     # textual_image asks the terminal what it can draw: it must happen before Textual starts
-    from facefleet_monitor.app import MonitorApp, image_widget_class
+    try:
+        from facefleet_monitor.app import MonitorApp, image_widget_class
+    except ImportError as exc:
+        raise ConfigError(
+            f"'facefleet monitor' needs the 'monitor' extra (pip install 'facefleet[monitor]'): "
+            f"{exc}"
+        ) from None
 
     image_class = image_widget_class(args.image)
     if config is None:
@@ -85,3 +93,8 @@ def run_monitor(args: argparse.Namespace) -> int:
     app = MonitorApp(config, image_class=image_class, store=store)
     app.run()
     return app.return_code or 0
+
+
+COMMAND = Command(
+    "monitor", "terminal UI: fleet health and live detections", add_arguments, run_monitor
+)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,39 +23,25 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from facefleet import mqtt as mqtt_setup
-from facefleet.config import ConfigError, redacted
+from facefleet.config import redacted
 from facefleet.contract import CONTENT_TYPES, DetectorFigures, FaceMeta, faces_topic, new_face_id
 from facefleet.detector.backends import FaceDetector, create_detector
 from facefleet.detector.settings import DetectorConfig, PublishSettings
-from facefleet.detector.sources import (
-    Frame,
-    FrameSource,
-    has_gstreamer,
-    open_source,
-    parse_source,
-)
+from facefleet.detector.sources import Frame, FrameSource, open_source, source_spec
 from facefleet.detector.sources import redact as redact_source
 from facefleet.detector.tracker import Publication, Tracker
-from facefleet.service import Heartbeat, resolve_node, stop_event
+from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker
 
 log = logging.getLogger(__name__)
 
-CONFIG_CLASS = DetectorConfig
-SERVICE = "detector"
 #: The heartbeat's fps is the processing rate over this many recent seconds.
 FPS_WINDOW_S = 5.0
 READ_TIMEOUT_S = 0.5
 
 
 def check(cfg: DetectorConfig) -> None:
-    """The node name is usable, the model loads and the source parses."""
-    try:
-        resolve_node(cfg.node)
-        spec = parse_source(cfg.camera.source)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if spec.kind == "gstreamer" and not has_gstreamer():
-        raise ConfigError(f"OpenCV {cv2.__version__} was built without GStreamer")
+    """The source parses (this OpenCV can open its kind) and the model loads."""
+    source_spec(cfg.camera)
     create_detector(cfg.detection)
 
 
@@ -266,35 +253,33 @@ class Pipeline:
 
 
 class Detector:
-    """One run of the service: the loop and its clean shutdown."""
+    """One run of the service: the capture loop in the main thread and its clean shutdown."""
 
-    def __init__(self, cfg: DetectorConfig) -> None:
+    def __init__(self, cfg: DetectorConfig, node: str, stop: threading.Event) -> None:
         self.cfg = cfg
-        try:
-            self.node = resolve_node(cfg.node)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.node = node
+        self.stop = stop
         self.pipeline = Pipeline(cfg)
         self.source: FrameSource = open_source(cfg.camera)
         self.figures = Figures()
-        self.client = mqtt_setup.make_client(cfg.mqtt, f"facefleet-detector-{self.node}")
-        self.client.max_queued_messages_set(cfg.publish.max_queued)
-        self.heartbeat = Heartbeat(
-            self.client, cfg.prefix, self.node, SERVICE, cfg.heartbeat_s, self.status
+        self.link = Link(
+            "edge",
+            cfg.mqtt,
+            f"facefleet-detector-{node}",
+            StatusSource(cfg.prefix, node, "detector", cfg.heartbeat_s, self.status),
         )
-        mqtt_setup.ConnectionTracker(self.client, "edge", self._online, cfg.mqtt)
+        self.link.client.max_queued_messages_set(cfg.publish.max_queued)
         self.publisher = FacePublisher(
-            self.client,
-            topic=faces_topic(cfg.prefix, self.node),
-            node=self.node,
+            self.link.client,
+            topic=faces_topic(cfg.prefix, node),
+            node=node,
             detector=self.pipeline.backend.name,
             settings=cfg.publish,
             figures=self.figures,
         )
-
-    def _online(self) -> None:
-        """On every (re)connect: announce `online` at once, not only at the next beat."""
-        self.heartbeat.publish("online")
+        self.links = [self.link]
+        self.workers: Sequence[Worker] = ()
+        log.info("detector starting: %s", redacted(cfg))
 
     def status(self) -> DetectorFigures:
         return replace(
@@ -307,18 +292,9 @@ class Detector:
             backend=self.pipeline.backend.name,
         )
 
-    def run(self, stop: threading.Event) -> int:
-        log.info("detector starting: %s", redacted(self.cfg))
-        mqtt_setup.start(self.client, self.cfg.mqtt)
-        self.heartbeat.start()
-        try:
-            self._loop(stop)
-        finally:
-            self._shutdown()
-        return 0
-
-    def _loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+    def main_loop(self) -> None:
+        """Until the stop event, or the end of a finite source."""
+        while not self.stop.is_set():
             frame = self.source.read(READ_TIMEOUT_S)
             if frame is None:
                 if self.source.state == "ended":
@@ -343,7 +319,11 @@ class Detector:
         ):
             self.figures.tracks_settled(dict(tracker.held_back), tracker.merged)
 
-    def _shutdown(self) -> None:
+    def shutdown_steps(self) -> Sequence[Step]:
+        return [self._flush, self.link.close]
+
+    def _flush(self) -> None:
+        """Publish every track and wait (bounded) until the broker has acknowledged them."""
         for publication in self.pipeline.tracker.flush():
             self.publisher.publish(publication)
         self._settle_tracks()
@@ -363,9 +343,6 @@ class Detector:
             self.figures.faces_detected,
             self.figures.published,
         )
-        self.heartbeat.stop()
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def quiet_opencv() -> None:
@@ -376,7 +353,9 @@ def quiet_opencv() -> None:
         opencv_logging.setLogLevel(opencv_logging.LOG_LEVEL_ERROR)
 
 
-def run(cfg: DetectorConfig) -> int:
-    stop = stop_event()
+def build(cfg: DetectorConfig, node: str, stop: threading.Event) -> Detector:
     quiet_opencv()
-    return Detector(cfg).run(stop)
+    return Detector(cfg, node, stop)
+
+
+SERVICE = ServiceSpec(DetectorConfig, lambda cfg: {"mqtt": cfg.mqtt}, check, build)

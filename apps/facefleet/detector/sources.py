@@ -126,8 +126,8 @@ class FrameSource(Protocol):
         ...
 
 
-def open_source(camera: CameraSettings) -> FrameSource:
-    """Open `camera.source`; ConfigError when it cannot be parsed or opened at all."""
+def source_spec(camera: CameraSettings) -> SourceSpec:
+    """`camera.source` parsed; ConfigError when it cannot be, or this OpenCV cannot open it."""
     try:
         spec = parse_source(camera.source)
     except ValueError as exc:
@@ -137,6 +137,12 @@ def open_source(camera: CameraSettings) -> FrameSource:
             f"camera.source is a GStreamer pipeline but OpenCV {cv2.__version__} was built "
             "without GStreamer (use the system OpenCV, e.g. JetPack's)"
         )
+    return spec
+
+
+def open_source(camera: CameraSettings) -> FrameSource:
+    """Open `camera.source`; ConfigError when it cannot be parsed or opened at all."""
+    spec = source_spec(camera)
     if spec.live:
         return LiveSource(spec, camera)
     return FiniteSource(spec, camera)

@@ -22,12 +22,12 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from facefleet.config import ConfigError
 from facefleet.contract import (
@@ -41,18 +41,10 @@ from facefleet.contract import (
 from facefleet.forwarder.delivery import Delivery
 from facefleet.forwarder.settings import ForwarderConfig
 from facefleet.forwarder.spool import Incoming, Spool, Spooled
-from facefleet.mqtt import (
-    ConnectionTracker,
-    make_client,
-    properties_from_dict,
-    properties_to_dict,
-    start,
-)
-from facefleet.service import Heartbeat, resolve_node, stop_event
+from facefleet.mqtt import properties_from_dict, properties_to_dict
+from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker, qos1
 
 log = logging.getLogger(__name__)
-
-CONFIG_CLASS = ForwarderConfig
 
 #: Messages the edge broker may send before we acknowledge (MQTT v5 Receive Maximum).
 EDGE_RECEIVE_MAXIMUM = 256
@@ -61,14 +53,9 @@ RECONNECTED = -1  # a pseudo message id on the PUBACK queue: the cloud link came
 
 
 def check(cfg: ForwarderConfig) -> None:
-    resolve_node(cfg.node)
     spool_dir = Path(cfg.spool.path).parent
     if spool_dir.exists() and not os.access(spool_dir, os.W_OK):
         raise ConfigError(f"spool.path: {spool_dir} is not writable")
-    for name in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg.cloud, name)
-        if value and not Path(value).is_file():
-            raise ConfigError(f"cloud.{name}: {value} does not exist")
 
 
 @dataclass
@@ -87,13 +74,13 @@ def receipt_id(message: Spooled) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, cfg: ForwarderConfig, stop: threading.Event) -> None:
+    def __init__(self, cfg: ForwarderConfig, node: str, stop: threading.Event) -> None:
         self.cfg = cfg
         self.stop = stop
-        self.node = resolve_node(cfg.node)
-        self.own_status = status_topic(cfg.prefix, self.node, "forwarder")
-        self.subscription = f"{cfg.prefix}/{self.node}/#"
-        self.receipts = receipts_topic(cfg.prefix, self.node)
+        self.node = node
+        self.own_status = status_topic(cfg.prefix, node, "forwarder")
+        self.subscription = f"{cfg.prefix}/{node}/#"
+        self.receipts = receipts_topic(cfg.prefix, node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(
             cfg.spool.path,
@@ -111,34 +98,55 @@ class Forwarder:
         self.delivery = Delivery(cfg.uplink.receipt_timeout_s, cfg.uplink.unconfirmed_max)
         self.errors = 0
 
-        client_id = f"facefleet-forwarder-{self.node}"
-        self.edge = make_client(cfg.edge, client_id, manual_ack=True)
-        self.cloud = make_client(cfg.cloud, client_id)
+        client_id = f"facefleet-forwarder-{node}"
+        status = StatusSource(cfg.prefix, node, "forwarder", cfg.heartbeat_s, self.figures)
+        # persistent: receipts published while we are away wait for us at the broker
+        self.cloud_link = Link(
+            "cloud",
+            cfg.cloud,
+            client_id,
+            status,
+            subscriptions=[qos1(self.receipts)] if self.use_receipts else [],
+            on_up=self._cloud_up,
+            persistent=self.use_receipts,
+        )
+        self.edge_link = Link(
+            "edge",
+            cfg.edge,
+            client_id,
+            status,
+            subscriptions=[qos1(self.subscription, retain_as_published=True)],
+            manual_ack=True,
+            persistent=True,
+            receive_maximum=EDGE_RECEIVE_MAXIMUM,
+        )
+        self.edge = self.edge_link.client
+        self.cloud = self.cloud_link.client
         self.cloud.max_inflight_messages_set(cfg.uplink.inflight)
-        self.edge_heartbeat = Heartbeat(
-            self.edge, cfg.prefix, self.node, "forwarder", cfg.heartbeat_s, self.figures
-        )
-        self.cloud_heartbeat = Heartbeat(
-            self.cloud, cfg.prefix, self.node, "forwarder", cfg.heartbeat_s, self.figures
-        )
-        self.edge_link = ConnectionTracker(self.edge, "edge", self._edge_up, cfg.edge)
-        self.cloud_link = ConnectionTracker(self.cloud, "cloud", self._cloud_up, cfg.cloud)
         self.edge.on_message = self._on_edge_message
         self.cloud.on_publish = self._on_cloud_puback
         self.cloud.on_message = self._on_cloud_message
+        self.links = [self.cloud_link, self.edge_link]
+        self.writer = Worker("spool-writer", self._write_loop, join_timeout_s=10)
+        self.sender = Worker("uplink-sender", self._send_loop, join_timeout_s=5)
+        self.workers = [self.writer, self.sender]
+        log.info(
+            "forwarding %s from edge %s to cloud %s, spool %s",
+            self.subscription,
+            cfg.edge.address,
+            cfg.cloud.address,
+            cfg.spool.path,
+        )
+        if self.spool.depth:
+            log.info("spool holds %d message(s) from before; sending them first", self.spool.depth)
 
     # -- callbacks (paho loop threads): hand over, never block ---------------------------
 
-    def _edge_up(self) -> None:
-        options = SubscribeOptions(qos=1, retainAsPublished=True)
-        self.edge.subscribe(self.subscription, options=options)
-        self.edge_heartbeat.publish("online")
-
     def _cloud_up(self) -> None:
+        """After the cloud link's subscription and `online`: the ledger learns of the
+        reconnect (before any PUBACK of it: they come on this thread) and the sender wakes."""
         if self.use_receipts:
-            self.cloud.subscribe(self.receipts, qos=1)
             self.pubacks.put((RECONNECTED, 0))
-        self.cloud_heartbeat.publish("online")
         self.wake.set()
 
     def _on_edge_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -187,8 +195,8 @@ class Forwarder:
             dropped=self.spool.dropped,
             expired=self.spool.expired,
             rejected=delivery.rejected,
-            edge_connected=self.edge_link.connected.is_set(),
-            cloud_connected=self.cloud_link.connected.is_set(),
+            edge_connected=self.edge_link.connected,
+            cloud_connected=self.cloud_link.connected,
             errors=self.errors,
         )
 
@@ -333,7 +341,7 @@ class Forwarder:
                 tokens = min(float(window), tokens + (now - refilled) * rate)
                 refilled = now
                 free = min(free, int(tokens))
-            if self.cloud_link.connected.is_set() and free > 0:
+            if self.cloud_link.connected and free > 0:
                 sent = self._resend_overdue(free)
                 for row in self.spool.after(last_sent, min(free - sent, self.delivery.room)):
                     face_id = receipt_id(row) if self.use_receipts else None
@@ -345,50 +353,40 @@ class Forwarder:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def run(self) -> int:
+    def main_loop(self) -> None:
+        self.stop.wait()
+
+    def shutdown_steps(self) -> Sequence[Step]:
+        """The edge first: `stopped` there, the writer acknowledges what it spools while
+        still connected, then the edge disconnects (what is not acknowledged stays queued
+        at the broker); then the sender, the last receipts and deletions, the cloud."""
+        return [
+            self.edge_link.heartbeat.stop,
+            self.writer.join,
+            self.edge.disconnect,
+            self.sender.join,
+            self._settle,
+            self._delete_settled,
+            self.cloud_link.close,
+            self.edge.loop_stop,
+            self._report,
+            self.spool.close,
+        ]
+
+    def _delete_settled(self) -> None:
+        """Once the writer has stopped: delete what it left and what the ledger settled."""
+        self._delete(self._take_deletions() + self.delivery.deletable(everything=True))
+
+    def _report(self) -> None:
         log.info(
-            "forwarding %s from edge %s to cloud %s, spool %s",
-            self.subscription,
-            self.cfg.edge.address,
-            self.cfg.cloud.address,
-            self.cfg.spool.path,
+            "stopped: %d forwarded, %d still spooled, %d dropped, %d expired",
+            self.delivery.forwarded,
+            self.spool.depth,
+            self.spool.dropped,
+            self.spool.expired,
         )
-        if self.spool.depth:
-            log.info("spool holds %d message(s) from before; sending them first", self.spool.depth)
-        # persistent: receipts published while we are away wait for us at the broker
-        start(self.cloud, self.cfg.cloud, persistent=self.use_receipts)
-        start(self.edge, self.cfg.edge, persistent=True, receive_maximum=EDGE_RECEIVE_MAXIMUM)
-        writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
-        sender = threading.Thread(target=self._send_loop, name="uplink-sender", daemon=True)
-        writer.start()
-        sender.start()
-        self.edge_heartbeat.start()
-        self.cloud_heartbeat.start()
-        try:
-            self.stop.wait()
-        finally:
-            self.edge_heartbeat.stop()
-            writer.join(timeout=10)  # acknowledges what it spools while still connected
-            self.edge.disconnect()  # anything not acknowledged stays queued at the broker
-            sender.join(timeout=5)
-            self._settle()
-            # the writer has stopped
-            self._delete(self._take_deletions() + self.delivery.deletable(everything=True))
-            self.cloud_heartbeat.stop()
-            self.cloud.disconnect()
-            self.cloud.loop_stop()
-            self.edge.loop_stop()
-            log.info(
-                "stopped: %d forwarded, %d still spooled, %d dropped, %d expired",
-                self.delivery.forwarded,
-                self.spool.depth,
-                self.spool.dropped,
-                self.spool.expired,
-            )
-            self.spool.close()
-        return 0
 
 
-def run(cfg: ForwarderConfig) -> int:
-    check(cfg)
-    return Forwarder(cfg, stop_event()).run()
+SERVICE = ServiceSpec(
+    ForwarderConfig, lambda cfg: {"edge": cfg.edge, "cloud": cfg.cloud}, check, Forwarder
+)

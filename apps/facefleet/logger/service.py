@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,13 @@ import paho.mqtt.client as mqtt
 from facefleet.config import ConfigError
 from facefleet.contract import LoggerFigures, Status, parse_timestamp, parse_topic, utc_timestamp
 from facefleet.logger.settings import AuditSettings, LoggerConfig
-from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
-from facefleet.service import Heartbeat, resolve_node, stop_event
+from facefleet.mqtt import content_type, user_properties
+from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker, qos1
 
 log = logging.getLogger(__name__)
 
-CONFIG_CLASS = LoggerConfig
-
 
 def check(cfg: LoggerConfig) -> None:
-    resolve_node(cfg.node)
     parent = Path(cfg.audit.path).parent
     if not parent.is_dir():
         raise ConfigError(f"audit.path: directory {parent} does not exist")
@@ -129,10 +127,10 @@ def face_record(msg: mqtt.MQTTMessage, node: str) -> dict[str, Any]:
 
 
 class AuditLogger:
-    def __init__(self, cfg: LoggerConfig, stop: threading.Event) -> None:
+    def __init__(self, cfg: LoggerConfig, node: str, stop: threading.Event) -> None:
         self.cfg = cfg
         self.stop = stop
-        self.node = resolve_node(cfg.node)
+        self.node = node
         try:
             self.writer = audit_writer(cfg.audit)
         except OSError as exc:
@@ -140,16 +138,20 @@ class AuditLogger:
         self.states: dict[tuple[str, str], str] = {}
         self.events = self.faces = self.status_changes = self.errors = 0
         self._counting = threading.Lock()  # paho's thread counts, the heartbeat's reads
-        self.client = make_client(cfg.mqtt, f"facefleet-logger-{self.node}", manual_ack=True)
-        self.heartbeat = Heartbeat(
-            self.client, cfg.prefix, self.node, "logger", cfg.heartbeat_s, self.figures
+        self.link = Link(
+            "edge",
+            cfg.mqtt,
+            f"facefleet-logger-{node}",
+            StatusSource(cfg.prefix, node, "logger", cfg.heartbeat_s, self.figures),
+            subscriptions=[qos1(f"{cfg.prefix}/#")],
+            manual_ack=True,
+            persistent=True,
+            receive_maximum=256,
         )
-        self.link = ConnectionTracker(self.client, "edge", self._up, cfg.mqtt)
-        self.client.on_message = self._on_message
-
-    def _up(self) -> None:
-        self.client.subscribe(f"{self.cfg.prefix}/#", qos=1)
-        self.heartbeat.publish("online")
+        self.link.client.on_message = self._on_message
+        self.links = [self.link]
+        self.workers: Sequence[Worker] = ()
+        log.info("auditing %s/# on %s into %s", cfg.prefix, cfg.mqtt.address, cfg.audit.path)
 
     def figures(self) -> LoggerFigures:
         with self._counting:
@@ -223,27 +225,12 @@ class AuditLogger:
             return
         client.ack(msg.mid, msg.qos)
 
-    def run(self) -> int:
-        log.info(
-            "auditing %s/# on %s into %s",
-            self.cfg.prefix,
-            self.cfg.mqtt.address,
-            self.cfg.audit.path,
-        )
-        start(self.client, self.cfg.mqtt, persistent=True, receive_maximum=256)
-        self.heartbeat.start()
-        try:
-            while not self.stop.wait(min(60.0, max(0.5, self.cfg.audit.max_age_s / 20))):
-                self._expire()
-        finally:
-            self.heartbeat.stop()
-            self.client.disconnect()
-            self.client.loop_stop()
-            for handler in self.writer.handlers:
-                handler.close()
-        return 0
+    def main_loop(self) -> None:
+        while not self.stop.wait(min(60.0, max(0.5, self.cfg.audit.max_age_s / 20))):
+            self._expire()
+
+    def shutdown_steps(self) -> Sequence[Step]:
+        return [self.link.close, *(handler.close for handler in self.writer.handlers)]
 
 
-def run(cfg: LoggerConfig) -> int:
-    check(cfg)
-    return AuditLogger(cfg, stop_event()).run()
+SERVICE = ServiceSpec(LoggerConfig, lambda cfg: {"mqtt": cfg.mqtt}, check, AuditLogger)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,15 +30,13 @@ from facefleet.contract import (
     parse_topic,
     receipts_topic,
 )
-from facefleet.mqtt import ConnectionTracker, content_type, make_client, start, user_properties
+from facefleet.mqtt import content_type, user_properties
 from facefleet.processor.settings import ProcessorConfig
 from facefleet.processor.sinks import Sink, StorageUnavailable, make_sink
 from facefleet.processor.validation import validate
-from facefleet.service import Heartbeat, resolve_node, stop_event
+from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker, qos1
 
 log = logging.getLogger(__name__)
-
-CONFIG_CLASS = ProcessorConfig
 
 #: A replica's session outlives a restart, not a decommissioning: mosquitto keeps handing a
 #: gone member of the shared subscription its share of faces until its session expires (the
@@ -47,11 +45,6 @@ SESSION_EXPIRY_S = 60
 
 
 def check(cfg: ProcessorConfig) -> None:
-    resolve_node(cfg.node)
-    for name in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg.mqtt, name)
-        if value and not Path(value).is_file():
-            raise ConfigError(f"mqtt.{name}: {value} does not exist")
     if not cfg.group or any(c in cfg.group for c in "+#/"):
         raise ConfigError(f"group {cfg.group!r} must be one topic level")
 
@@ -85,32 +78,47 @@ class Settled:
 
 
 class Processor:
-    def __init__(self, cfg: ProcessorConfig, stop: threading.Event) -> None:
+    def __init__(self, cfg: ProcessorConfig, node: str, stop: threading.Event) -> None:
         self.cfg = cfg
         self.stop = stop
-        self.node = resolve_node(cfg.node)
+        self.node = node
         try:
             self.sink: Sink = make_sink(cfg.storage)
         except StorageUnavailable as exc:
             raise ConfigError(f"storage: {exc}") from None
         self.subscription = f"$share/{cfg.group}/{all_faces_filter(cfg.prefix)}"
-        self.receive_maximum = cfg.workers * 4
         self.pending: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.counters = Counters()
         suffix = f"-{cfg.instance}" if cfg.instance else ""
-        self.client = make_client(
-            cfg.mqtt, f"facefleet-processor-{self.node}{suffix}", manual_ack=True
+        self.link = Link(
+            "cloud",
+            cfg.mqtt,
+            f"facefleet-processor-{node}{suffix}",
+            StatusSource(cfg.prefix, node, f"processor{suffix}", cfg.heartbeat_s, self.figures),
+            subscriptions=[qos1(self.subscription)],
+            manual_ack=True,
+            persistent=True,
+            receive_maximum=cfg.workers * 4,
+            session_expiry_s=SESSION_EXPIRY_S,
         )
-        self.heartbeat = Heartbeat(
-            self.client, cfg.prefix, self.node, f"processor{suffix}", cfg.heartbeat_s, self.figures
-        )
-        self.link = ConnectionTracker(self.client, "cloud", self._up, cfg.mqtt)
+        self.client = self.link.client
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-
-    def _up(self) -> None:
-        self.client.subscribe(self.subscription, qos=1)
-        self.heartbeat.publish("online")
+        self.links = [self.link]
+        self.workers = [
+            Worker(f"store-{i}", self._work, join_timeout_s=10) for i in range(cfg.workers)
+        ]
+        try:
+            self.sink.check_writable(node)
+        except StorageUnavailable as exc:  # an outage, not a setup problem: faces wait and retry
+            log.warning("storage not reachable at start (%s); faces will wait for it", exc)
+        log.info(
+            "storing faces from %s (%s) into %s with %d worker(s)",
+            cfg.mqtt.address,
+            self.subscription,
+            self.sink.describe(),
+            cfg.workers,
+        )
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any
@@ -212,51 +220,20 @@ class Processor:
             finally:
                 self.counters.add("busy", -1)
 
-    def run(self) -> int:
+    def main_loop(self) -> None:
+        self.stop.wait()
+
+    def shutdown_steps(self) -> Sequence[Step]:
+        return [*(worker.join for worker in self.workers), self.link.close, self._report]
+
+    def _report(self) -> None:
+        c = self.counters
         log.info(
-            "storing faces from %s (%s) into %s with %d worker(s)",
-            self.cfg.mqtt.address,
-            self.subscription,
-            self.sink.describe(),
-            self.cfg.workers,
+            "stopped: %d stored, %d duplicates, %d dead-lettered",
+            c.stored,
+            c.duplicates,
+            c.dead_lettered,
         )
-        start(
-            self.client,
-            self.cfg.mqtt,
-            persistent=True,
-            receive_maximum=self.receive_maximum,
-            session_expiry_s=SESSION_EXPIRY_S,
-        )
-        workers = [
-            threading.Thread(target=self._work, name=f"store-{i}", daemon=True)
-            for i in range(self.cfg.workers)
-        ]
-        for worker in workers:
-            worker.start()
-        self.heartbeat.start()
-        try:
-            self.stop.wait()
-        finally:
-            for worker in workers:
-                worker.join(timeout=10)
-            self.heartbeat.stop()
-            self.client.disconnect()
-            self.client.loop_stop()
-            c = self.counters
-            log.info(
-                "stopped: %d stored, %d duplicates, %d dead-lettered",
-                c.stored,
-                c.duplicates,
-                c.dead_lettered,
-            )
-        return 0
 
 
-def run(cfg: ProcessorConfig) -> int:
-    check(cfg)
-    processor = Processor(cfg, stop_event())
-    try:
-        processor.sink.check_writable(processor.node)
-    except StorageUnavailable as exc:  # an outage, not a setup problem: faces wait and retry
-        log.warning("storage not reachable at start (%s); faces will wait for it", exc)
-    return processor.run()
+SERVICE = ServiceSpec(ProcessorConfig, lambda cfg: {"mqtt": cfg.mqtt}, check, Processor)
