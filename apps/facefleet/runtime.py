@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -65,12 +66,8 @@ class Link:
         receive_maximum: int | None = None,
         session_expiry_s: int = PERSISTENT_SESSION_S,
     ) -> None:
-        self.settings = settings
         self.subscriptions = subscriptions
         self.on_up = on_up
-        self.persistent = persistent
-        self.receive_maximum = receive_maximum
-        self.session_expiry_s = session_expiry_s
         self.client = make_client(settings, client_id, manual_ack=manual_ack)
         self.heartbeat = Heartbeat(
             self.client,
@@ -81,6 +78,15 @@ class Link:
             status.figures,
         )
         self.tracker = ConnectionTracker(self.client, name, self._up, settings)
+        #: connect in the background (paho's loop thread reconnects from then on)
+        self.connect: Step = partial(
+            start,
+            self.client,
+            settings,
+            persistent=persistent,
+            receive_maximum=receive_maximum,
+            session_expiry_s=session_expiry_s,
+        )
 
     def _up(self) -> None:
         for topic, options in self.subscriptions:
@@ -92,16 +98,6 @@ class Link:
     @property
     def connected(self) -> bool:
         return self.tracker.connected.is_set()
-
-    def connect(self) -> None:
-        """Connect in the background (paho's loop thread reconnects from then on)."""
-        start(
-            self.client,
-            self.settings,
-            persistent=self.persistent,
-            receive_maximum=self.receive_maximum,
-            session_expiry_s=self.session_expiry_s,
-        )
 
     def close(self) -> None:
         """Report `stopped`, disconnect and end paho's loop thread: the usual last step."""
