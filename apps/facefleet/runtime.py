@@ -12,7 +12,6 @@ they must run. The runtime does the rest, the same for every service:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from facefleet.contract import ServiceFigures
 from facefleet.mqtt import PERSISTENT_SESSION_S, ConnectionTracker, MqttSettings, make_client, start
 from facefleet.service import Heartbeat, resolve_node, setup_logging, stop_event
 from facefleet.settings import ServiceSettings
-
-log = logging.getLogger(__name__)
 
 #: One step of a service's shutdown (what it returns is ignored: paho's disconnect returns a code).
 Step = Callable[[], object]
