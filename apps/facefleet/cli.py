@@ -19,8 +19,6 @@ from facefleet.config import ConfigError
 from facefleet.contract import SERVICES_BY_KIND
 
 if TYPE_CHECKING:  # imported when a service runs: not every command needs paho
-    from importlib.metadata import EntryPoint
-
     from facefleet.runtime import ServiceSpec
 
 EXIT_CONFIG = 2
@@ -107,25 +105,20 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _plugins() -> Sequence[EntryPoint]:
-    """The entry points of PLUGIN_GROUP (Python 3.9's entry_points() takes no group)."""
+def _plugins() -> list[Command]:
+    """The commands of the entry point group PLUGIN_GROUP, loaded."""
     from importlib.metadata import entry_points
 
-    if sys.version_info >= (3, 10):
-        found = entry_points(group=PLUGIN_GROUP)
-    else:
-        found = entry_points().get(PLUGIN_GROUP, ())
-    return tuple(found)
-
-
-def _load_plugin(entry: EntryPoint) -> Command:
-    try:
-        command = entry.load()
-    except ImportError as exc:
-        raise ConfigError(f"'facefleet {entry.name}' cannot be loaded: {exc}") from None
-    if not isinstance(command, Command):
-        raise TypeError(f"entry point {entry.value} is not a facefleet.cli.Command")
-    return command
+    plugins = []
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            command = entry.load()
+        except ImportError as exc:
+            raise ConfigError(f"'facefleet {entry.name}' cannot be loaded: {exc}") from None
+        if not isinstance(command, Command):
+            raise TypeError(f"entry point {entry.value} is not a facefleet.cli.Command")
+        plugins.append(command)
+    return plugins
 
 
 def _add_service_commands(sub: Any) -> None:
@@ -210,9 +203,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _tool_module(name).add_arguments(tool)
         tool.set_defaults(func=_run_tool)
-    if command not in TOOLS and all(command != service.name for service in SERVICES):
-        for entry in _plugins():
-            plugin = _load_plugin(entry)
+    ours = command in TOOLS or any(command == service.name for service in SERVICES)
+    # the commands of other distributions (the monitor) need Python 3.10 (PY39_COMMANDS)
+    if not ours and sys.version_info >= (3, 10):
+        for plugin in _plugins():
             p = sub.add_parser(plugin.name, help=plugin.help, description=plugin.help)
             plugin.add_arguments(p)
             p.set_defaults(func=plugin.run)
