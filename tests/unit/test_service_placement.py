@@ -1,7 +1,8 @@
 """Which services run on which kind of host is stated once in the contract
 (`SERVICES_BY_KIND`) and once on the Ansible side (the facefleet role's
-`_facefleet_services_by_group`, which validate.yml and the role's tasks read); the plays, the
-staging play and the argument spec list roles by name, and must say the same."""
+`_facefleet_services_by_group`, which validate.yml and the roles' tasks read); the plays, the
+staging play and the facefleet_service role's argument spec list roles by name, and must say
+the same."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_staging_installs_each_group_s_services() -> None:
 
 
 def test_the_service_entry_point_accepts_exactly_the_services() -> None:
-    spec = load("roles/facefleet/meta/argument_specs.yml")["argument_specs"]["service"]
+    spec = load("roles/facefleet_service/meta/argument_specs.yml")["argument_specs"]["main"]
     assert spec["options"]["facefleet_service_name"]["choices"] == list(SERVICES)
 
 
