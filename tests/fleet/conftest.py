@@ -9,7 +9,6 @@ FACEFLEET_LAB_REUSE=1 runs the tests against the lab that is up and leaves it ru
 FACEFLEET_LAB_DEPLOYS=N overrides how often the fixture deploys (0 with a lab already
 deployed, to iterate on a test; the deploy tests then fail, as they should); the last of
 them runs in the background until a suite that changes the lab starts (see `known_state`).
-The rollout's release B is staged in the background during the fault suite (STAGE_BESIDE).
 
 The suites run in the order of SUITES: the read-only checks of the deployment first, the
 rollout (which leaves the edges on another release) and the deploy-docs test (another
@@ -56,10 +55,6 @@ TOPOLOGY = ("--edges", "4") + (
 #: test_deploy_docs redeploys two hosts from another inventory; it is last, so it puts the lab's
 #: own deployment back only when the lab outlives the run.
 SUITES = ("test_fleet", "test_jetson", "test_faults", "test_rollout", "test_deploy_docs")
-#: The suite beside which the rollout's release B is staged (`Lab.stage_beside`): the fault
-#: scenarios mostly wait for outages and drains, and touch only the running release. Its
-#: power cut waits for the staging first (`settled`).
-STAGE_BESIDE = "test_faults"
 
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:
@@ -158,16 +153,13 @@ def known_state(request: pytest.FixtureRequest, lab: Lab, lab_timings: Timings) 
     """Times each lab suite, and after it puts the lab back into the deployed state. Only a
     suite that says it only looks (BESIDE_THE_LAST_DEPLOY) starts before the last deploy of
     the lab has finished."""
-    suite = request.module.__name__.rsplit(".", 1)[-1]
     if not getattr(request.module, "BESIDE_THE_LAST_DEPLOY", False):
         settle(lab, lab_timings)
-    if suite == STAGE_BESIDE:
-        lab.stage_beside()
     started = time.monotonic()
     yield
     settle(lab, lab_timings)
     lab.restore()
-    lab_timings.add(suite, time.monotonic() - started)
+    lab_timings.add(request.module.__name__.rsplit(".", 1)[-1], time.monotonic() - started)
 
 
 @pytest.fixture
@@ -178,10 +170,10 @@ def settled(lab: Lab, lab_timings: Timings) -> Lab:
 
 
 def settle(lab: Lab, lab_timings: Timings) -> None:
-    """Wait for the deploys running in the background, and time them."""
-    for done in lab.settle():
-        what = "rollout staging" if done is lab.staged else f"deploy {len(lab.deploys)}"
-        lab_timings.add(f"{what} (beside)", done.seconds)
+    """Wait for the deploy running in the background, and time it."""
+    if lab.pending is not None:
+        lab.settle()
+        lab_timings.add(f"deploy {len(lab.deploys)} (beside)", lab.deploys[-1].seconds)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

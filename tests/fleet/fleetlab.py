@@ -40,10 +40,6 @@ _deploy_numbers = itertools.count(1)
 #: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
 #: test_rollout.py).
 ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
-#: test_rollout.py rolls out the checkout under this local version label (release B).
-ROLLOUT_LABEL = "rollout.b"
-#: site.yml's plays up to the staging of a release, for `Lab.stage_beside`.
-STAGE_PLAYBOOK = Path(__file__).with_name("stage_release.yml")
 RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -88,10 +84,6 @@ class Lab:
     outlives_run: bool = False
     #: The idempotence deploy, running beside the read-only checks (see `deploy_beside`).
     pending: Future[Deploy] | None = None
-    #: The rollout's staging, running beside the fault suite (see `stage_beside`).
-    staging: Future[Deploy] | None = None
-    #: Its result once settled: the controller and staging plays of release B.
-    staged: Deploy | None = None
 
     def deploy_beside(self) -> None:
         """Start the same deploy again in the background. It must change nothing, so the
@@ -101,33 +93,11 @@ class Lab:
         self.pending = pool.submit(deploy, self.source, **ALL_AT_ONCE)
         pool.shutdown(wait=False)
 
-    def stage_beside(self) -> None:
-        """Start staging release B (ROLLOUT_LABEL) in the background: the controller builds
-        its bundle, then every host gets it installed beside the running release. Staging
-        changes no unit and no running service (playbooks/stage.yml), so the suites that
-        only break and restore the running services can run beside it; it is CPU work on
-        every host, and they mostly wait. The rollout's own deploy stages again, and finds it
-        done."""
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-staging")
-        self.staging = pool.submit(
-            deploy, self.source, playbook=str(STAGE_PLAYBOOK), facefleet_version_label=ROLLOUT_LABEL
-        )
-        pool.shutdown(wait=False)
-
-    def settle(self) -> list[Deploy]:
-        """Wait for the deploys in the background (if any): the idempotence deploy goes to
-        `deploys`, the staging to `staged`. Returns what was waited for."""
-        done = []
+    def settle(self) -> None:
+        """Wait for the background deploy (if any) and add it to `deploys`."""
         if self.pending is not None:
             self.deploys.append(self.pending.result())
             self.pending = None
-            done.append(self.deploys[-1])
-        if self.staging is not None:
-            self.staged = self.staging.result()
-            self.staging = None
-            done.append(self.staged)
-        return done
 
     @property
     def cloud(self) -> str:

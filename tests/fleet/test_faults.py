@@ -383,6 +383,18 @@ def test_kill_9_mid_stream_loses_nothing(fleet: Fleet, where: str, unit: str) ->
     fleet.assert_clean(fleet.reconcile(f"kill -9 {unit} ({where})", killed))
 
 
+def test_edge_power_cut_loses_nothing(fleet: Fleet) -> None:
+    edge = fleet.edges[-1]
+    fleet.stream()
+    fleet.warm_up()
+    lab_command("poweroff", edge)
+    restored = time.monotonic() + 5  # recovery counts from the power coming back
+    time.sleep(5)
+    lab_command("poweron", edge)
+    fleet.lab.wait_active(edge, *EDGE_UNITS)
+    fleet.assert_clean(fleet.reconcile(f"power cut of {edge} (5 s)", restored))
+
+
 def test_s3_outage_is_ridden_out(fleet: Fleet) -> None:
     # requests time out after 3 s (not the default 30) so that the outage is seen as one
     timeouts = ["TIMEOUT_S=3", "RETRY_MAX_S=8"]
@@ -776,17 +788,3 @@ def test_services_cannot_write_outside_their_state_directories(fleet: Fleet) -> 
                 if fleet.lab.ssh(host, f"{enter} touch {path}/.write-probe").returncode == 0
             ]
             assert not allowed, f"{service} on {host} can write into {allowed}"
-
-
-def test_edge_power_cut_loses_nothing(fleet: Fleet, settled: Lab) -> None:
-    """Last of the suite: it waits for the rollout's staging beside it (settled), which a
-    power cut would interrupt."""
-    edge = fleet.edges[-1]
-    fleet.stream()
-    fleet.warm_up()
-    lab_command("poweroff", edge)
-    restored = time.monotonic() + 5  # recovery counts from the power coming back
-    time.sleep(5)
-    lab_command("poweron", edge)
-    fleet.lab.wait_active(edge, *EDGE_UNITS)
-    fleet.assert_clean(fleet.reconcile(f"power cut of {edge} (5 s)", restored))
