@@ -348,7 +348,7 @@ def _down_unlocked() -> None:
         shutil.rmtree(path, ignore_errors=True)
     for path in (STATE_DIR / "state.json", KEY, KEY.with_suffix(".pub"), SSH_CONFIG):
         path.unlink(missing_ok=True)
-    shutil.rmtree(CONTROL_DIR, ignore_errors=True)  # the hosts are gone, and their masters
+    shutil.rmtree(CONTROL_DIR, ignore_errors=True)  # masters of gone hosts end on ServerAlive
 
 
 def down() -> None:
