@@ -32,7 +32,7 @@ def wheelhouse(
 ) -> subprocess.CompletedProcess[str]:
     """`facefleet wheelhouse` as the bundle tasks run it."""
     target = ["--dest", str(dest), "--arch", arch, "--python", python]
-    sources = ["--constraints", str(constraints), f"{wheel}[opencv]"]
+    sources = ["--constraints", str(constraints), f"{wheel}[opencv]", "pip"]
     return subprocess.run(
         [sys.executable, "-m", "facefleet", "wheelhouse", *target, *sources],
         capture_output=True,
@@ -61,6 +61,8 @@ def test_a_jetpack_5_edge_gets_cp39_aarch64_wheels_only(
     # pinned for 3.9 by the constraints' markers
     assert found["boto3"].startswith("boto3-1.42.97-")
     assert "boto3==1.42.97" in (dest / "constraints.txt").read_text().splitlines()
+    # the hosts' installer: the pinned pip, which still runs on 3.9
+    assert found["pip"] == "pip-26.0.1-py3-none-any.whl"
     # needed on 3.9 only: pip skipped them for the controller's Python, the builder did not
     assert found["tomli"].startswith("tomli-")
     assert any(p.name.startswith("urllib3-1.26.") for p in dest.glob("urllib3-*.whl"))

@@ -1,8 +1,8 @@
 """Which services run on which kind of host is stated once in the contract
 (`SERVICES_BY_KIND`) and once on the Ansible side (the facefleet role's
 `_facefleet_services_by_group`, which validate.yml and the roles' tasks read); the plays, the
-staging play and the facefleet_service role's argument spec list roles by name, and must say
-the same."""
+staging play, the facefleet_service role's argument spec and the table of what each service
+installs (`_facefleet_service_installs`) list services by name, and must say the same."""
 
 from __future__ import annotations
 
@@ -56,3 +56,12 @@ def test_validation_reads_the_role_s_placement() -> None:
     (play, *_) = load("playbooks/validate.yml")
     roles = play["tasks"][0]["vars"]["_services"]
     assert "roles/facefleet/vars/main.yml" in roles and "_facefleet_services_by_group" in roles
+
+
+def test_every_service_says_what_its_virtualenv_needs() -> None:
+    """The first service of a host to install a virtualenv installs the extras of every
+    service that shares it (`_facefleet_venv_extras`): each service needs an entry."""
+    installs = load("roles/facefleet/vars/main.yml")["_facefleet_service_installs"]
+    assert set(installs) == set(SERVICES)
+    for service, install in installs.items():
+        assert set(install) == {"extras", "system_site"}, service
