@@ -1,5 +1,5 @@
-"""Command line of the lab: `python -m lab up [--edges N] [--arm64-edges M] [--subnet CIDR]`,
-`down`, `status`, `poweroff HOST`, `poweron HOST`."""
+"""Command line of the lab: `python -m lab up [--edges N] [--arm64-edges M] [--spare-hosts S]
+[--subnet CIDR]`, `down`, `status`, `poweroff HOST`, `poweron HOST`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         " (detector_opencv: system; default 0)",
     )
     up.add_argument(
+        "--spare-hosts",
+        type=int,
+        default=0,
+        metavar="S",
+        help="x86_64 hosts spare-1..S outside the inventory, for a fleet of their own (default 0)",
+    )
+    up.add_argument(
         "--subnet",
         default=fleet.SUBNET,
         help=f"private subnet of the lab bridge (default {fleet.SUBNET}, FACEFLEET_LAB_SUBNET)",
@@ -69,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             topology = fleet.Topology(
-                args.edges, args.arm64_edges, args.arm64_release, args.arm64_opencv_edges
+                args.edges,
+                args.arm64_edges,
+                args.arm64_release,
+                args.arm64_opencv_edges,
+                args.spare_hosts,
             )
             hosts = fleet.up(topology, args.subnet, args.timeout)
             print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in hosts)}")

@@ -71,22 +71,27 @@ class Host:
 @dataclass(frozen=True)
 class Topology:
     """What `up` boots: x86_64 edges, emulated arm64 edges (Jetson-like) on a Debian release,
-    and arm64 edges that use the distribution's OpenCV (Debian 12's python3-opencv)."""
+    arm64 edges that use the distribution's OpenCV (Debian 12's python3-opencv), and spare
+    x86_64 hosts outside the inventory (for a test that deploys a fleet of its own)."""
 
     edges: int = 2
     arm64_edges: int = 0
     arm64_release: str = image.ARM64_RELEASES[0]
     arm64_opencv_edges: int = 0
+    spare_hosts: int = 0
 
 
 #: Name prefixes of the arm64 edges; the inventory gives the `jetson-cv-` ones the system OpenCV.
 ARM64_PREFIX = "jetson-"
 ARM64_OPENCV_PREFIX = "jetson-cv-"
+#: Spare hosts: booted like the others, in no group of the lab's inventory.
+SPARE_PREFIX = "spare-"
+SPARE_GROUP = "spare"
 
 
 def plan(topology: Topology, subnet: str) -> tuple[str, list[Host]]:
     """The bridge address (with prefix length) and the hosts: cloud-1, edge-1..N,
-    jetson-1..M, jetson-cv-1..K."""
+    jetson-1..M, jetson-cv-1..K, spare-1..S."""
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < 64:
         raise LabError(f"subnet {subnet} is too small (need a /26 or larger)")
@@ -94,6 +99,8 @@ def plan(topology: Topology, subnet: str) -> tuple[str, list[Host]]:
         raise LabError("--edges must be 1..30")
     if not 0 <= topology.arm64_edges + topology.arm64_opencv_edges <= 10:
         raise LabError("--arm64-edges and --arm64-opencv-edges must add up to 0..10")
+    if not 0 <= topology.spare_hosts <= 10:
+        raise LabError("--spare-hosts must be 0..10")
     if topology.arm64_release not in image.ARM64_RELEASES:
         raise LabError(f"--arm64-release must be one of {', '.join(image.ARM64_RELEASES)}")
     base = net.network_address
@@ -108,6 +115,10 @@ def plan(topology: Topology, subnet: str) -> tuple[str, list[Host]]:
     hosts += [
         Host(f"{ARM64_OPENCV_PREFIX}{i}", "edge", str(base + 80 + i), with_opencv)
         for i in range(1, topology.arm64_opencv_edges + 1)
+    ]
+    hosts += [
+        Host(f"{SPARE_PREFIX}{i}", SPARE_GROUP, str(base + 100 + i))
+        for i in range(1, topology.spare_hosts + 1)
     ]
     return f"{base + 1}/{net.prefixlen}", hosts
 
@@ -330,11 +341,24 @@ def _stop(pids: list[int], timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _cut_power(pids: list[int]) -> None:
+    """SIGKILL the init of each container (of systemd-nspawn `pids`), which takes every process
+    of the container with it at once; nspawn then exits by itself."""
+    for pid in pids:
+        for child in _children(pid) or [pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    _stop([p for p in pids if _alive(p)])
+
+
 def _down_unlocked() -> None:
     pids = _nspawn_pids()
-    if pids:
-        log.info("stopping %d lab host(s)", len(pids))
-        _stop(list(pids))
+    if pids:  # throwaway hosts: no orderly shutdown (units waiting for their stop timeouts)
+        log.info("powering off %d lab host(s)", len(pids))
+        _cut_power(list(pids))
     for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(f"vb-{MACHINE_PREFIX}"):
@@ -406,7 +430,8 @@ def up(
     return hosts
 
 
-def _hosts_from_state() -> list[Host]:
+def lab_hosts() -> list[Host]:
+    """The hosts of the lab that is up."""
     state = STATE_DIR / "state.json"
     if not state.exists():
         raise LabError("the lab is not up (python -m lab up)")
@@ -417,7 +442,7 @@ def _hosts_from_state() -> list[Host]:
 
 
 def _host(name: str) -> Host:
-    for host in _hosts_from_state():
+    for host in lab_hosts():
         if host.name == name:
             return host
     raise LabError(f"no lab host {name!r}")
@@ -439,14 +464,7 @@ def power_off(name: str) -> None:
     if not pids:
         raise LabError(f"{name} is not running")
     _close_shared_connection(host.address)
-    for pid in pids:
-        for child in _children(pid) or [pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    _stop([p for p in pids if _alive(p)])
+    _cut_power(pids)
     log.info("%s powered off", name)
 
 

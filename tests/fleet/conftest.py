@@ -11,9 +11,9 @@ deployed, to iterate on a test; the deploy tests then fail, as they should); the
 them runs in the background until a suite that changes the lab starts (see `known_state`).
 
 The suites run in the order of SUITES: the read-only checks of the deployment first, the
-rollout (which leaves the edges on another release) and the deploy-docs test (another
-inventory) last. Each suite's duration, the boot and the deploys go to build/lab-timings.json
-and are printed at the end.
+rollout (which leaves the edges on another release) late, and the deploy-docs test (a fleet
+of its own on the spare hosts, deployed beside the fault suite) last. Each suite's duration,
+the boot and the deploys go to build/lab-timings.json and are printed at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lab.fleet import SPARE_GROUP, lab_hosts
 
 from tests.fleet.fleetlab import (
     ALL_AT_ONCE,
@@ -49,11 +50,11 @@ TIMINGS = ROOT / "build" / "lab-timings.json"
 #: suite, test_jetson; their first deploy under qemu-user takes about half an hour on two
 #: cores, which `make test` cannot afford yet.
 WITH_ARM64 = os.environ.get("FACEFLEET_LAB_ARM64") == "1"
-TOPOLOGY = ("--edges", "4") + (
+TOPOLOGY = ("--edges", "4", "--spare-hosts", "2") + (
     ("--arm64-edges", "1", "--arm64-opencv-edges", "1") if WITH_ARM64 else ()
 )
-#: test_deploy_docs redeploys two hosts from another inventory; it is last, so it puts the lab's
-#: own deployment back only when the lab outlives the run.
+#: test_deploy_docs deploys a fleet of its own on the two spare hosts, beside test_faults
+#: (its STARTS_BESIDE), and checks it last.
 SUITES = ("test_fleet", "test_jetson", "test_faults", "test_rollout", "test_deploy_docs")
 
 
@@ -121,7 +122,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
             for name, spec in inventory[g]["hosts"].items()
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
-        the_lab = Lab(hosts, groups, source, outlives_run=reuse)
+        spares = {h.name: h.address for h in lab_hosts() if h.group == SPARE_GROUP}
+        the_lab = Lab(hosts, groups, source, spares=spares)
         deploys = int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))
         for _ in range(deploys - 1):
             the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
@@ -133,6 +135,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
                 the_lab.deploy_beside()  # the last one, which must change nothing
         yield the_lab
         the_lab.settle()
+        for started in the_lab.beside.values():  # work a later suite did not collect
+            started.exception()  # waits for it, before the lab goes down under it
         the_lab.report["deploy_s"] = [round(d.seconds, 1) for d in the_lab.deploys]
         REPORT.parent.mkdir(exist_ok=True)
         REPORT.write_text(json.dumps(the_lab.report, indent=2) + "\n")
@@ -152,14 +156,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
 def known_state(request: pytest.FixtureRequest, lab: Lab, lab_timings: Timings) -> Iterator[None]:
     """Times each lab suite, and after it puts the lab back into the deployed state. Only a
     suite that says it only looks (BESIDE_THE_LAST_DEPLOY) starts before the last deploy of
-    the lab has finished."""
+    the lab has finished. A later suite whose STARTS_BESIDE names this one gets its
+    `start_beside(lab)` called now, into `lab.beside`: work on hosts of its own that can use
+    the time this suite spends waiting."""
     if not getattr(request.module, "BESIDE_THE_LAST_DEPLOY", False):
         settle(lab, lab_timings)
+    suite = request.module.__name__.rsplit(".", 1)[-1]
+    for module in {item.module for item in request.session.items if item.module is not None}:
+        later = module.__name__.rsplit(".", 1)[-1]
+        if getattr(module, "STARTS_BESIDE", None) == suite and later not in lab.beside:
+            lab.beside[later] = module.start_beside(lab)
     started = time.monotonic()
     yield
     settle(lab, lab_timings)
     lab.restore()
-    lab_timings.add(request.module.__name__.rsplit(".", 1)[-1], time.monotonic() - started)
+    lab_timings.add(suite, time.monotonic() - started)
 
 
 @pytest.fixture

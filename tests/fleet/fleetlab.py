@@ -79,11 +79,13 @@ class Lab:
     source: Path
     deploys: list[Deploy] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
-    #: The lab stays up after the run (FACEFLEET_LAB_REUSE=1): the last suite puts back what
-    #: it changed; otherwise the lab is torn down and the last suite need not.
-    outlives_run: bool = False
+    #: Hosts outside the inventory (name -> address), for a suite that deploys its own fleet.
+    spares: dict[str, str] = field(default_factory=dict)
     #: The idempotence deploy, running beside the read-only checks (see `deploy_beside`).
     pending: Future[Deploy] | None = None
+    #: Work of a later suite started beside an earlier one, by suite name (conftest.py's
+    #: `known_state`): that suite collects it.
+    beside: dict[str, Future[Any]] = field(default_factory=dict)
 
     def deploy_beside(self) -> None:
         """Start the same deploy again in the background. It must change nothing, so the
@@ -110,9 +112,13 @@ class Lab:
     def units(self, host: str) -> tuple[str, ...]:
         return CLOUD_UNITS if host in self.groups["cloud"] else EDGE_UNITS
 
+    def address(self, host: str) -> str:
+        """The address of an inventory host or a spare one."""
+        return self.hosts.get(host) or self.spares[host]
+
     def ssh(self, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ssh_command(self.hosts[host], command),
+            ssh_command(self.address(host), command),
             capture_output=True,
             text=True,
             timeout=timeout,
