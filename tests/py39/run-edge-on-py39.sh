@@ -33,7 +33,7 @@ mkdir -p "$work/dist" "$work/shared"
 # What the role's bundle does for an x86_64 host with Python 3.9.2, plus the test tools.
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$checkout"
 "$python" -m facefleet wheelhouse --dest "$work/wheelhouse" --arch x86_64 --python 3.9.2 \
-    --constraints "$checkout/constraints.txt" "$(ls "$work"/dist/facefleet-*.whl)[opencv]"
+    --constraints "$checkout/constraints.txt" "$(ls "$work"/dist/facefleet-*.whl)[opencv]" pip
 # the test tools: the newest releases for 3.9 (the constraints pin ones for 3.11)
 "$python" -m facefleet wheelhouse --dest "$work/testtools" --arch x86_64 --python 3.9.2 \
     --constraints /dev/null pytest pytest-timeout hypothesis >/dev/null
@@ -52,10 +52,12 @@ trap 'umount "$root/dev" "$root/proc"' EXIT
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$root" /bin/sh -eu -c '
 cd /srv/facefleet
 python3 --version
-python3 -m venv venv
-venv/bin/pip install --quiet --no-index --find-links wheelhouse \
+# as the role installs: a virtualenv without pip, filled by the wheelhouse'"'"'s own pip
+python3 -m venv --without-pip venv
+pip=$(ls wheelhouse/pip-*.whl)/pip
+venv/bin/python "$pip" install --quiet --no-index --find-links wheelhouse \
     --constraint wheelhouse/constraints.txt "facefleet[opencv]"
-venv/bin/pip install --quiet --no-index --find-links testtools pytest pytest-timeout hypothesis
+venv/bin/python "$pip" install --quiet --no-index --find-links testtools pytest pytest-timeout hypothesis
 venv/bin/python -c "import cv2, sys; print(\"python\", sys.version.split()[0], \"opencv\", cv2.__version__)"
 printf "[detection]\nbackend = \"yunet\"\nmodel = \"/srv/facefleet/shared/models/face_detection_yunet_2023mar.onnx\"\n" > detector.toml
 venv/bin/facefleet detector --check --config detector.toml
