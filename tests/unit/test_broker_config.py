@@ -44,6 +44,7 @@ def role_config(flavour: str) -> str:
         "facefleet_cloud_broker_port": 8883,
         "facefleet_monitor_identity": "monitor",
         "_facefleet_refused_nodes": {},
+        "role_path": str(ROLE),
     }
     variables = {**facts}
     for layer in ("defaults", "vars"):
