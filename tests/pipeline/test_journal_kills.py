@@ -2,9 +2,9 @@
 random instants while faces flow; every face in the detector's own record is stored once.
 
 Real processes throughout: edge mosquitto, detector (synthetic scene, every-frame faces),
-forwarder, cloud mosquitto (TLS), processor into a directory. FACEFLEET_JOURNAL_KILLS sets the
-kills per victim (default 3, about 45 s); FACEFLEET_JOURNAL_SEED replays a run (the seed is
-printed, and named in the failure).
+forwarder, cloud mosquitto (TLS), processor into a directory. FACEFLEET_FAULT_JOURNAL_KILLS
+sets the kills per victim (default 3, about 30 s); FACEFLEET_FAULT_JOURNAL_SEED replays a run
+(the seed is printed, and named in a failure).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tests.support import Collector, ServiceProcess, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-KILLS = int(os.environ.get("FACEFLEET_JOURNAL_KILLS", "3"))
+KILLS = int(os.environ.get("FACEFLEET_FAULT_JOURNAL_KILLS", "3"))
 SCENE = "synthetic:?persons=2&seconds=30&fps=8&seed=5"
 
 
@@ -55,7 +55,7 @@ def stored_ids(store: Path) -> Counter[str]:
 
 
 def test_every_recorded_face_is_stored_once_across_kill_9s(tmp_path: Path) -> None:
-    seed = int(os.environ.get("FACEFLEET_JOURNAL_SEED", str(random.randrange(1 << 32))))
+    seed = int(os.environ.get("FACEFLEET_FAULT_JOURNAL_SEED", str(random.randrange(1 << 32))))
     print(f"journal kill test: seed {seed}, {KILLS} kills each of broker, forwarder, detector")
     rng = random.Random(seed)
     journal, store = tmp_path / "journal", tmp_path / "store"
