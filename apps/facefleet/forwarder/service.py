@@ -6,8 +6,8 @@ Three actors, each owning its state:
 - the writer thread commits them to the spool in batches (one fsync per batch) and only then
   acknowledges them to the edge broker and tells the detector which faces it now holds
   (`SpooledNotice` on `<prefix>/<node>/spooled`: the detector's journal lets them go); it
-  also deletes what the sender found confirmed, in
-  the same transactions, so that the sender never waits for SQLite's write lock;
+  also deletes what the sender found confirmed, in the same transactions, so that the sender
+  never waits for SQLite's write lock;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
   cloud broker, in spool order, and at most `uplink.unconfirmed_max` faces awaiting their
   receipt. What is out, what is confirmed and what is due again is its `Delivery` ledger
