@@ -153,6 +153,25 @@ def test_a_torn_record_line_is_skipped_and_does_not_swallow_the_next(tmp_path: P
     assert read_record(tmp_path) == [first, second]
 
 
+def test_faces_journaled_but_not_recorded_before_a_crash_are_recorded_at_start(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, 1 << 20, SEGMENT)
+    record = PublishedRecord(tmp_path, 1 << 20, keep=1)
+    first, second = [face(0), face(1)], [face(2), face(3)]
+    journal.append(first)
+    record.add(Published(f.ts, f.id, True) for f in first)
+    journal.append(second)  # killed here, before the record write
+    journal.close()
+    record.close()
+
+    reopened = Journal(tmp_path, 1 << 20, SEGMENT)
+    record = PublishedRecord(tmp_path, 1 << 20, keep=1)
+    assert record.add_unrecorded(reopened) == 2
+    assert record.add_unrecorded(reopened) == 0
+    assert read_record(tmp_path) == [Published(f.ts, f.id, True) for f in first + second]
+
+
 def test_reconcile_counts_the_record_against_storage() -> None:
     record = [Published("t", face_id, face_id != "c") for face_id in "abcd"]
     result = reconcile(record, ["a", "b", "b", "x"])

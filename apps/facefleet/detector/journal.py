@@ -17,6 +17,8 @@ every open, so nothing is ever appended after a torn record.
 The record (`published.log`, rotated to `published.log.1` ...) has one line per face the
 detector published: `<capture ts>\\t<face id>\\t<journaled|overflow>`. It is what a
 reconciliation counts against storage (`reconcile`): the source's own list, not the broker's.
+A face is recorded after it is journaled and before it is published; one a crash left
+journaled but unrecorded is recorded at the next start (`add_unrecorded`), before its replay.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class _Entry:
     segment: int
     offset: int
     length: int
+    ts: str
     journaled: float
 
 
@@ -159,8 +162,9 @@ class Journal:
             if kind == FACE:
                 meta = json.loads(body.partition(b"\n")[0])
                 face_id = str(meta["id"])
-                journaled = parse_timestamp(str(meta["ts"])).timestamp()  # close enough
-                self.pending[face_id] = _Entry(number, start, length, journaled)
+                ts = str(meta["ts"])
+                journaled = parse_timestamp(ts).timestamp()  # close enough
+                self.pending[face_id] = _Entry(number, start, length, ts, journaled)
                 segment.pending += 1
             else:
                 for face_id in body.decode().split("\n"):
@@ -231,7 +235,7 @@ class Journal:
                 kept.append(False)
                 continue
             number, offset = self._write(FACE, body)
-            self.pending[face.id] = _Entry(number, offset, len(body), now)
+            self.pending[face.id] = _Entry(number, offset, len(body), face.ts, now)
             self.segments[number].pending += 1
             kept.append(True)
         if any(kept):
@@ -350,6 +354,24 @@ class PublishedRecord:
             self.path.unlink()
         self._fd = self._open()
         _fsync_dir(self.path.parent)
+
+    def recorded_ids(self) -> set[str]:
+        """The face ids in the current (not rotated) file."""
+        return {entry.id for entry in parse_record(self.path.read_text())}
+
+    def add_unrecorded(self, journal: Journal) -> int:
+        """Record the pending faces of `journal` that the current file lacks; returns how many.
+        A crash between a frame's journal write and its record write leaves faces journaled
+        (and published again after the restart) but unrecorded; rotated-away ones come back
+        as a second line, which `reconcile` counts once."""
+        recorded = self.recorded_ids()
+        missing = [
+            Published(entry.ts, face_id, True)
+            for face_id, entry in journal.pending.items()
+            if face_id not in recorded
+        ]
+        self.add(missing)
+        return len(missing)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -428,6 +428,8 @@ class Detector:
         try:
             opened = Journal(journal.path, journal.max_bytes, journal.segment_bytes)
             record = PublishedRecord(journal.path, journal.record_max_bytes, journal.record_keep)
+            if record.add_unrecorded(opened):
+                log.info("journaled faces a crash left out of the record were added to it")
         except OSError as exc:
             raise ConfigError(f"journal.path: {journal.path}: {exc.strerror or exc}") from None
         self.publisher = FacePublisher(
