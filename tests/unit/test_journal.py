@@ -75,6 +75,25 @@ def test_a_full_journal_refuses_faces_and_counts_them(tmp_path: Path) -> None:
     assert journal.overflow == 2
 
 
+def test_a_full_disk_overflows_the_batch_and_the_journal_goes_on_in_a_new_segment(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, 1 << 20, SEGMENT)
+    # the segment after the first is /dev/full: every write to it fails with ENOSPC
+    full = tmp_path / "00000002.seg"
+    full.symlink_to("/dev/full")
+    faces = [face(n, size=20_000) for n in range(5)]
+    assert journal.append(faces[:3]) == [True] * 3  # the first segment is full now
+    assert journal.append(faces[3:]) == [False, False]
+    assert journal.overflow == 2
+    assert journal.append([face(5)]) == [True]  # in segment 3
+    journal.close()
+    full.unlink()
+    reopened = Journal(tmp_path, 1 << 20, SEGMENT)
+    assert len(reopened.pending) == 4
+    assert faces[3].id not in reopened.pending
+
+
 def test_a_record_torn_by_a_crash_mid_write_is_skipped_and_counted(tmp_path: Path) -> None:
     journal = Journal(tmp_path, 1 << 20, SEGMENT)
     faces = [face(n) for n in range(3)]

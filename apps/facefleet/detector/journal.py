@@ -23,6 +23,7 @@ journaled but unrecorded is recorded at the next start (`add_unrecorded`), befor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -228,19 +229,36 @@ class Journal:
         (False: the journal is full, counted in `overflow`). Durable when this returns."""
         kept: list[bool] = []
         now = self._clock()
-        for face in faces:
-            body = face.encode()
-            if self.size + HEADER.size + len(body) > self.max_bytes:
-                self.overflow += 1
-                kept.append(False)
-                continue
-            number, offset = self._write(FACE, body)
-            self.pending[face.id] = _Entry(number, offset, len(body), face.ts, now)
-            self.segments[number].pending += 1
-            kept.append(True)
-        if any(kept):
-            os.fsync(self._fd)
+        try:
+            for face in faces:
+                body = face.encode()
+                if self.size + HEADER.size + len(body) > self.max_bytes:
+                    self.overflow += 1
+                    kept.append(False)
+                    continue
+                number, offset = self._write(FACE, body)
+                self.pending[face.id] = _Entry(number, offset, len(body), face.ts, now)
+                self.segments[number].pending += 1
+                kept.append(True)
+            if any(kept):
+                os.fsync(self._fd)
+        except OSError as exc:
+            return self._failed(faces, exc)
         return kept
+
+    def _failed(self, faces: Sequence[JournaledFace], exc: OSError) -> list[bool]:
+        """A write or fsync failed (a full or failing disk): none of `faces` counts as
+        journaled (they overflow), and later records go to a new segment, never after what
+        may be a torn one."""
+        log.error("journal %s: cannot write (%s); faces go out without it", self.path, exc)
+        for face in faces:
+            self._settle(face.id)
+        self.overflow += len(faces)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._active += 1
+        self._fd = self._open_segment(self._active)
+        return [False] * len(faces)
 
     def confirm(self, face_ids: Iterable[str]) -> int:
         """The forwarder has these faces: forget them (unknown ids are ignored); returns how

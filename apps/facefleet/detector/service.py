@@ -277,7 +277,11 @@ class FacePublisher:
         if not faces:
             return
         journaled = self.journal.append(faces)
-        self.record.add(Published(f.ts, f.id, kept) for f, kept in zip(faces, journaled))
+        try:
+            self.record.add(Published(f.ts, f.id, kept) for f, kept in zip(faces, journaled))
+        except OSError as exc:  # a full disk: the faces still go out, the record lacks them
+            self.figures.failed(len(faces))
+            log.error("record %s: cannot write (%s)", self.record.path, exc)
         for face, kept in zip(faces, journaled):
             if not kept:
                 if not self._overflowing:
