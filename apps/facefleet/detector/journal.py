@@ -212,14 +212,21 @@ class Journal:
         """Append a record to the active segment (starting a new one when it is full);
         returns (segment, body offset). Not synced."""
         record = HEADER.pack(MAGIC, kind, len(body), zlib.crc32(body)) + body
+        if self._fd < 0:  # a failed write closed the last one
+            self._fd = self._open_segment(self._active)
         segment = self.segments[self._active]
         if segment.size and segment.size + len(record) > self.segment_bytes:
-            os.fsync(self._fd)  # what it holds is durable before a newer segment is
+            self._sync()  # what it holds is durable before a newer segment is
             os.close(self._fd)
             self._active += 1
+            self._fd = -1
             self._fd = self._open_segment(self._active)
             segment = self.segments[self._active]
-        os.write(self._fd, record)
+        try:
+            os.write(self._fd, record)
+        except OSError:
+            self._abandon_segment()
+            raise
         offset = segment.size + HEADER.size
         segment.size += len(record)
         return self._active, offset
@@ -241,24 +248,30 @@ class Journal:
                 self.segments[number].pending += 1
                 kept.append(True)
             if any(kept):
-                os.fsync(self._fd)
+                self._sync()
         except OSError as exc:
-            return self._failed(faces, exc)
+            # a full or failing disk: none of them counts as journaled (they overflow)
+            log.error("journal %s: cannot write (%s); faces go out without it", self.path, exc)
+            for face in faces:
+                self._settle(face.id)
+            self.overflow += len(faces)
+            return [False] * len(faces)
         return kept
 
-    def _failed(self, faces: Sequence[JournaledFace], exc: OSError) -> list[bool]:
-        """A write or fsync failed (a full or failing disk): none of `faces` counts as
-        journaled (they overflow), and later records go to a new segment, never after what
-        may be a torn one."""
-        log.error("journal %s: cannot write (%s); faces go out without it", self.path, exc)
-        for face in faces:
-            self._settle(face.id)
-        self.overflow += len(faces)
+    def _sync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError:  # what the file holds is unknown now (fsync does not report twice)
+            self._abandon_segment()
+            raise
+
+    def _abandon_segment(self) -> None:
+        """After a failed write: later records go to a new segment, never after what may be
+        a torn one."""
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._active += 1
-        self._fd = self._open_segment(self._active)
-        return [False] * len(faces)
+        self._fd = -1  # the next write opens the new segment
 
     def confirm(self, face_ids: Iterable[str]) -> int:
         """The forwarder has these faces: forget them (unknown ids are ignored); returns how
@@ -266,8 +279,10 @@ class Journal:
         published again, and the forwarder keeps one copy."""
         confirmed = [face_id for face_id in face_ids if self._settle(face_id)]
         if confirmed:
-            self._write(DONE, "\n".join(confirmed).encode())
-            self._delete_confirmed()
+            with contextlib.suppress(OSError):  # lost: they are published again after a restart
+                self._write(DONE, "\n".join(confirmed).encode())
+            with contextlib.suppress(OSError):  # kept: deleted by the next confirmation
+                self._delete_confirmed()
         return len(confirmed)
 
     def _settle(self, face_id: str) -> bool:
@@ -306,8 +321,9 @@ class Journal:
         return JournaledFace.decode(os.pread(fd, entry.length, entry.offset))
 
     def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
+        with contextlib.suppress(OSError):  # after a failed write there may be nothing open
+            os.fsync(self._fd)
+            os.close(self._fd)
         for fd in self._readers.values():
             os.close(fd)
         self._readers.clear()
