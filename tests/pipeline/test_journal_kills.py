@@ -107,6 +107,7 @@ def test_every_recorded_face_is_stored_once_across_kill_9s(tmp_path: Path) -> No
         time.sleep(1.0)
 
         # the last run of the detector has no camera: it only replays what is unconfirmed
+        wait_online(edge, "detector", live=True)  # past its start-up, so SIGTERM is handled
         detector.stop()
         assert detector.process is not None and detector.process.returncode == 0, detector.log()
         replayer = ServiceProcess(
