@@ -34,7 +34,7 @@ IDLE_SCENE = "synthetic:?persons=0&seconds=60&fps=15&size=640x480"
 BUSY_SCENE = "synthetic:?persons=6&seconds=30&fps=15&size=640x480&seed=3"
 
 
-def detector_config(edge_mqtt: dict[str, Any], source: str) -> dict[str, Any]:
+def detector_config(edge_mqtt: dict[str, Any], source: str, journal: Path) -> dict[str, Any]:
     model = default_yunet_model()
     detection = (
         {"backend": "yunet", "model": str(model)} if model.is_file() else {"backend": "haar"}
@@ -45,6 +45,7 @@ def detector_config(edge_mqtt: dict[str, Any], source: str) -> dict[str, Any]:
         "mqtt": edge_mqtt,
         "camera": {"source": source, "loop": True, "realtime": True},
         "detection": detection,
+        "journal": {"path": str(journal)},
     }
 
 
@@ -111,10 +112,16 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 here,
             )
             idle_detector = ServiceProcess(
-                "detector", detector_config(edge_mqtt, IDLE_SCENE), here, name="detector-idle"
+                "detector",
+                detector_config(edge_mqtt, IDLE_SCENE, here / "journal-idle"),
+                here,
+                name="detector-idle",
             )
             busy_detector = ServiceProcess(
-                "detector", detector_config(edge_mqtt, BUSY_SCENE), here, name="detector-busy"
+                "detector",
+                detector_config(edge_mqtt, BUSY_SCENE, here / "journal-busy"),
+                here,
+                name="detector-busy",
             )
             edge_board = StatusWatch(edge.settings_for()).start()
             cloud_board = StatusWatch(cloud.settings_for(MONITOR_IDENTITY)).start()

@@ -82,6 +82,12 @@ def receipts_topic(prefix: str, node: str) -> str:
     return f"{prefix}/{node}/receipts"
 
 
+def spooled_topic(prefix: str, node: str) -> str:
+    """Where a device's forwarder tells its detector which faces are in its spool (see
+    `SpooledNotice`); on the device's own broker only, never relayed to the cloud."""
+    return f"{prefix}/{node}/spooled"
+
+
 #: The topic families of the contract, by the node they belong to.
 TOPIC_FAMILIES = {
     "faces": "{prefix}/{node}/faces",
@@ -223,6 +229,30 @@ class Receipt:
         return receipt
 
 
+@dataclass(frozen=True)
+class SpooledNotice:
+    """The forwarder's word to the detector, published at QoS 1 on `<prefix>/<node>/spooled`
+    after the faces are committed (fsynced) to its spool: the detector may drop them from its
+    journal. Payload: `{"ids": [...]}` as JSON."""
+
+    ids: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        return json.dumps({"ids": list(self.ids)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> SpooledNotice:
+        try:
+            ids = json.loads(payload)["ids"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ContractError(f"malformed spooled notice: {exc}") from None
+        if not isinstance(ids, list) or not all(
+            isinstance(i, str) and valid_face_id(i) for i in ids
+        ):
+            raise ContractError(f"malformed spooled notice: {payload[:120]!r}")
+        return cls(tuple(ids))
+
+
 # --- the status heartbeat ------------------------------------------------------------------
 
 _Fields = TypeVar("_Fields", bound="ServiceFigures")
@@ -293,6 +323,15 @@ class DetectorFigures(ServiceFigures):
     frames_dropped: int | None = None
     source: str | None = None
     backend: str | None = None
+    #: faces in the journal the forwarder has not yet confirmed, and the oldest one's age
+    journal_pending: int | None = None
+    journal_oldest_age_s: float | None = None
+    #: faces published again because the forwarder's confirmation was late, or after a restart
+    journal_resent: int | None = None
+    #: faces the full journal could not take (published without the guarantee)
+    journal_overflow: int | None = None
+    #: torn records found in the journal at start (writes cut by a crash; never published)
+    journal_corrupt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +360,8 @@ class ForwarderFigures(ServiceFigures):
     resent: int | None = None
     rejected_by_processor: int | None = None
     dropped: int | None = None
+    #: faces offered again while still spooled (the detector's journal replays), kept once
+    spool_duplicates: int | None = None
     expired: int | None = None
     rejected: int | None = None
     edge_connected: bool | None = None

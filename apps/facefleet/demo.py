@@ -153,6 +153,7 @@ class Demo:
             "camera": {"source": self.args.source, "loop": loop, "realtime": loop},
             "detection": {"backend": self.detection.backend, "model": self.detection.model},
             "publish": {"mode": self.args.mode, "encoding": self.args.encoding},
+            "journal": {"path": str(self.workdir / "detector" / "journal")},
         }
         for section, values in self.overrides.items():
             detector.setdefault(section, {}).update(values)

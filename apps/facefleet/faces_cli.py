@@ -1,14 +1,17 @@
-"""`facefleet faces`: list, get, delete and expire stored faces (personal data) on any sink.
+"""`facefleet faces`: list, get, delete, expire and reconcile stored faces (personal data) on
+any sink.
 
 STORE is a directory (the filesystem sink's) or `s3://BUCKET[/PREFIX]`; `--config FILE` takes it
 from a processor config instead. S3 credentials come from boto3's default chain (environment,
-profile, instance role). Exit status: 0 done, 1 the store failed or the deletion was not
-confirmed, 2 bad usage (unknown option, bad time, malformed store, missing bucket, no access).
+profile, instance role). Exit status: 0 done, 1 the store failed, the deletion was not
+confirmed or a recorded face is missing or stored twice, 2 bad usage (unknown option, bad
+time, malformed store, missing bucket, no access).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -16,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from facefleet.config import ConfigError
-from facefleet.contract import valid_face_id, valid_node
+from facefleet.contract import parse_timestamp, valid_face_id, valid_node
+from facefleet.detector.journal import Published, parse_record, reconcile
 from facefleet.facestore import (
     DirectoryStore,
     FaceFilter,
@@ -84,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delete.add_argument("--dry-run", action="store_true", help="show what would go; delete nothing")
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
+    reconciling = with_store(
+        "reconcile",
+        "count a detector's record of published faces (its journal/published.log* files, "
+        "copied from the device) against the store: stored once, missing, stored twice; "
+        "exit status 1 unless every recorded face is stored once",
+    )
+    reconciling.add_argument("--node", required=True, help="the detector's node")
+    reconciling.add_argument("record", nargs="+", help="the record's files, in any order")
+
     retention = with_store(
         "retention",
         "S3: set the lifecycle rule expiring faces and dead letters after D days (0: keep "
@@ -143,6 +156,36 @@ def _get(store: FaceStore, args: argparse.Namespace) -> int:
     output.write_bytes(image)
     print(json.dumps({**face.as_dict(), "file": str(output), "metadata": metadata}, indent=1))
     return 0
+
+
+def _reconcile(store: FaceStore, args: argparse.Namespace) -> int:
+    if not valid_node(args.node):
+        raise ConfigError(f"bad node name {args.node!r}")
+    record: list[Published] = []
+    for path in args.record:
+        try:
+            record += parse_record(Path(path).read_text(encoding="utf-8", errors="replace"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+    if not record:
+        raise ConfigError("the record files hold no face ids")
+    times = []
+    for entry in record:
+        with contextlib.suppress(ValueError):
+            times.append(parse_timestamp(entry.ts))
+    # only faces captured since the record begins can be in it
+    which = FaceFilter(node=args.node, since=min(times, default=None))
+    result = reconcile(record, [face.id for face in store.faces(which, _progress)])
+    for face_id in result.missing:
+        print(f"missing\t{face_id}")
+    for face_id in result.duplicates:
+        print(f"twice\t{face_id}")
+    print(
+        f"{result.published} recorded, {result.stored} stored, {len(result.missing)} missing"
+        f" ({result.missing_overflow} of them published without the journal),"
+        f" {len(result.duplicates)} stored twice"
+    )
+    return 0 if result.ok else 1
 
 
 def _confirm(question: str) -> bool:
@@ -213,7 +256,13 @@ def _retention(store: FaceStore, args: argparse.Namespace) -> int:
 
 
 def run_faces(args: argparse.Namespace) -> int:
-    actions = {"list": _list, "get": _get, "delete": _delete, "retention": _retention}
+    actions = {
+        "list": _list,
+        "get": _get,
+        "delete": _delete,
+        "reconcile": _reconcile,
+        "retention": _retention,
+    }
     try:
         store = _open(args)
         return actions[args.action](store, args)

@@ -356,7 +356,10 @@ class S3Store:
         if which.node is not None:
             listing["Prefix"] += f"{which.node}/"
             if which.since is not None:  # keys are ordered by capture hour within a node
-                listing["StartAfter"] = listing["Prefix"] + f"{which.since:%Y/%m/%d/%H}"
+                # after the hour before: SeaweedFS takes `.../HH` for the directory and
+                # skips what is in it, faces of the first hour included
+                before = which.since - timedelta(hours=1)
+                listing["StartAfter"] = listing["Prefix"] + f"{before:%Y/%m/%d/%H}"
         seen = 0
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(**listing):

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from facefleet.contract import parse_face_properties
+from facefleet.detector.journal import read_record
 from facefleet.detector.synthetic import SceneParams
 from facefleet.localbroker import LocalBroker
 from facefleet.mqtt import content_type, user_properties
@@ -27,13 +28,16 @@ NODE = "cam-1"
 SCENE = "synthetic:?persons=3&seconds=6&fps=10&seed=2"
 
 
-def detector_config(broker: LocalBroker, source: str, **sections: dict[str, Any]) -> dict[str, Any]:
+def detector_config(
+    broker: LocalBroker, source: str, workdir: Path, **sections: dict[str, Any]
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "node": NODE,
         "heartbeat_s": 0.5,
         "mqtt": {"host": broker.host, "port": broker.port},
         "camera": {"source": source},
         "detection": {"backend": "haar"},
+        "journal": {"path": str(workdir / "journal")},
     }
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}
@@ -73,7 +77,7 @@ def test_best_mode_publishes_one_crop_per_person_then_stops(
     if backend == "yunet":
         model = require_shared("models", YUNET_MODEL)
         detection["model"] = str(model)
-    config = detector_config(edge_broker, SCENE, detection=detection)
+    config = detector_config(edge_broker, SCENE, tmp_path, detection=detection)
     collector = run_to_end(edge_broker, tmp_path, config)
 
     messages = faces(collector)
@@ -110,7 +114,7 @@ def test_best_mode_publishes_one_crop_per_person_then_stops(
 def test_tracks_failing_the_gate_are_held_back_and_counted_in_the_heartbeat(
     edge_broker: LocalBroker, tmp_path: Path
 ) -> None:
-    config = detector_config(edge_broker, SCENE, quality={"min_face_px": 400})
+    config = detector_config(edge_broker, SCENE, tmp_path, quality={"min_face_px": 400})
     collector = run_to_end(edge_broker, tmp_path, config)
     final = statuses(collector)[-1]
     assert faces(collector) == []
@@ -126,6 +130,7 @@ def test_every_frame_mode_publishes_every_face_as_png(
     config = detector_config(
         edge_broker,
         source,
+        tmp_path,
         detection={"haar_scale_factor": 1.3},
         publish={"mode": "every-frame", "encoding": "png"},
     )
@@ -148,6 +153,7 @@ def test_sigterm_flushes_the_tracks_and_exits_cleanly(
     config = detector_config(
         edge_broker,
         "synthetic:?persons=2&seconds=20&fps=15",
+        tmp_path,
         camera={"realtime": True, "loop": True},
     )
     collector = Collector(edge_broker.settings_for(), "facefleet/#")
@@ -176,18 +182,24 @@ def test_sigterm_flushes_the_tracks_and_exits_cleanly(
 
 
 @pytest.mark.slow
-def test_keeps_capturing_while_the_broker_is_down_and_counts_drops(tmp_path: Path) -> None:
+def test_while_the_broker_is_down_faces_wait_in_the_journal_and_beyond_it_are_dropped(
+    tmp_path: Path,
+) -> None:
     broker = LocalBroker("edge", workdir=tmp_path / "broker")  # port chosen, not started yet
     config = detector_config(
         broker,
         "synthetic:?persons=2&seconds=60&fps=15",
+        tmp_path,
         camera={"realtime": True, "loop": True},
         publish={"mode": "every-frame", "max_queued": 5},
+        journal={"max_bytes": 131072, "segment_bytes": 65536},
         mqtt={"host": broker.host, "port": broker.port, "reconnect_min_s": 1, "reconnect_max_s": 1},
     )
     service = ServiceProcess("detector", config, tmp_path / "detector").start()
     try:
-        wait_until(lambda: "dropping faces" in service.log(), 30, "faces dropped while offline")
+        wait_until(lambda: "dropping faces" in service.log(), 60, "journal full, faces dropped")
+        journaled = {e.id for e in read_record(tmp_path / "journal") if e.journaled}
+        assert journaled
         broker.start()
         collector = Collector(broker.settings_for(), "facefleet/#")
         online = wait_until(
@@ -197,12 +209,18 @@ def test_keeps_capturing_while_the_broker_is_down_and_counts_drops(tmp_path: Pat
         )
         assert online[-1]["dropped"] > 0
         assert online[-1]["errors"] >= online[-1]["dropped"]
-        wait_until(lambda: len(faces(collector)) >= 5, 30, "queued faces delivered")
+        assert online[-1]["journal_overflow"] >= online[-1]["dropped"]
+        # nothing confirms them (no forwarder), so every journaled face is still pending
+        assert online[-1]["journal_pending"] >= len(journaled)
+
+        def published_ids() -> set[str]:
+            return {user_properties(m)["id"] for m in faces(collector)}
+
+        wait_until(lambda: journaled <= published_ids(), 30, "every journaled face published")
         assert service.stop(timeout_s=30) == 0, service.log()
         wait_until(lambda: any(s["state"] == "stopped" for s in statuses(collector)), 10, "stop")
         final = statuses(collector)[-1]
         assert final["frames"] > online[-1]["frames"]
-        assert final["published"] >= 5
         collector.close()
     finally:
         if service.alive():
@@ -229,7 +247,10 @@ def test_a_missing_camera_is_reported_lost_and_retried(
     edge_broker: LocalBroker, tmp_path: Path
 ) -> None:
     config = detector_config(
-        edge_broker, "/dev/video-facefleet-test", camera={"reopen_min_s": 0.1, "reopen_max_s": 0.4}
+        edge_broker,
+        "/dev/video-facefleet-test",
+        tmp_path,
+        camera={"reopen_min_s": 0.1, "reopen_max_s": 0.4},
     )
     collector = Collector(edge_broker.settings_for(), "facefleet/#")
     service = ServiceProcess("detector", config, tmp_path / "detector").start()

@@ -330,3 +330,25 @@ def test_store_from_a_processor_config(tmp_path: Path) -> None:
         check=False,
     )
     assert {f["id"] for f in listed(result)} == {m.id for m in metas.values()}
+
+
+@pytest.mark.s3
+def test_reconcile_counts_a_detector_record_against_the_store(store: Store, tmp_path: Path) -> None:
+    metas = stored_fleet(store)
+    missing = face_meta("cam-a", b"never stored", ts=utc_timestamp(NOW - timedelta(days=4)))
+    recorded = [metas["a1"], metas["a2"], missing]
+    record = tmp_path / "published.log"
+    record.write_text(
+        "".join(f"{m.ts}\t{m.id}\tjournaled\n" for m in recorded) + "2026-12-0"  # torn tail
+    )
+    result = faces(store, "reconcile", "--node", "cam-a", str(record))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [
+        f"missing\t{missing.id}",
+        "3 recorded, 2 stored, 1 missing (0 of them published without the journal), 0 stored twice",
+    ]
+    record.write_text("".join(f"{m.ts}\t{m.id}\tjournaled\n" for m in recorded[:2]))
+    assert faces(store, "reconcile", "--node", "cam-a", str(record)).returncode == 0
+    nothing = faces(store, "reconcile", "--node", "cam-a", str(tmp_path / "absent.log"))
+    assert nothing.returncode == 2
+    assert nothing.stderr.count("\n") == 1 and "absent.log" in nothing.stderr

@@ -69,6 +69,6 @@ cat err
 FACEFLEET_SHARED=/srv/facefleet/shared venv/bin/python -m pytest -q -p no:cacheprovider \
     -m "not fleet and not s3" --ignore=tests/detector/test_system_opencv.py \
     tests/unit/test_config.py tests/unit/test_contract.py tests/unit/test_spool.py \
-    tests/unit/test_wire.py tests/detector tests/pipeline/test_logger.py \
+    tests/unit/test_wire.py tests/unit/test_journal.py tests/detector tests/pipeline/test_logger.py \
     tests/pipeline/test_spool_full.py
 '

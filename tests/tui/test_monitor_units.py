@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.config import ConfigError
+from facefleet.contract import DetectorFigures
 from facefleet.health import NEVER, OFFLINE, ONLINE, STALE
 from facefleet.inventory import load_inventory
 from facefleet.pki import ensure_ca, issue
@@ -19,7 +20,7 @@ from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import config_from_args, parse_address
 from facefleet_monitor.events import FaceEvent, FeedError, StatusEvent
 from facefleet_monitor.feed import FlowGate, Inbox, parse_face, parse_status
-from facefleet_monitor.formatting import format_age
+from facefleet_monitor.formatting import format_age, summarize
 from facefleet_monitor.model import FleetModel
 from tests.tui.tui_helpers import face_meta, make_jpeg, status_body
 
@@ -395,3 +396,8 @@ def test_a_revoked_node_from_the_inventorys_pki_is_shown_as_such_without_alerts(
     assert not [key for key in model.active if "cam1" in key or "cam2" in key]
     assert model.nodes["cam2"].refused == "revoked"
     assert "never:cloud1:processor" in model.active  # the others are still watched
+
+
+def test_the_detector_summary_shows_its_journal_backlog() -> None:
+    line = summarize(DetectorFigures(fps=12.0, published=40, journal_pending=3, errors=0))
+    assert line == "fps=12.0 published=40 journal_pending=3 errors=0"

@@ -49,6 +49,23 @@ def test_bad_values_give_one_line_errors(tmp_path: Path, text: str, message: str
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[journal]\nmax_bytes = 100000\n", "journal: max_bytes must be at least twice"),
+        ("[journal]\nsegment_bytes = 1000\n", "journal: segment_bytes must be at least 65536"),
+        ("[journal]\nconfirm_timeout_s = 0\n", "journal: confirm_timeout_s must be at least 1"),
+        ("[journal]\npath = ''\n", "journal: path must not be empty"),
+    ],
+)
+def test_bad_journal_settings_give_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message) as info:
+        config.load(DetectorConfig, path, env={})
+    assert "\n" not in str(info.value)
+
+
 def test_s3_needs_a_bucket(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text("[storage]\nkind = 's3'\n")

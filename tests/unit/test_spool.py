@@ -167,3 +167,36 @@ def test_wal_scrubs_are_spaced_but_deleted_bytes_go_once_one_is_due(tmp_path: Pa
     spool.scrub()  # what the forwarder's writer does when idle
     assert not spool_files_contain(path, b"SECOND-MARKER")
     spool.close()
+
+
+def face(face_id: str, size: int = 100) -> Incoming:
+    props = {"UserProperty": [["id", face_id]]}
+    return Incoming("facefleet/e/faces", b"f" * size, False, props, face_id)
+
+
+def test_a_face_id_is_spooled_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite", 1_000_000, "drop-oldest")
+    assert spool.append_many([face("a"), face("b"), face("a")]) == [True, True, True]
+    assert spool.append_many([face("b"), face("c")]) == [True, True]
+    assert (spool.depth, spool.duplicates) == (3, 2)
+    rows = spool.after(0, 10)
+    spool.delete_many([rows[0].seq])
+    # once delivered and deleted, a replayed copy is spooled (and stored once by its key)
+    assert spool.append_many([face("a")]) == [True]
+    assert spool.depth == 3
+
+
+def test_a_spool_from_before_face_ids_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute(
+        "INSERT INTO messages (topic, payload, retain, properties, size, received)"
+        " VALUES ('facefleet/e/faces', x'00', 0, '{}', 1, 0)"
+    )
+    db.commit()
+    db.close()
+    spool = Spool(path, 1_000_000, "drop-oldest")
+    assert spool.depth == 1
+    assert spool.append_many([face("a"), face("a")]) == [True, True]
+    assert spool.depth == 2

@@ -45,7 +45,7 @@ def summarize(figures: ServiceFigures | None) -> str:
         return ""
     reported = figures.to_json()
     keys = {
-        "detector": ("fps", "camera", "faces_detected", "published", "errors"),
+        "detector": ("fps", "camera", "faces_detected", "published", "journal_pending", "errors"),
         "logger": ("events", "faces", "errors"),
         "forwarder": (
             "spool_depth",

@@ -167,9 +167,10 @@ class MergeSettings:
 class PublishSettings:
     """`best`: one crop per track; `every-frame`: every face of every frame (the homework).
 
-    While the broker is unreachable up to `max_queued` messages wait in memory; beyond that new
-    faces are dropped and counted. On shutdown the detector waits at most `flush_timeout_s` for
-    the broker to acknowledge what is still in flight."""
+    While the broker is unreachable up to `max_queued` messages wait in memory; beyond that
+    faces wait in the journal only (published when the broker is back), and faces the journal
+    could not take either are dropped and counted. On shutdown the detector waits at most
+    `flush_timeout_s` for the broker to acknowledge what is still in flight."""
 
     mode: Literal["best", "every-frame"] = "best"
     encoding: Literal["jpeg", "png"] = "jpeg"
@@ -190,6 +191,39 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    """The face journal (see facefleet.detector.journal): every face is on disk (fsynced, one
+    fsync per frame's faces) before it is published, until the forwarder says it is in its
+    spool. A face the forwarder has not confirmed `confirm_timeout_s` after it went out is
+    published again (the wait doubles per attempt up to ten times that; after a reconnect to
+    the edge broker, within 5 s), and after a restart every unconfirmed face is. The journal
+    holds at most `max_bytes` in segment files of `segment_bytes`; a face that does not fit is
+    published without the guarantee and counted (`journal_overflow` in the heartbeat, marked
+    `overflow` in the record). `record_max_bytes` is the size at which the record of published
+    face ids (`published.log` beside the journal) is rotated; `record_keep` rotated files are
+    kept."""
+
+    path: str = "/var/lib/facefleet/detector/journal"
+    max_bytes: int = 256 * 1024 * 1024
+    segment_bytes: int = 4 * 1024 * 1024
+    confirm_timeout_s: float = 30.0
+    record_max_bytes: int = 16 * 1024 * 1024
+    record_keep: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must not be empty")
+        if self.segment_bytes < 64 * 1024:
+            raise ValueError("segment_bytes must be at least 65536")
+        if self.max_bytes < 2 * self.segment_bytes:
+            raise ValueError("max_bytes must be at least twice segment_bytes")
+        if self.confirm_timeout_s < 1:
+            raise ValueError("confirm_timeout_s must be at least 1")
+        if self.record_max_bytes < 4096 or self.record_keep < 0:
+            raise ValueError("record_max_bytes must be at least 4096 and record_keep 0 or more")
+
+
+@dataclass(frozen=True)
 class DetectorConfig(ServiceSettings):
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
@@ -198,6 +232,7 @@ class DetectorConfig(ServiceSettings):
     quality: QualitySettings = field(default_factory=QualitySettings)
     merge: MergeSettings = field(default_factory=MergeSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ Three actors, each owning its state:
 - paho's edge loop thread receives messages (manual acknowledgement, persistent session) and
   hands them to the writer;
 - the writer thread commits them to the spool in batches (one fsync per batch) and only then
-  acknowledges them to the edge broker; it also deletes what the sender found confirmed, in
-  the same transactions, so that the sender never waits for SQLite's write lock;
+  acknowledges them to the edge broker and tells the detector which faces it now holds
+  (`SpooledNotice` on `<prefix>/<node>/spooled`: the detector's journal lets them go); it
+  also deletes what the sender found confirmed, in the same transactions, so that the sender
+  never waits for SQLite's write lock;
 - the sender thread keeps at most `uplink.inflight` spooled messages unacknowledged at the
   cloud broker, in spool order, and at most `uplink.unconfirmed_max` faces awaiting their
   receipt. What is out, what is confirmed and what is due again is its `Delivery` ledger
@@ -34,8 +36,11 @@ from facefleet.contract import (
     ContractError,
     ForwarderFigures,
     Receipt,
+    SpooledNotice,
     face_id_of,
+    faces_topic,
     receipts_topic,
+    spooled_topic,
     status_topic,
 )
 from facefleet.forwarder.delivery import Delivery
@@ -81,6 +86,8 @@ class Forwarder:
         self.own_status = status_topic(cfg.prefix, node, "forwarder")
         self.subscription = f"{cfg.prefix}/{node}/#"
         self.receipts = receipts_topic(cfg.prefix, node)
+        self.faces = faces_topic(cfg.prefix, node)
+        self.spooled = spooled_topic(cfg.prefix, node)
         self.use_receipts = cfg.uplink.confirm == "receipt"
         self.spool = Spool(
             cfg.spool.path,
@@ -150,12 +157,15 @@ class Forwarder:
         self.wake.set()
 
     def _on_edge_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == self.own_status:  # our own heartbeat goes to the cloud directly
+        # our own heartbeat goes to the cloud directly; our notices are for the detector
+        if msg.topic in (self.own_status, self.spooled):
             client.ack(msg.mid, msg.qos)
             return
-        incoming = Incoming(
-            msg.topic, bytes(msg.payload), bool(msg.retain), properties_to_dict(msg)
-        )
+        properties = properties_to_dict(msg)
+        face_id = None
+        if msg.topic == self.faces:
+            face_id = face_id_of(dict(properties.get("UserProperty", ())))
+        incoming = Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), properties, face_id)
         self.received.put(_Received(msg.mid, msg.qos, incoming))
 
     def _on_cloud_puback(
@@ -193,6 +203,7 @@ class Forwarder:
             resent=delivery.resent,
             rejected_by_processor=delivery.rejected_by_processor,
             dropped=self.spool.dropped,
+            spool_duplicates=self.spool.duplicates,
             expired=self.spool.expired,
             rejected=delivery.rejected,
             edge_connected=self.edge_link.connected,
@@ -252,6 +263,9 @@ class Forwarder:
             for item in batch:
                 self.edge.ack(item.mid, item.qos)
             self.wake.set()
+            spooled = tuple(i.message.face_id for i in batch if i.message.face_id is not None)
+            if spooled:
+                self.edge.publish(self.spooled, SpooledNotice(spooled).encode(), qos=1)
 
     def _take_deletions(self) -> list[int]:
         """What is left for the writer to delete once it has stopped (messages left in the

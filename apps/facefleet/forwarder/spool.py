@@ -4,8 +4,10 @@ A message is acknowledged to the edge broker only after the transaction that hol
 committed, and deleted only after the cloud side confirmed it (a processor's receipt for faces,
 the cloud broker's PUBACK for the rest), so kill -9 or a power cut at any moment loses nothing
 (at worst a message is sent twice; keys derived from the face id make the second copy land on
-the same object). The spool is bounded by payload bytes; what the
-`when_full` policy drops is counted in a table that survives restarts.
+the same object). A face is spooled once: a second copy of a face id still in the spool (the
+detector publishes a face again until the forwarder confirms it, the edge broker redelivers
+what was not acknowledged) is not stored again, only counted. The spool is bounded by payload
+bytes; what the `when_full` policy drops is counted in a table that survives restarts.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Incoming:
     payload: bytes
     retain: bool
     properties: dict[str, Any]
+    #: a face's id: at most one message with it is spooled at a time
+    face_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,14 @@ class Spool:
         self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * PAGE_SIZE}")
         self._db.executescript(SCHEMA)
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(messages)")]
+        if "face_id" not in columns:  # a spool from before face ids were kept
+            self._db.execute("ALTER TABLE messages ADD COLUMN face_id TEXT")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_face_id ON messages (face_id)"
+            " WHERE face_id IS NOT NULL"
+        )
+        self.duplicates = 0  # faces offered again while still spooled (since this start)
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
         if not self._depth and self._db.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
@@ -154,7 +166,8 @@ class Spool:
     def append_many(self, messages: Iterable[Incoming], delete: Sequence[int] = ()) -> list[bool]:
         """Spool messages in one transaction (one fsync), deleting the confirmed messages
         `delete` in the same transaction; returns, per message, whether it was kept (False:
-        dropped by the drop-newest policy or larger than the whole spool)."""
+        dropped by the drop-newest policy or larger than the whole spool; a face whose id is
+        already spooled counts as kept, and is not stored twice)."""
         kept: list[bool] = []
         now = time.time()
         with self._lock:
@@ -163,6 +176,15 @@ class Spool:
                 self._delete_rows(delete)
                 dropped = 0
                 for message in messages:
+                    if (
+                        message.face_id is not None
+                        and self._db.execute(
+                            "SELECT 1 FROM messages WHERE face_id = ?", (message.face_id,)
+                        ).fetchone()
+                    ):
+                        self.duplicates += 1
+                        kept.append(True)
+                        continue
                     size = len(message.payload)
                     if size > self.max_bytes:
                         dropped += 1
@@ -175,8 +197,9 @@ class Spool:
                             continue
                         dropped += self._evict_oldest(self._bytes + size - self.max_bytes)
                     self._db.execute(
-                        "INSERT INTO messages (topic, payload, retain, properties, size, received)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO messages"
+                        " (topic, payload, retain, properties, size, received, face_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             message.topic,
                             message.payload,
@@ -184,6 +207,7 @@ class Spool:
                             json.dumps(message.properties),
                             size,
                             now,
+                            message.face_id,
                         ),
                     )
                     self._depth += 1
