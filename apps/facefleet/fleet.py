@@ -4,8 +4,12 @@ One line per node with each expected service's state and version, taken from the
 heartbeats on the cloud broker (read with the monitor's read-only identity). Nodes that never
 reported are listed too. A service is healthy when it reports `online`, its heartbeat is not
 stale (older than three intervals by this machine's clock), its version is the expected one
-(`--expect-version`) and, for the detector, frames are flowing (`fps` > 0). `--wait` keeps
-watching until everything is healthy or the time is up: the rollout's health gate.
+(`--expect-version`), for the detector, frames are flowing (`fps` > 0), its certificate does not
+expire within the renewal window (`facefleet_pki_renew_days`), and no second device uses its
+identity. The CERT column shows the days left of the certificate the node's services report
+(or, when none reported, of its certificate in the PKI directory: an expired one is refused by
+the broker). `--wait` keeps watching until everything is healthy or the time is up: the
+rollout's health gate.
 
 Exit status: 0 healthy, 1 something unhealthy or the broker unreachable, 2 bad usage.
 """
@@ -20,16 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config import ConfigError
-from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary
+from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary, utc_timestamp
 from facefleet.health import (
     Heard,
     StatusWatch,
+    certificate_days,
+    certificate_problem,
+    certificate_text,
+    clone_problem,
     inventory_watcher_settings,
     problem,
     state,
 )
 from facefleet.inventory import InventoryInfo, load_inventory
 from facefleet.mqtt import MqttSettings
+from facefleet.pki import CERT_RENEW_DAYS, not_after
 from facefleet.service import setup_logging
 
 EXIT_UNHEALTHY = 1
@@ -50,6 +59,11 @@ class NodeHealth:
     services: dict[str, Status] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: when the node's certificate expires, and whose word that is: "heartbeat" (what the
+    #: host presents) or "pki" (the controller's copy, when no service reported one)
+    cert_expires: str | None = None
+    cert_from: str | None = None
+    cert_days: float | None = None
 
     @property
     def healthy(self) -> bool:
@@ -67,6 +81,15 @@ class NodeHealth:
             "healthy": self.healthy,
             "platform": self.platform,
             "problems": self.problems,
+            "certificate": (
+                {
+                    "expires": self.cert_expires,
+                    "days_left": int(self.cert_days) if self.cert_days is not None else None,
+                    "from": self.cert_from,
+                }
+                if self.cert_expires
+                else None
+            ),
             "services": {
                 service: {**self._body(service), "state": self.states[service]}
                 for service in SERVICES_BY_KIND[self.kind]
@@ -83,8 +106,12 @@ def evaluate(
     seen: dict[tuple[str, str], Heard],
     expect_version: str | None,
     now: float | None = None,
+    *,
+    warn_days: float = CERT_RENEW_DAYS,
+    issued: dict[str, str] | None = None,
 ) -> list[NodeHealth]:
-    """Health of every node (inventory order) from the last heartbeat of each service."""
+    """Health of every node (inventory order) from the last heartbeat of each service;
+    `issued`: when each node's certificate in the PKI directory expires (UTC timestamps)."""
     now = time.time() if now is None else now
     report = []
     for node, kind in nodes.items():
@@ -93,12 +120,40 @@ def evaluate(
             heard = seen.get((node, service))
             if heard is not None:
                 health.services[service] = heard.status
+                if heard.status.cert_expires and health.cert_from is None:
+                    health.cert_expires, health.cert_from = heard.status.cert_expires, "heartbeat"
             health.states[service] = state(heard, now)
-            wrong = problem(service, heard, now, expect_version)
-            if wrong:
-                health.problems.append(wrong)
+            for wrong in (
+                problem(service, heard, now, expect_version),
+                certificate_problem(service, heard, now, warn_days),
+                clone_problem(node, service, heard, now),
+            ):
+                if wrong:
+                    health.problems.append(wrong)
+        if health.cert_from is None and (issued or {}).get(node):
+            health.cert_expires, health.cert_from = (issued or {})[node], "pki"
+        if health.cert_expires:
+            health.cert_days = certificate_days(
+                Status("online", "", node, cert_expires=health.cert_expires), now
+            )
+        if health.cert_from == "pki" and health.cert_days is not None and health.cert_days < 0:
+            # the host cannot connect with it, so no service reports it
+            health.problems.append(
+                f"certificate {certificate_text(health.cert_days, health.cert_expires or '')}: "
+                "the broker refuses it"
+            )
         report.append(health)
     return report
+
+
+def issued_certificates(pki_dir: Path | None, nodes: dict[str, str]) -> dict[str, str]:
+    """When each node's certificate in the controller's PKI directory expires."""
+    found = {}
+    for node in nodes:
+        expires = not_after(pki_dir / f"{node}.crt") if pki_dir else None
+        if expires is not None:
+            found[node] = utc_timestamp(expires)
+    return found
 
 
 def complete(nodes: dict[str, str], seen: dict[tuple[str, str], Heard]) -> bool:
@@ -117,6 +172,9 @@ def watch(
     nodes: dict[str, str],
     expect_version: str | None,
     wait_s: float,
+    *,
+    warn_days: float = CERT_RENEW_DAYS,
+    issued: dict[str, str] | None = None,
 ) -> list[NodeHealth]:
     """The fleet's health now, or (wait_s > 0) as soon as it is healthy within wait_s."""
     started = time.monotonic()
@@ -128,7 +186,7 @@ def watch(
         deadline = started + wait_s
         while True:
             seen = status.snapshot()
-            report = evaluate(nodes, seen, expect_version)
+            report = evaluate(nodes, seen, expect_version, warn_days=warn_days, issued=issued)
             now = time.monotonic()
             if wait_s > 0:
                 if all(h.healthy for h in report) or now >= deadline:
@@ -155,7 +213,7 @@ def select_nodes(info: InventoryInfo, limit: str | None) -> dict[str, str]:
 
 def format_table(report: list[NodeHealth]) -> str:
     services = [s for s in SERVICES if any(s in SERVICES_BY_KIND[h.kind] for h in report)]
-    header = ["NODE", "KIND", *(s.upper() for s in services), "PLATFORM", "HEALTH"]
+    header = ["NODE", "KIND", *(s.upper() for s in services), "CERT", "PLATFORM", "HEALTH"]
     rows = [header]
     for health in report:
         cells = [health.node, health.kind]
@@ -166,6 +224,7 @@ def format_table(report: list[NodeHealth]) -> str:
             status = health.services.get(service)
             version = status.version if status and status.version else ""
             cells.append(f"{health.states[service]} {version}".strip())
+        cells.append(cert_cell(health))
         cells.append(health.platform or "-")
         cells.append("ok" if health.healthy else "; ".join(health.problems))
         rows.append(cells)
@@ -181,6 +240,14 @@ def format_table(report: list[NodeHealth]) -> str:
         else f"{len(report)} nodes, {unhealthy} unhealthy"
     )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def cert_cell(health: NodeHealth) -> str:
+    """Days left of the node's certificate (`812d`; `*` marks the PKI directory's copy)."""
+    if health.cert_days is None:
+        return "-"
+    text = "expired" if health.cert_days < 0 else f"{int(health.cert_days)}d"
+    return text + ("*" if health.cert_from == "pki" else "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,7 +285,15 @@ def run_fleet(args: argparse.Namespace) -> int:
     settings = inventory_watcher_settings(info, args.pki_dir)
     started = time.monotonic()
     try:
-        report = watch(settings, info.prefix, nodes, args.expect_version, args.wait)
+        report = watch(
+            settings,
+            info.prefix,
+            nodes,
+            args.expect_version,
+            args.wait,
+            warn_days=info.renew_days,
+            issued=issued_certificates(args.pki_dir or info.pki_dir, nodes),
+        )
     except ConnectionError as exc:
         print(f"facefleet fleet status: {exc}")
         return EXIT_UNHEALTHY

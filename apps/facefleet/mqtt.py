@@ -21,12 +21,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from facefleet.config import ConfigError, read_secret
+from facefleet.contract import utc_timestamp
 from facefleet.wire import PackedProperties, install
 
 log = logging.getLogger(__name__)
 
 #: How long a persistent session outlives a disconnect on the broker (MQTT v5 session expiry).
 PERSISTENT_SESSION_S = 7 * 24 * 3600
+#: MQTT v5 DISCONNECT reason: another client connected with our client id (the broker handed
+#: it our session). Two devices with one identity would take it from each other in turn.
+SESSION_TAKEN_OVER = 0x8E
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class MqttSettings:
     connect_timeout_s: float = 10.0
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
+    #: after our session was taken over, wait this long before connecting again (a clone with
+    #: our identity does the same: the two alternate slowly instead of in a tight loop)
+    takeover_backoff_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -54,6 +61,8 @@ class MqttSettings:
             raise ValueError("cert_file and key_file go together")
         if self.keepalive_s < 5:
             raise ValueError("keepalive_s must be at least 5")
+        if self.takeover_backoff_s < 1:
+            raise ValueError("takeover_backoff_s must be at least 1")
 
     @property
     def address(self) -> str:
@@ -222,6 +231,9 @@ class ConnectionTracker:
 
     Installs on_connect/on_disconnect callbacks that log, flip an Event, and run the caller's
     `on_up` hook (used to resubscribe and republish `online`, so a reconnect restores both).
+    A session taken over by another client with our client id is counted (`taken_over`, the
+    heartbeat carries it), logged, and answered by waiting `takeover_backoff_s` before the
+    next connection attempt.
     """
 
     def __init__(
@@ -235,6 +247,10 @@ class ConnectionTracker:
         self.settings = settings
         self.connected = threading.Event()
         self.reconnects = 0
+        self.taken_over = 0
+        #: when the session was last taken over (UTC timestamp)
+        self.taken_over_at: str | None = None
+        self._backing_off = False
         self._on_up = on_up
         self._ever_connected = False
         self._failing = False
@@ -255,6 +271,10 @@ class ConnectionTracker:
             log.info("%s broker: connected", self.name)
         self._ever_connected = True
         self._failing = False
+        if self._backing_off:
+            self._backing_off = False
+            settings = self.settings or MqttSettings()
+            client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self.connected.set()
         self._on_up()
 
@@ -278,10 +298,26 @@ class ConnectionTracker:
         self.connected.clear()
         if not was_connected:
             return
-        if getattr(reason, "is_failure", True):
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            self._taken_over(client)
+        elif getattr(reason, "is_failure", True):
             log.warning("%s broker: connection lost (%s); reconnecting", self.name, reason)
         else:
             log.info("%s broker: disconnected", self.name)
+
+    def _taken_over(self, client: mqtt.Client) -> None:
+        self.taken_over += 1
+        self.taken_over_at = utc_timestamp()
+        backoff = (self.settings or MqttSettings()).takeover_backoff_s
+        log.error(
+            "%s broker: another client connected with our client id and took over the session "
+            "(%d time(s); a second device with this identity?); reconnecting in %d s",
+            self.name,
+            self.taken_over,
+            backoff,
+        )
+        self._backing_off = True
+        client.reconnect_delay_set(backoff, backoff)
 
 
 def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

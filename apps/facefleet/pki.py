@@ -5,6 +5,11 @@ certificate is (re)issued only when missing, expiring within `renew_days`, or no
 current CA; `facefleet pki` prints `changed` or `ok` as its last line so Ansible can report it.
 The CN of a client certificate is its identity (the node name; Mosquitto's
 `use_identity_as_username` turns it into the username the ACL sees).
+
+A renewed CA gets a new key; `ca.crt` then holds the new CA first and the previous one after
+it while that one is valid, so that brokers and services trust both during the changeover (a
+device not yet deployed still presents a certificate of the old CA). Every certificate is
+reissued by the new CA on the same run (they are no longer signed by the current CA).
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from facefleet.config import ConfigError
 from facefleet.contract import valid_node
 
 CA_NAME = "facefleet fleet CA"
+#: Lifetimes and renewal windows in days, the defaults of `facefleet pki` and of the inventory
+#: variables facefleet_pki_ca_days, facefleet_pki_ca_renew_days, facefleet_pki_cert_days and
+#: facefleet_pki_renew_days (roles/facefleet/defaults/main.yml; a unit test compares them).
+CA_DAYS, CA_RENEW_DAYS = 3650, 90
+CERT_DAYS, CERT_RENEW_DAYS = 825, 30
 
 
 @dataclass(frozen=True)
@@ -59,22 +69,51 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _load_cert(path: Path) -> x509.Certificate | None:
+def _load_certs(path: Path) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError):
-        return None
+        return []
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    """The first certificate of a PEM file (of `ca.crt`: the current CA)."""
+    certs = _load_certs(path)
+    return certs[0] if certs else None
+
+
+def not_after(path: Path) -> dt.datetime | None:
+    """When the (first) certificate in `path` expires, UTC; None when there is none."""
+    cert = _load_cert(path)
+    return cert.not_valid_after_utc if cert else None
 
 
 def _fresh(cert: x509.Certificate | None, renew_days: int) -> bool:
     return cert is not None and cert.not_valid_after_utc - _now() > dt.timedelta(days=renew_days)
 
 
-def ensure_ca(directory: Path, *, days: int = 3650, renew_days: int = 90) -> Issued:
-    """The CA in `directory` (ca.crt, ca.key), made when missing or about to expire."""
+def _check_lifetime(days: int, renew_days: int) -> None:
+    if renew_days < 1 or days <= renew_days:
+        raise ConfigError(
+            f"a lifetime of {days} days with a renewal window of {renew_days} days: the "
+            "window must be at least 1 day and shorter than the lifetime"
+        )
+
+
+def ensure_ca(directory: Path, *, days: int = CA_DAYS, renew_days: int = CA_RENEW_DAYS) -> Issued:
+    """The CA in `directory` (ca.crt, ca.key), made when missing or about to expire; a
+    renewed CA keeps the previous one in ca.crt while it is valid (see the module's doc)."""
+    _check_lifetime(days, renew_days)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    if _fresh(_load_cert(cert_path), renew_days) and key_path.exists():
-        return Issued(cert_path, key_path, changed=False)
+    certs = _load_certs(cert_path)
+    if certs and _fresh(certs[0], renew_days) and key_path.exists():
+        # drop a previous CA once it expired: nothing it signed is valid any more
+        valid = [certs[0], *(c for c in certs[1:] if c.not_valid_after_utc > _now())]
+        if len(valid) == len(certs):
+            return Issued(cert_path, key_path, changed=False)
+        _write_certs(cert_path, valid)
+        return Issued(cert_path, key_path, changed=True)
+    previous = [c for c in certs[:1] if c.not_valid_after_utc > _now()]
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
     cert = (
@@ -103,9 +142,13 @@ def ensure_ca(directory: Path, *, days: int = 3650, renew_days: int = 90) -> Iss
         .sign(key, hashes.SHA256())
     )
     _write_private(key_path, _key_pem(key))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_certs(cert_path, [cert, *previous])
     return Issued(cert_path, key_path, changed=True)
+
+
+def _write_certs(path: Path, certs: list[x509.Certificate]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
 
 
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -121,15 +164,17 @@ def issue(
     name: str,
     *,
     server_names: tuple[str, ...] = (),
-    days: int = 825,
-    renew_days: int = 30,
+    days: int = CERT_DAYS,
+    renew_days: int = CERT_RENEW_DAYS,
     not_before: dt.datetime | None = None,
 ) -> Issued:
     """Certificate and key for `name` in `directory` (`<name>.crt`, `<name>.key`).
 
     With `server_names` it is a server certificate (DNS names or IP addresses as SANs);
     otherwise a client certificate with CN = name. `days` may be negative for tests that need
-    an expired certificate. `name` becomes a file name and a certificate CN (the MQTT username
+    an expired certificate (and `not_before` in the past, one about to expire: both reissue
+    unconditionally). The CA is made when missing, never renewed here (`ensure_ca` does).
+    `name` becomes a file name and a certificate CN (the MQTT username
     the broker's ACL sees), so it must be a valid node name.
     """
     if not valid_node(name):
@@ -137,8 +182,15 @@ def issue(
             f"{name!r} is not a valid identity: letters, digits, '.', '_' or '-', starting "
             "with a letter or digit, at most 63 characters (the node-name rule)"
         )
-    ca = ensure_ca(directory)
-    ca_cert = _load_cert(ca.cert)
+    if days > 0 and not_before is None:
+        _check_lifetime(days, renew_days)
+    ca = ensure_ca(directory) if not (directory / "ca.key").exists() else None
+    ca_key_path = ca.key if ca else directory / "ca.key"
+    ca_cert = _load_cert(directory / "ca.crt")
+    if ca_cert is None:
+        raise ConfigError(
+            f"{directory / 'ca.crt'}: not a certificate (remove ca.key to start over)"
+        )
     assert ca_cert is not None
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     current = _load_cert(cert_path)
@@ -150,7 +202,7 @@ def issue(
         and key_path.exists()
     ):
         return Issued(cert_path, key_path, changed=False)
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = _new_key()
     start = not_before or _now() - dt.timedelta(minutes=5)
@@ -185,13 +237,24 @@ def issue(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, type=Path, help="where the CA and certs live")
     sub = parser.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
-    sub.add_parser("ca", help="create the CA when missing or expiring")
+    ca_p = sub.add_parser("ca", help="create the CA when missing or expiring")
+    _lifetime_arguments(ca_p, CA_DAYS, CA_RENEW_DAYS)
     issue_p = sub.add_parser("issue", help="issue a certificate when missing or expiring")
     issue_p.add_argument("name", help="identity: the CN (node name for devices)")
     issue_p.add_argument(
         "--server", default="", help="comma-separated DNS names/IPs: make a server certificate"
     )
-    issue_p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    _lifetime_arguments(issue_p, CERT_DAYS, CERT_RENEW_DAYS)
+
+
+def _lifetime_arguments(parser: argparse.ArgumentParser, days: int, renew_days: int) -> None:
+    parser.add_argument("--days", type=int, default=days, help=f"lifetime in days (default {days})")
+    parser.add_argument(
+        "--renew-days",
+        type=int,
+        default=renew_days,
+        help=f"renew when it expires within this many days (default {renew_days})",
+    )
 
 
 def run_pki(args: argparse.Namespace) -> int:
@@ -199,10 +262,17 @@ def run_pki(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dir {args.dir}: not a directory")
     try:
         if args.pki_command == "ca":
-            result = ensure_ca(args.dir)
+            result = ensure_ca(args.dir, days=args.days, renew_days=args.renew_days)
         else:
             names = tuple(n.strip() for n in args.server.split(",") if n.strip())
-            result = issue(args.dir, args.name, server_names=names, days=args.days)
+            _check_lifetime(args.days, args.renew_days)
+            result = issue(
+                args.dir,
+                args.name,
+                server_names=names,
+                days=args.days,
+                renew_days=args.renew_days,
+            )
     except OSError as exc:
         raise ConfigError(f"{args.dir}: {exc.strerror or exc}") from None
     print(f"{result.cert}\n{'changed' if result.changed else 'ok'}")

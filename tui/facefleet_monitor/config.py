@@ -11,6 +11,7 @@ from facefleet.contract import DEFAULT_PREFIX
 from facefleet.health import watcher_settings
 from facefleet.inventory import load_inventory
 from facefleet.mqtt import MqttSettings, tls_context
+from facefleet.pki import CERT_RENEW_DAYS
 
 IMAGE_PROTOCOLS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
@@ -29,6 +30,8 @@ class MonitorConfig:
     max_thumbnails: int = 64
     #: lines printed before the UI started (the demo's), shown in the UI and the alert log
     notes: tuple[str, ...] = ()
+    #: a certificate this close to its expiry is an alert (the inventory's renewal window)
+    cert_warn_days: int = CERT_RENEW_DAYS
 
     @property
     def broker_label(self) -> str:
@@ -69,9 +72,11 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
     host, port, prefix = "127.0.0.1", 1883, DEFAULT_PREFIX
     ca = cert = key = ""
     tls = False
+    warn_days = CERT_RENEW_DAYS
     if args.inventory:
         info = load_inventory(Path(args.inventory))
         expected = info.nodes
+        warn_days = info.renew_days
         host, port, prefix = info.broker_host, info.broker_port, info.prefix
         if not (args.ca or args.cert):  # the options name the certificates themselves
             tls = True
@@ -114,4 +119,5 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         expected=expected,
         image_protocol=args.image,
         notes=tuple(args.note or ()),
+        cert_warn_days=warn_days,
     )
