@@ -94,15 +94,19 @@ TOPIC_FAMILIES = {
 #: by localbroker.cloud_acl, the role's by roles/mosquitto/templates/acl.j2; a test keeps them
 #: equal), and a test walks every kind over every family on a real broker.
 TOPIC_RIGHTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # reading their own status: a forwarder sees the last will of a second device that uses
+    # its identity (a cloned SD card) arrive when it takes the session back
     "device": (
         ("write", "faces", "own"),
         ("write", "status", "own"),
+        ("read", "status", "own"),
         ("read", "receipts", "own"),
     ),
     "processor": (
         ("read", "faces", "any"),
         ("write", "receipts", "any"),
         ("write", "status", "own"),
+        ("read", "status", "own"),
     ),
     "monitor": (("read", "faces", "any"), ("read", "status", "any")),
 }

@@ -109,7 +109,7 @@ def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...
             ]
             lines += [
                 f"topic deny {TOPIC_FAMILIES[family].format(prefix=prefix, node=name)}"
-                for _, family, _ in device
+                for family in dict.fromkeys(family for _, family, _ in device)
                 if family not in own
             ]
     return "\n".join(lines) + "\n"

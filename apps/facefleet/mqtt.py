@@ -231,9 +231,9 @@ class ConnectionTracker:
 
     Installs on_connect/on_disconnect callbacks that log, flip an Event, and run the caller's
     `on_up` hook (used to resubscribe and republish `online`, so a reconnect restores both).
-    A session taken over by another client with our client id is counted (`taken_over`, the
-    heartbeat carries it), logged, and answered by waiting `takeover_backoff_s` before the
-    next connection attempt.
+    A second client with our client id (`clone_seen`, or the broker's DISCONNECT 0x8E; mosquitto
+    2.0.11 just closes the connection) is counted (`taken_over`, the heartbeat carries it),
+    logged, and answered by waiting `takeover_backoff_s` before the next reconnect.
     """
 
     def __init__(
@@ -251,6 +251,7 @@ class ConnectionTracker:
         #: when the session was last taken over (UTC timestamp)
         self.taken_over_at: str | None = None
         self._backing_off = False
+        self._back_off_next = False
         self._on_up = on_up
         self._ever_connected = False
         self._failing = False
@@ -299,25 +300,33 @@ class ConnectionTracker:
         if not was_connected:
             return
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
-            self._taken_over(client)
+            self.clone_seen("another client took over the session")
+        if self._back_off_next:
+            self._back_off_next = False
+            self._backing_off = True
+            backoff = (self.settings or MqttSettings()).takeover_backoff_s
+            client.reconnect_delay_set(backoff, backoff)
+            log.warning("%s broker: connection lost; reconnecting in %d s", self.name, backoff)
         elif getattr(reason, "is_failure", True):
             log.warning("%s broker: connection lost (%s); reconnecting", self.name, reason)
         else:
             log.info("%s broker: disconnected", self.name)
 
-    def _taken_over(self, client: mqtt.Client) -> None:
+    def clone_seen(self, what: str) -> None:
+        """Another client uses our identity and client id (`what` says how we know): counted,
+        logged, and the next lost connection waits `takeover_backoff_s` before reconnecting,
+        so that the two take the session from each other slowly, not in a tight loop."""
         self.taken_over += 1
         self.taken_over_at = utc_timestamp()
-        backoff = (self.settings or MqttSettings()).takeover_backoff_s
+        self._back_off_next = True
         log.error(
-            "%s broker: another client connected with our client id and took over the session "
-            "(%d time(s); a second device with this identity?); reconnecting in %d s",
+            "%s broker: %s: a second device uses this identity (%d time(s)); after the next "
+            "takeover this one waits %d s before reconnecting",
             self.name,
+            what,
             self.taken_over,
-            backoff,
+            (self.settings or MqttSettings()).takeover_backoff_s,
         )
-        self._backing_off = True
-        client.reconnect_delay_set(backoff, backoff)
 
 
 def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -85,6 +86,25 @@ def instance_id(boot_id_file: str = "/proc/sys/kernel/random/boot_id") -> str:
     except OSError:
         boot = ""
     return f"{boot or socket.gethostname()}-{os.getpid()}"
+
+
+#: Instance ids kept by `own_instances`.
+KEPT_INSTANCES = 16
+
+
+def own_instances(path: Path, current: str) -> frozenset[str]:
+    """This service's instance ids: `current` and the last KEPT_INSTANCES - 1 before it, kept
+    in `path` (one a line; a file that cannot be read or written starts a new list)."""
+    try:
+        earlier = path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        earlier = []
+    kept = [*[i for i in earlier if i != current][-(KEPT_INSTANCES - 1) :], current]
+    try:
+        path.write_text("".join(f"{i}\n" for i in kept), encoding="ascii")
+    except OSError as exc:
+        log.warning("could not keep the instance id in %s: %s", path, exc.strerror or exc)
+    return frozenset(kept)
 
 
 def certificate_expiry(cert_file: str) -> str | None:
