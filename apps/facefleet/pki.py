@@ -171,9 +171,9 @@ def issue(
     """Certificate and key for `name` in `directory` (`<name>.crt`, `<name>.key`).
 
     With `server_names` it is a server certificate (DNS names or IP addresses as SANs);
-    otherwise a client certificate with CN = name. `days` may be negative for tests that need
-    an expired certificate (and `not_before` in the past, one about to expire: both reissue
-    unconditionally). The CA is made when missing, never renewed here (`ensure_ca` does).
+    otherwise a client certificate with CN = name. Tests make an expired certificate, or one
+    about to expire, with `not_before` in the past (it reissues unconditionally). The CA is
+    made when missing, never renewed here (`ensure_ca` does).
     `name` becomes a file name and a certificate CN (the MQTT username
     the broker's ACL sees), so it must be a valid node name.
     """
@@ -182,7 +182,7 @@ def issue(
             f"{name!r} is not a valid identity: letters, digits, '.', '_' or '-', starting "
             "with a letter or digit, at most 63 characters (the node-name rule)"
         )
-    if days > 0 and not_before is None:
+    if not_before is None:
         _check_lifetime(days, renew_days)
     ca = ensure_ca(directory) if not (directory / "ca.key").exists() else None
     ca_key_path = ca.key if ca else directory / "ca.key"
