@@ -301,7 +301,7 @@ class ConnectionTracker:
             return
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
             self.clone_seen("another client took over the session")
-        if self._back_off_next:
+        if self._back_off_next and getattr(reason, "is_failure", True):
             self._back_off_next = False
             self._backing_off = True
             backoff = (self.settings or MqttSettings()).takeover_backoff_s
