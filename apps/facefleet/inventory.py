@@ -8,8 +8,8 @@ file; we read its JSON. The variable names are the contract with the Ansible rol
 `facefleet_cloud_broker_port` (8883), `facefleet_prefix` (facefleet), `facefleet_pki_dir`
 (a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`; by default the one
 `site.yml` makes, see `default_pki_dir`), `facefleet_monitor_identity` (monitor) and
-`facefleet_pki_renew_days` (30). Expected
-nodes are the hosts of the groups `edge` and `cloud`, children included.
+`facefleet_pki_renew_days` (30). Expected nodes are the hosts of the groups `edge` and `cloud`,
+children included.
 """
 
 from __future__ import annotations
