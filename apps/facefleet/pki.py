@@ -6,10 +6,15 @@ current CA; `facefleet pki` prints `changed` or `ok` as its last line so Ansible
 The CN of a client certificate is its identity (the node name; Mosquitto's
 `use_identity_as_username` turns it into the username the ACL sees).
 
-A renewed CA gets a new key; `ca.crt` then holds the new CA first and the previous one after
-it while that one is valid, so that brokers and services trust both during the changeover (a
-device not yet deployed still presents a certificate of the old CA). Every certificate is
-reissued by the new CA on the same run (they are no longer signed by the current CA).
+A CA is renewed in two steps, so that no host ever meets a certificate it does not trust:
+within `renew_days` of its end a next CA (new key, `ca-next.key`) is made and trusted beside
+the current one (`ca.crt` holds the signing CA first, then the others); within half of
+`renew_days` the next CA becomes the signing one (`ca.key`), the old one stays in `ca.crt` while
+it is valid, and every certificate is reissued (it is no longer signed by the current CA). A
+deploy in the first half of the window hands every host the next CA before any certificate of
+it exists; a host not yet deployed in the second step still presents a certificate of the old
+CA, which the broker still trusts. A fleet deployed only inside the second half gets both steps
+in one run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,21 +107,38 @@ def _check_lifetime(days: int, renew_days: int) -> None:
 
 
 def ensure_ca(directory: Path, *, days: int = CA_DAYS, renew_days: int = CA_RENEW_DAYS) -> Issued:
-    """The CA in `directory` (ca.crt, ca.key), made when missing or about to expire; a
-    renewed CA keeps the previous one in ca.crt while it is valid (see the module's doc)."""
+    """The CA in `directory` (ca.crt, ca.key): made when missing, renewed in two steps within
+    `renew_days` of its end (see the module's doc); CAs that expired leave ca.crt."""
     _check_lifetime(days, renew_days)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    certs = _load_certs(cert_path)
-    if certs and _fresh(certs[0], renew_days) and key_path.exists():
-        # drop a previous CA once it expired: nothing it signed is valid any more
-        valid = [certs[0], *(c for c in certs[1:] if c.not_valid_after_utc > _now())]
-        if len(valid) == len(certs):
-            return Issued(cert_path, key_path, changed=False)
-        _write_certs(cert_path, valid)
-        return Issued(cert_path, key_path, changed=True)
-    previous = [c for c in certs[:1] if c.not_valid_after_utc > _now()]
+    next_cert, next_key = directory / "ca-next.crt", directory / "ca-next.key"
+    held = _load_certs(cert_path)
+    certs = [c for c in held if c.not_valid_after_utc > _now()]
+    if not held or held[0] not in certs or not key_path.exists():
+        # none yet, or the signing CA expired (no run in its whole window): a new one
+        fresh = directory / "ca.new.crt"
+        _new_ca(key_path, fresh, days)
+        return _bundle(cert_path, key_path, [_load_cert(fresh), *certs])
+    signing, left = certs[0], certs[0].not_valid_after_utc - _now()
+    if left > dt.timedelta(days=renew_days):
+        return _bundle(cert_path, key_path, certs)
+    if not next_key.exists() or _load_cert(next_cert) is None:
+        _new_ca(next_key, next_cert, days)
+    upcoming = _load_cert(next_cert)
+    if left > dt.timedelta(days=renew_days / 2):  # step 1: trust the next CA
+        return _bundle(cert_path, key_path, [signing, upcoming, *certs[1:]])
+    os.replace(next_key, key_path)  # step 2: sign with it
+    bundle = _bundle(cert_path, key_path, [upcoming, *certs])
+    next_cert.unlink()
+    return Issued(bundle.cert, bundle.key, changed=True)
+
+
+def _new_ca(key_path: Path, cert_path: Path, days: int) -> None:
+    """A CA named after its day and a random tag: the CAs trusted side by side during a renewal
+    must differ by name, or OpenSSL may check a signature against the wrong one."""
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    label = f"{CA_NAME} {_now():%Y-%m-%d} {os.urandom(3).hex()}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -142,8 +165,26 @@ def ensure_ca(directory: Path, *, days: int = CA_DAYS, renew_days: int = CA_RENE
         .sign(key, hashes.SHA256())
     )
     _write_private(key_path, _key_pem(key))
-    _write_certs(cert_path, [cert, *previous])
-    return Issued(cert_path, key_path, changed=True)
+    _write_certs(cert_path, [cert])
+
+
+def _bundle(cert_path: Path, key_path: Path, certs: Sequence[x509.Certificate | None]) -> Issued:
+    """ca.crt as `certs` (the signing CA first, each once); changed when that is new."""
+    unique: dict[bytes, x509.Certificate] = {}
+    for cert in certs:
+        if cert is not None:
+            unique.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    wanted = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in unique.values())
+    try:
+        changed = cert_path.read_bytes() != wanted
+    except OSError:
+        changed = True
+    if changed:
+        _write_certs(cert_path, list(unique.values()))
+    temporary = cert_path.with_name("ca.new.crt")
+    if temporary.exists():
+        temporary.unlink()
+    return Issued(cert_path, key_path, changed=changed)
 
 
 def _write_certs(path: Path, certs: list[x509.Certificate]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from facefleet import pki
 from facefleet.contract import ForwarderFigures, Status, utc_timestamp
@@ -80,20 +81,38 @@ def test_a_window_not_shorter_than_the_lifetime_is_one_line(
         ]
 
 
-def test_a_renewed_ca_is_trusted_beside_the_previous_one_and_reissues_every_certificate(
-    tmp_path: Path,
-) -> None:
+def fingerprints(path: Path) -> list[bytes]:
+    return [
+        c.fingerprint(hashes.SHA256()) for c in x509.load_pem_x509_certificates(path.read_bytes())
+    ]
+
+
+def test_a_ca_is_renewed_in_two_steps_trust_first_then_signing(tmp_path: Path) -> None:
+    """100 days left: with a 150-day window the next CA is trusted (step 1), with a 250-day
+    window (100 < 125) it signs (step 2), and every certificate is reissued then."""
     old_ca = pki.ensure_ca(tmp_path, days=100, renew_days=30)
-    old_leaf = pki.issue(tmp_path, "cam1")
-    assert not pki.ensure_ca(tmp_path, days=100, renew_days=30).changed
-    renewed = pki.ensure_ca(tmp_path, renew_days=120)  # 100 days left: inside the window
-    assert renewed.changed
-    bundle = x509.load_pem_x509_certificates(old_ca.cert.read_bytes())
-    assert len(bundle) == 2 and bundle[0].not_valid_after_utc > bundle[1].not_valid_after_utc
-    assert not pki.ensure_ca(tmp_path).changed
-    # every certificate of the old CA is reissued on the same run (not signed by the current)
-    assert old_leaf.cert.read_bytes() != pki.issue(tmp_path, "cam1").cert.read_bytes()
+    old = fingerprints(old_ca.cert)
+    leaf = pki.issue(tmp_path, "cam1").cert.read_bytes()
+
+    assert pki.ensure_ca(tmp_path, renew_days=150).changed
+    step1 = fingerprints(old_ca.cert)
+    assert len(step1) == 2 and step1[0] == old[0]  # still signing with the old CA
+    assert not pki.ensure_ca(tmp_path, renew_days=150).changed
     assert not pki.issue(tmp_path, "cam1").changed
+
+    assert pki.ensure_ca(tmp_path, renew_days=250).changed
+    assert fingerprints(old_ca.cert) == [step1[1], old[0]]  # the next CA signs, the old stays
+    assert not (tmp_path / "ca-next.key").exists() and not (tmp_path / "ca-next.crt").exists()
+    assert pki.issue(tmp_path, "cam1").cert.read_bytes() != leaf
+    assert not pki.ensure_ca(tmp_path, renew_days=250).changed
+
+
+def test_one_run_late_in_the_window_does_both_steps(tmp_path: Path) -> None:
+    pki.ensure_ca(tmp_path, days=100, renew_days=30)
+    old = fingerprints(tmp_path / "ca.crt")
+    assert pki.ensure_ca(tmp_path, renew_days=250).changed
+    now = fingerprints(tmp_path / "ca.crt")
+    assert len(now) == 2 and now[1] == old[0] and now[0] != old[0]
 
 
 def test_the_previous_ca_is_dropped_once_it_expired(tmp_path: Path) -> None:
