@@ -9,7 +9,8 @@ expire within the renewal window (`facefleet_pki_renew_days`), and no second dev
 identity. The CERT column shows the days left of the certificate the node's services report
 (or, when none reported, of its certificate in the PKI directory: an expired one is refused by
 the broker). `--wait` keeps watching until everything is healthy or the time is up: the
-rollout's health gate.
+rollout's health gate. A last line shows the days left of the CA, broker and monitor
+certificates in the PKI directory, with "renew: run site.yml" within their renewal window.
 
 Exit status: 0 healthy, 1 something unhealthy or the broker unreachable, 2 bad usage.
 """
@@ -38,7 +39,7 @@ from facefleet.health import (
 )
 from facefleet.inventory import InventoryInfo, load_inventory
 from facefleet.mqtt import MqttSettings
-from facefleet.pki import CERT_RENEW_DAYS, not_after
+from facefleet.pki import CA_RENEW_DAYS, CERT_RENEW_DAYS, not_after
 from facefleet.service import setup_logging
 
 EXIT_UNHEALTHY = 1
@@ -242,6 +243,42 @@ def format_table(report: list[NodeHealth]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def fleet_certificates(
+    pki_dir: Path | None,
+    monitor: str,
+    warn_days: float,
+    ca_warn_days: float = CA_RENEW_DAYS,
+    now: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The fleet-wide certificates in the controller's PKI directory (the signing CA, the
+    broker's, the monitor's): when each expires, days left, and whether it is within its
+    renewal window (site.yml did not run since)."""
+    now = time.time() if now is None else now
+    found = {}
+    windows = {"ca": ca_warn_days, "broker": warn_days, monitor: warn_days}
+    for name, window in windows.items():
+        expires = not_after(pki_dir / f"{name}.crt") if pki_dir else None
+        if expires is None:
+            continue
+        days = (expires.timestamp() - now) / 86400
+        found[name] = {
+            "expires": utc_timestamp(expires),
+            "days_left": int(days),
+            "renew": days < window,
+        }
+    return found
+
+
+def certificates_line(certificates: dict[str, dict[str, Any]]) -> str:
+    """`certificates: ca 3649d, broker 824d, monitor 12d (renew: run site.yml)`."""
+    parts = [
+        f"{name} {'expired' if c['days_left'] < 0 else str(c['days_left']) + 'd'}"
+        + (" (renew: run site.yml)" if c["renew"] else "")
+        for name, c in certificates.items()
+    ]
+    return "certificates: " + ", ".join(parts) if parts else ""
+
+
 def cert_cell(health: NodeHealth) -> str:
     """Days left of the node's certificate (`812d`; `*` marks the PKI directory's copy)."""
     if health.cert_days is None:
@@ -283,6 +320,8 @@ def run_fleet(args: argparse.Namespace) -> int:
     info = load_inventory(Path(args.inventory))
     nodes = select_nodes(info, args.limit)
     settings = inventory_watcher_settings(info, args.pki_dir)
+    pki_dir = args.pki_dir or info.pki_dir
+    certificates = fleet_certificates(pki_dir, info.identity, info.renew_days, info.ca_renew_days)
     started = time.monotonic()
     try:
         report = watch(
@@ -292,7 +331,7 @@ def run_fleet(args: argparse.Namespace) -> int:
             args.expect_version,
             args.wait,
             warn_days=info.renew_days,
-            issued=issued_certificates(args.pki_dir or info.pki_dir, nodes),
+            issued=issued_certificates(pki_dir, nodes),
         )
     except ConnectionError as exc:
         print(f"facefleet fleet status: {exc}")
@@ -306,10 +345,13 @@ def run_fleet(args: argparse.Namespace) -> int:
                     "expect_version": args.expect_version,
                     "waited_s": round(time.monotonic() - started, 1),
                     "nodes": [h.as_json() for h in report],
+                    "certificates": certificates,
                 },
                 indent=2,
             )
         )
     else:
         print(format_table(report))
+        if certificates:
+            print(certificates_line(certificates))
     return 0 if healthy else EXIT_UNHEALTHY

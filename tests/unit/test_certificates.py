@@ -16,7 +16,14 @@ from cryptography.hazmat.primitives import hashes
 
 from facefleet import pki
 from facefleet.contract import ForwarderFigures, Status, utc_timestamp
-from facefleet.fleet import cert_cell, evaluate, format_table, issued_certificates
+from facefleet.fleet import (
+    cert_cell,
+    certificates_line,
+    evaluate,
+    fleet_certificates,
+    format_table,
+    issued_certificates,
+)
 from facefleet.health import Heard, certificate_problem, clone_problem, follow
 from facefleet.service import certificate_expiry, instance_id, own_instances
 from tests.support import ROOT
@@ -248,3 +255,19 @@ def test_fleet_status_shows_days_left_and_an_expired_certificate_nobody_presents
     assert cam2.as_json()["certificate"]["from"] == "pki"
     table = format_table([cam1, cam2]).splitlines()
     assert table[0].split()[:6] == ["NODE", "KIND", "DETECTOR", "LOGGER", "FORWARDER", "CERT"]
+
+
+def test_fleet_status_lists_the_fleet_wide_certificates(tmp_path: Path) -> None:
+    pki.ensure_ca(tmp_path)
+    pki.issue(tmp_path, "broker", server_names=("localhost",))
+    expiring(tmp_path, "monitor", 12)
+    found = fleet_certificates(tmp_path, "monitor", 30)
+    assert [(name, c["renew"]) for name, c in found.items()] == [
+        ("ca", False),
+        ("broker", False),
+        ("monitor", True),
+    ]
+    assert certificates_line(found) == (
+        "certificates: ca 3649d, broker 824d, monitor 11d (renew: run site.yml)"
+    )
+    assert fleet_certificates(None, "monitor", 30) == {}
