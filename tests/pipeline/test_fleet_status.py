@@ -93,7 +93,9 @@ def test_every_node_listed_and_unhealthy_ones_fail(
     assert row["cam1"].endswith("ok") and "online 1.0" in row["cam1"]
     assert f"  {shown}  " in row["cam1"]
     assert "detector never reported" in row["cam2"]
-    assert lines[-1] == "3 nodes, 1 unhealthy"
+    assert lines[-2] == "3 nodes, 1 unhealthy"
+    # the PKI directory of cloud_inventory holds the CA, broker and monitor certificates
+    assert lines[-1] == "certificates: ca 3649d, broker 824d, monitor 824d"
 
     heartbeat(devices, "cam2", "detector")
     heartbeat(devices, "cam2", "logger")
