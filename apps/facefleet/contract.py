@@ -100,15 +100,19 @@ TOPIC_FAMILIES = {
 #: by localbroker.cloud_acl, the role's by roles/mosquitto/templates/acl.j2; a test keeps them
 #: equal), and a test walks every kind over every family on a real broker.
 TOPIC_RIGHTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # reading their own status: a forwarder sees the last will of a second device that uses
+    # its identity (a cloned SD card) arrive when it takes the session back
     "device": (
         ("write", "faces", "own"),
         ("write", "status", "own"),
+        ("read", "status", "own"),
         ("read", "receipts", "own"),
     ),
     "processor": (
         ("read", "faces", "any"),
         ("write", "receipts", "any"),
         ("write", "status", "own"),
+        ("read", "status", "own"),
     ),
     "monitor": (("read", "faces", "any"), ("read", "status", "any")),
 }
@@ -387,6 +391,10 @@ FIGURES: dict[str, type[ServiceFigures]] = {
 }
 
 
+#: Envelope fields a heartbeat carries only when it has them (older releases send none).
+_OPTIONAL_ENVELOPE = ("instance", "cert_expires", "taken_over", "taken_over_at")
+
+
 @dataclass(frozen=True)
 class Status:
     """One retained heartbeat on `<prefix>/<node>/status/<service>` (JSON, figures flat beside
@@ -402,6 +410,15 @@ class Status:
     uptime_s: float | None = None
     platform: dict[str, str] = field(default_factory=dict)
     figures: ServiceFigures | None = None
+    #: this process (boot id and pid): changes on a restart, alternates when two devices share
+    #: one identity (a cloned SD card)
+    instance: str | None = None
+    #: when the service's own client certificate expires (UTC timestamp; none without one)
+    cert_expires: str | None = None
+    #: times the broker handed this service's session to another client with its client id
+    #: (MQTT v5 reason 0x8E, "session taken over"), and the last time
+    taken_over: int | None = None
+    taken_over_at: str | None = None
     v: str = STATUS_VERSION
 
     def encode(self) -> bytes:
@@ -418,6 +435,9 @@ class Status:
             body["uptime_s"] = self.uptime_s
         if self.platform:
             body["platform"] = self.platform
+        for key in _OPTIONAL_ENVELOPE:
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
         if self.figures is not None:
             body.update(self.figures.to_json())
         return json.dumps(body, separators=(",", ":")).encode()
@@ -457,6 +477,10 @@ class Status:
                 {k: str(v) for k, v in platform.items() if v} if isinstance(platform, dict) else {}
             ),
             figures=figures.from_json(body) if figures else None,
+            instance=_decoded("str", body.get("instance")),
+            cert_expires=_decoded("str", body.get("cert_expires")),
+            taken_over=_decoded("int", body.get("taken_over")),
+            taken_over_at=_decoded("str", body.get("taken_over_at")),
             v=str(body.get("v", STATUS_VERSION)),
         )
 

@@ -4,10 +4,15 @@ One line per node with each expected service's state and version, taken from the
 heartbeats on the cloud broker (read with the monitor's read-only identity). Nodes that never
 reported are listed too. A service is healthy when it reports `online`, its heartbeat is not
 stale (older than three intervals by this machine's clock), its version is the expected one
-(`--expect-version`) and, for the detector, frames are flowing (`fps` > 0). A node revoked or
-decommissioned in the PKI directory (`facefleet pki revoke`, playbooks/decommission.yml) is
-shown as such and not expected to report. `--wait` keeps watching until everything is healthy
-or the time is up: the rollout's health gate.
+(`--expect-version`), for the detector, frames are flowing (`fps` > 0), its certificate does not
+expire within the renewal window (`facefleet_pki_renew_days`), and no second device uses its
+identity. A node revoked or decommissioned in the PKI directory (`facefleet pki revoke`,
+playbooks/decommission.yml) is shown as such and not expected to report. The CERT column shows
+the days left of the certificate the node's services report (or, when none reported, of its
+certificate in the PKI directory: an expired one is refused by the broker). `--wait` keeps
+watching until everything is healthy or the time is up: the rollout's health gate. A last line
+shows the days left of the CA, broker and monitor certificates in the PKI directory, with
+"renew: run site.yml" within their renewal window.
 
 Exit status: 0 healthy, 1 something unhealthy or the broker unreachable, 2 bad usage.
 """
@@ -23,16 +28,21 @@ from typing import Any
 
 from facefleet import pki
 from facefleet.config import ConfigError
-from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary
+from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary, utc_timestamp
 from facefleet.health import (
     Heard,
     StatusWatch,
+    certificate_days,
+    certificate_problem,
+    certificate_text,
+    clone_problem,
     inventory_watcher_settings,
     problem,
     state,
 )
 from facefleet.inventory import InventoryInfo, load_inventory
 from facefleet.mqtt import MqttSettings
+from facefleet.pki import CA_RENEW_DAYS, CERT_RENEW_DAYS, not_after
 from facefleet.service import setup_logging
 
 EXIT_UNHEALTHY = 1
@@ -55,6 +65,11 @@ class NodeHealth:
     problems: list[str] = field(default_factory=list)
     #: set when the node is revoked or decommissioned: it is not expected to report
     revoked: pki.NodeState | None = None
+    #: when the node's certificate expires, and whose word that is: "heartbeat" (what the
+    #: host presents) or "pki" (the controller's copy, when no service reported one)
+    cert_expires: str | None = None
+    cert_from: str | None = None
+    cert_days: float | None = None
 
     @property
     def healthy(self) -> bool:
@@ -86,6 +101,15 @@ class NodeHealth:
             "revoked": self.revoked.as_json() if self.revoked else None,
             "platform": self.platform,
             "problems": self.problems,
+            "certificate": (
+                {
+                    "expires": self.cert_expires,
+                    "days_left": int(self.cert_days) if self.cert_days is not None else None,
+                    "from": self.cert_from,
+                }
+                if self.cert_expires
+                else None
+            ),
             "services": {
                 service: {**self._body(service), "state": self.states[service]}
                 for service in SERVICES_BY_KIND[self.kind]
@@ -103,9 +127,13 @@ def evaluate(
     expect_version: str | None,
     now: float | None = None,
     refused: dict[str, pki.NodeState] | None = None,
+    *,
+    warn_days: float = CERT_RENEW_DAYS,
+    issued: dict[str, str] | None = None,
 ) -> list[NodeHealth]:
     """Health of every node (inventory order) from the last heartbeat of each service; a
-    `refused` node (revoked or decommissioned) has no problems: it is not expected to report."""
+    `refused` node (revoked or decommissioned) has no problems: it is not expected to report;
+    `issued`: when each node's certificate in the PKI directory expires (UTC timestamps)."""
     now = time.time() if now is None else now
     refused = refused or {}
     report = []
@@ -115,12 +143,45 @@ def evaluate(
             heard = seen.get((node, service))
             if heard is not None:
                 health.services[service] = heard.status
+                if heard.status.cert_expires and health.cert_from is None:
+                    health.cert_expires, health.cert_from = heard.status.cert_expires, "heartbeat"
             health.states[service] = state(heard, now)
-            wrong = problem(service, heard, now, expect_version)
-            if wrong and health.revoked is None:
-                health.problems.append(wrong)
+            for wrong in (
+                problem(service, heard, now, expect_version),
+                certificate_problem(service, heard, now, warn_days),
+                clone_problem(node, service, heard, now),
+            ):
+                if wrong and health.revoked is None:
+                    health.problems.append(wrong)
+        if health.cert_from is None and (issued or {}).get(node):
+            health.cert_expires, health.cert_from = (issued or {})[node], "pki"
+        if health.cert_expires:
+            health.cert_days = certificate_days(
+                Status("online", "", node, cert_expires=health.cert_expires), now
+            )
+        if (
+            health.revoked is None
+            and health.cert_from == "pki"
+            and health.cert_days is not None
+            and health.cert_days < 0
+        ):
+            # the host cannot connect with it, so no service reports it
+            health.problems.append(
+                f"certificate {certificate_text(health.cert_days, health.cert_expires or '')}: "
+                "the broker refuses it"
+            )
         report.append(health)
     return report
+
+
+def issued_certificates(pki_dir: Path | None, nodes: dict[str, str]) -> dict[str, str]:
+    """When each node's certificate in the controller's PKI directory expires."""
+    found = {}
+    for node in nodes:
+        expires = not_after(pki_dir / f"{node}.crt") if pki_dir else None
+        if expires is not None:
+            found[node] = utc_timestamp(expires)
+    return found
 
 
 def complete(
@@ -145,6 +206,9 @@ def watch(
     expect_version: str | None,
     wait_s: float,
     refused: dict[str, pki.NodeState] | None = None,
+    *,
+    warn_days: float = CERT_RENEW_DAYS,
+    issued: dict[str, str] | None = None,
 ) -> list[NodeHealth]:
     """The fleet's health now, or (wait_s > 0) as soon as it is healthy within wait_s."""
     started = time.monotonic()
@@ -156,7 +220,9 @@ def watch(
         deadline = started + wait_s
         while True:
             seen = status.snapshot()
-            report = evaluate(nodes, seen, expect_version, refused=refused)
+            report = evaluate(
+                nodes, seen, expect_version, refused=refused, warn_days=warn_days, issued=issued
+            )
             now = time.monotonic()
             if wait_s > 0:
                 if all(h.healthy for h in report) or now >= deadline:
@@ -183,7 +249,7 @@ def select_nodes(info: InventoryInfo, limit: str | None) -> dict[str, str]:
 
 def format_table(report: list[NodeHealth]) -> str:
     services = [s for s in SERVICES if any(s in SERVICES_BY_KIND[h.kind] for h in report)]
-    header = ["NODE", "KIND", *(s.upper() for s in services), "PLATFORM", "HEALTH"]
+    header = ["NODE", "KIND", *(s.upper() for s in services), "CERT", "PLATFORM", "HEALTH"]
     rows = [header]
     for health in report:
         cells = [health.node, health.kind]
@@ -194,6 +260,7 @@ def format_table(report: list[NodeHealth]) -> str:
             status = health.services.get(service)
             version = status.version if status and status.version else ""
             cells.append(f"{health.states[service]} {version}".strip())
+        cells.append(cert_cell(health))
         cells.append(health.platform or "-")
         cells.append(health.verdict)
         rows.append(cells)
@@ -210,6 +277,50 @@ def format_table(report: list[NodeHealth]) -> str:
             summary += f", {count} {kind}"
     lines.append(summary)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def fleet_certificates(
+    pki_dir: Path | None,
+    monitor: str,
+    warn_days: float,
+    ca_warn_days: float = CA_RENEW_DAYS,
+    now: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The fleet-wide certificates in the controller's PKI directory (the signing CA, the
+    broker's, the monitor's): when each expires, days left, and whether it is within its
+    renewal window (site.yml did not run since)."""
+    now = time.time() if now is None else now
+    found = {}
+    windows = {"ca": ca_warn_days, "broker": warn_days, monitor: warn_days}
+    for name, window in windows.items():
+        expires = not_after(pki_dir / f"{name}.crt") if pki_dir else None
+        if expires is None:
+            continue
+        days = (expires.timestamp() - now) / 86400
+        found[name] = {
+            "expires": utc_timestamp(expires),
+            "days_left": int(days),
+            "renew": days < window,
+        }
+    return found
+
+
+def certificates_line(certificates: dict[str, dict[str, Any]]) -> str:
+    """`certificates: ca 3649d, broker 824d, monitor 12d (renew: run site.yml)`."""
+    parts = [
+        f"{name} {'expired' if c['days_left'] < 0 else str(c['days_left']) + 'd'}"
+        + (" (renew: run site.yml)" if c["renew"] else "")
+        for name, c in certificates.items()
+    ]
+    return "certificates: " + ", ".join(parts) if parts else ""
+
+
+def cert_cell(health: NodeHealth) -> str:
+    """Days left of the node's certificate (`812d`; `*` marks the PKI directory's copy)."""
+    if health.cert_days is None:
+        return "-"
+    text = "expired" if health.cert_days < 0 else f"{int(health.cert_days)}d"
+    return text + ("*" if health.cert_from == "pki" else "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,9 +358,19 @@ def run_fleet(args: argparse.Namespace) -> int:
     settings = inventory_watcher_settings(info, args.pki_dir)
     pki_dir = args.pki_dir or info.pki_dir
     refused = pki.node_states(pki_dir) if pki_dir is not None else {}
+    certificates = fleet_certificates(pki_dir, info.identity, info.renew_days, info.ca_renew_days)
     started = time.monotonic()
     try:
-        report = watch(settings, info.prefix, nodes, args.expect_version, args.wait, refused)
+        report = watch(
+            settings,
+            info.prefix,
+            nodes,
+            args.expect_version,
+            args.wait,
+            refused,
+            warn_days=info.renew_days,
+            issued=issued_certificates(pki_dir, nodes),
+        )
     except ConnectionError as exc:
         print(f"facefleet fleet status: {exc}")
         return EXIT_UNHEALTHY
@@ -262,10 +383,13 @@ def run_fleet(args: argparse.Namespace) -> int:
                     "expect_version": args.expect_version,
                     "waited_s": round(time.monotonic() - started, 1),
                     "nodes": [h.as_json() for h in report],
+                    "certificates": certificates,
                 },
                 indent=2,
             )
         )
     else:
         print(format_table(report))
+        if certificates:
+            print(certificates_line(certificates))
     return 0 if healthy else EXIT_UNHEALTHY

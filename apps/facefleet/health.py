@@ -41,12 +41,37 @@ MAX_STATUS_BYTES = 64 * 1024
 _Figures = TypeVar("_Figures", bound=ServiceFigures)
 
 
+#: How long "two devices use one identity" stays a problem after the last sign of it.
+CLONE_ALERT_S = 3600.0
+#: Instance ids remembered per service (to see heartbeats come back to one they had left).
+_INSTANCES_KEPT = 4
+_DAY_S = 86400.0
+
+
 @dataclass(frozen=True)
 class Heard:
-    """A service's last heartbeat and the time (epoch seconds) its age counts from."""
+    """A service's last heartbeat and the time (epoch seconds) its age counts from; the
+    instance ids it reported recently (the latest last) and when they last alternated."""
 
     status: Status
     at: float
+    instances: tuple[str, ...] = ()
+    alternated_at: float | None = None
+
+
+def follow(previous: Heard | None, status: Status, at: float) -> Heard:
+    """The next `Heard` of a service after `previous`. Heartbeats that come back to an
+    instance they had left alternate between two processes with one identity (a restart
+    changes the instance once). Judged on heartbeats a service publishes on the cloud broker
+    with its own certificate (they carry its expiry): relayed ones may arrive late."""
+    instances = previous.instances if previous else ()
+    alternated = previous.alternated_at if previous else None
+    current = status.instance
+    if current and status.cert_expires and (not instances or instances[-1] != current):
+        if current in instances:
+            alternated = at
+        instances = (*(i for i in instances if i != current), current)[-_INSTANCES_KEPT:]
+    return Heard(status, at, instances, alternated)
 
 
 def heard_at(status: Status, received: float, retained: bool) -> float:
@@ -96,6 +121,60 @@ def problem(
     return None
 
 
+def _epoch(timestamp: str | None) -> float | None:
+    try:
+        return parse_timestamp(timestamp).timestamp() if timestamp else None
+    except ValueError:
+        return None
+
+
+def certificate_days(status: Status | None, now: float) -> float | None:
+    """Days until the certificate a heartbeat names expires (negative: expired), or None."""
+    expires = _epoch(status.cert_expires) if status else None
+    return None if expires is None else (expires - now) / _DAY_S
+
+
+def certificate_text(days: float, expires: str) -> str:
+    """`expires in 12 days (2026-12-14)` or `expired on 2026-12-14`."""
+    if days < 0:
+        return f"expired on {expires[:10]}"
+    return f"expires in {int(days)} day{'s' if int(days) != 1 else ''} ({expires[:10]})"
+
+
+def certificate_problem(
+    service: str, heard: Heard | None, now: float, warn_days: float
+) -> str | None:
+    """The service's certificate expires within `warn_days` (site.yml renews it by then: it
+    did not run, or failed), or has expired."""
+    status = heard.status if heard else None
+    days = certificate_days(status, now)
+    if status is None or days is None or days >= warn_days:
+        return None
+    return f"{service} certificate {certificate_text(days, status.cert_expires or '')}"
+
+
+def clone_problem(node: str, service: str, heard: Heard | None, now: float) -> str | None:
+    """Two devices (processes) use this node's identity: the broker took the service's session
+    over, or its heartbeats alternated between two instances, within CLONE_ALERT_S."""
+    if heard is None:
+        return None
+    status = heard.status
+    taken_at = _epoch(status.taken_over_at)
+    signs = []
+    if status.taken_over and taken_at is not None and now - taken_at < CLONE_ALERT_S:
+        signs.append(
+            f"{service} session taken over {status.taken_over} time(s), last at "
+            f"{(status.taken_over_at or '')[11:19]} UTC"
+        )
+    if heard.alternated_at is not None and now - heard.alternated_at < CLONE_ALERT_S:
+        signs.append(
+            f"{service} heartbeats alternate between instances {', '.join(heard.instances[-2:])}"
+        )
+    if not signs:
+        return None
+    return f"two devices use the identity of {node}: {'; '.join(signs)}"
+
+
 class StatusTracker:
     """The latest heartbeat of every (node, service): paho's thread records, anyone reads."""
 
@@ -107,9 +186,10 @@ class StatusTracker:
         self._lock = threading.Lock()
 
     def record(self, status: Status, retained: bool) -> None:
-        heard = Heard(status, heard_at(status, self.clock(), retained))
+        at = heard_at(status, self.clock(), retained)
+        key = (status.node, status.service)
         with self._lock:
-            self._heard[(status.node, status.service)] = heard
+            self._heard[key] = follow(self._heard.get(key), status, at)
         self.changed.set()
 
     def snapshot(self) -> dict[tuple[str, str], Heard]:

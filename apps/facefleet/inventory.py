@@ -7,8 +7,9 @@ file; we read its JSON. The variable names are the contract with the Ansible rol
 `facefleet_cloud_broker_host` (default: `ansible_host` of the first host in `cloud`),
 `facefleet_cloud_broker_port` (8883), `facefleet_prefix` (facefleet), `facefleet_pki_dir`
 (a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`; by default the one
-`site.yml` makes, see `default_pki_dir`) and `facefleet_monitor_identity` (monitor). Expected
-nodes are the hosts of the groups `edge` and `cloud`, children included.
+`site.yml` makes, see `default_pki_dir`), `facefleet_monitor_identity` (monitor),
+`facefleet_pki_renew_days` (30) and `facefleet_pki_ca_renew_days` (90). Expected nodes are
+the hosts of the groups `edge` and `cloud`, children included.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from facefleet.config import ConfigError
 from facefleet.contract import DEFAULT_PREFIX, valid_node
+from facefleet.pki import CA_RENEW_DAYS, CERT_RENEW_DAYS
 
 DEFAULT_BROKER_PORT = 8883
 DEFAULT_IDENTITY = "monitor"
@@ -44,6 +46,11 @@ class InventoryInfo:
     pki_dir: Path | None
     #: "facefleet_pki_dir" when the inventory sets it, "default" for `default_pki_dir`
     pki_dir_from: str = "facefleet_pki_dir"
+    #: facefleet_pki_renew_days: site.yml renews a certificate this close to its expiry, so
+    #: one this close is a problem (the deploy did not run or failed)
+    renew_days: int = CERT_RENEW_DAYS
+    #: facefleet_pki_ca_renew_days: the same for the CA
+    ca_renew_days: int = CA_RENEW_DAYS
 
     def pki_files(self, directory: Path | None = None) -> tuple[Path, Path, Path]:
         """CA, certificate and key of the monitor identity in `directory` (default: the
@@ -211,6 +218,16 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
         raise ConfigError(f"{inventory}: facefleet_cloud_broker_port out of range: {port}")
     prefix = str(var("facefleet_prefix") or DEFAULT_PREFIX)
     identity = str(var("facefleet_monitor_identity") or DEFAULT_IDENTITY)
+    windows = {}
+    for name, default in (
+        ("facefleet_pki_renew_days", CERT_RENEW_DAYS),
+        ("facefleet_pki_ca_renew_days", CA_RENEW_DAYS),
+    ):
+        value = var(name) or default
+        try:
+            windows[name] = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{inventory}: {name} is not a number: {value!r}") from None
     pki_value = var("facefleet_pki_dir")
     pki_dir: Path | None
     if pki_value is not None:
@@ -225,6 +242,8 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
         identity=identity,
         pki_dir=pki_dir,
         pki_dir_from="facefleet_pki_dir" if pki_value is not None else "default",
+        renew_days=windows["facefleet_pki_renew_days"],
+        ca_renew_days=windows["facefleet_pki_ca_renew_days"],
     )
 
 

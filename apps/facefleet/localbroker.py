@@ -118,7 +118,7 @@ def cloud_acl(
             ]
             lines += [
                 f"topic deny {TOPIC_FAMILIES[family].format(prefix=prefix, node=name)}"
-                for _, family, _ in device
+                for family in dict.fromkeys(family for _, family, _ in device)
                 if family not in own
             ]
     for name in revoked:

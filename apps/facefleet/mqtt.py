@@ -21,12 +21,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from facefleet.config import ConfigError, read_secret
+from facefleet.contract import utc_timestamp
 from facefleet.wire import PackedProperties, install
 
 log = logging.getLogger(__name__)
 
 #: How long a persistent session outlives a disconnect on the broker (MQTT v5 session expiry).
 PERSISTENT_SESSION_S = 7 * 24 * 3600
+#: MQTT v5 DISCONNECT reason: another client connected with our client id (the broker handed
+#: it our session). Two devices with one identity would take it from each other in turn.
+SESSION_TAKEN_OVER = 0x8E
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class MqttSettings:
     connect_timeout_s: float = 10.0
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
+    #: after our session was taken over, wait this long before connecting again (a clone with
+    #: our identity does the same: the two alternate slowly instead of in a tight loop)
+    takeover_backoff_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -54,6 +61,8 @@ class MqttSettings:
             raise ValueError("cert_file and key_file go together")
         if self.keepalive_s < 5:
             raise ValueError("keepalive_s must be at least 5")
+        if self.takeover_backoff_s < 1:
+            raise ValueError("takeover_backoff_s must be at least 1")
 
     @property
     def address(self) -> str:
@@ -222,6 +231,9 @@ class ConnectionTracker:
 
     Installs on_connect/on_disconnect callbacks that log, flip an Event, and run the caller's
     `on_up` hook (used to resubscribe and republish `online`, so a reconnect restores both).
+    A second client with our client id (`clone_seen`, or the broker's DISCONNECT 0x8E; mosquitto
+    2.0.11 just closes the connection) is counted (`taken_over`, the heartbeat carries it),
+    logged, and answered by waiting `takeover_backoff_s` before the next reconnect.
     """
 
     def __init__(
@@ -235,6 +247,11 @@ class ConnectionTracker:
         self.settings = settings
         self.connected = threading.Event()
         self.reconnects = 0
+        self.taken_over = 0
+        #: when the session was last taken over (UTC timestamp)
+        self.taken_over_at: str | None = None
+        self._backing_off = False
+        self._back_off_next = False
         self._on_up = on_up
         self._ever_connected = False
         self._failing = False
@@ -255,6 +272,10 @@ class ConnectionTracker:
             log.info("%s broker: connected", self.name)
         self._ever_connected = True
         self._failing = False
+        if self._backing_off:
+            self._backing_off = False
+            settings = self.settings or MqttSettings()
+            client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         self.connected.set()
         self._on_up()
 
@@ -278,10 +299,34 @@ class ConnectionTracker:
         self.connected.clear()
         if not was_connected:
             return
-        if getattr(reason, "is_failure", True):
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            self.clone_seen("another client took over the session")
+        if self._back_off_next and getattr(reason, "is_failure", True):
+            self._back_off_next = False
+            self._backing_off = True
+            backoff = (self.settings or MqttSettings()).takeover_backoff_s
+            client.reconnect_delay_set(backoff, backoff)
+            log.warning("%s broker: connection lost; reconnecting in %d s", self.name, backoff)
+        elif getattr(reason, "is_failure", True):
             log.warning("%s broker: connection lost (%s); reconnecting", self.name, reason)
         else:
             log.info("%s broker: disconnected", self.name)
+
+    def clone_seen(self, what: str) -> None:
+        """Another client uses our identity and client id (`what` says how we know): counted,
+        logged, and the next lost connection waits `takeover_backoff_s` before reconnecting,
+        so that the two take the session from each other slowly, not in a tight loop."""
+        self.taken_over += 1
+        self.taken_over_at = utc_timestamp()
+        self._back_off_next = True
+        log.error(
+            "%s broker: %s: a second device uses this identity (%d time(s)); after the next "
+            "takeover this one waits %d s before reconnecting",
+            self.name,
+            what,
+            self.taken_over,
+            (self.settings or MqttSettings()).takeover_backoff_s,
+        )
 
 
 def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

@@ -12,6 +12,16 @@ ACL denies the name everything (Mosquitto rereads the ACL on SIGHUP, so this is 
 without dropping anyone), and the CRL refuses its certificate at the TLS handshake (Mosquitto
 2.0 reads the CRL only when it starts). `reenrol` lifts a name's revocation and issues a new
 certificate for a replacement device; the old serial stays in the CRL.
+
+A CA is renewed in two steps, so that no host ever meets a certificate it does not trust:
+within `renew_days` of its end a next CA (new key, `ca-next.key`) is made and trusted beside
+the current one (`ca.crt` holds the signing CA first, then the others); within half of
+`renew_days` the next CA becomes the signing one (`ca.key`), the old one stays in `ca.crt` while
+it is valid, and every certificate is reissued (it is no longer signed by the current CA). A
+deploy in the first half of the window hands every host the next CA before any certificate of
+it exists; a host not yet deployed in the second step still presents a certificate of the old
+CA, which the broker still trusts. A fleet deployed only inside the second half gets both steps
+in one run.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +49,8 @@ CA_NAME = "facefleet fleet CA"
 #: The record of revoked and decommissioned nodes, and the CRL made from it, in the PKI dir.
 REVOCATIONS = "revocations.json"
 CRL = "crl.pem"
+#: The key of the CA a two-step renewal replaced (ensure_ca), kept while that CA is trusted.
+PREVIOUS_CA_KEY = "ca-previous.key"
 #: Names in the PKI dir that are not client identities.
 NOT_CLIENTS = ("ca", "broker")
 #: `--reason` values: RFC 5280 CRL reason codes, in kebab case.
@@ -49,6 +62,11 @@ REASONS = {
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
     "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
+#: Lifetimes and renewal windows in days, the defaults of `facefleet pki` and of the inventory
+#: variables facefleet_pki_ca_days, facefleet_pki_ca_renew_days, facefleet_pki_cert_days and
+#: facefleet_pki_renew_days (roles/facefleet/defaults/main.yml; a unit test compares them).
+CA_DAYS, CA_RENEW_DAYS = 3650, 90
+CERT_DAYS, CERT_RENEW_DAYS = 825, 30
 
 
 @dataclass(frozen=True)
@@ -82,24 +100,73 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _load_cert(path: Path) -> x509.Certificate | None:
+def _load_certs(path: Path) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError):
-        return None
+        return []
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    """The first certificate of a PEM file (of `ca.crt`: the current CA)."""
+    certs = _load_certs(path)
+    return certs[0] if certs else None
+
+
+def not_after(path: Path) -> dt.datetime | None:
+    """When the (first) certificate in `path` expires, UTC; None when there is none."""
+    cert = _load_cert(path)
+    return cert.not_valid_after_utc if cert else None
 
 
 def _fresh(cert: x509.Certificate | None, renew_days: int) -> bool:
     return cert is not None and cert.not_valid_after_utc - _now() > dt.timedelta(days=renew_days)
 
 
-def ensure_ca(directory: Path, *, days: int = 3650, renew_days: int = 90) -> Issued:
-    """The CA in `directory` (ca.crt, ca.key), made when missing or about to expire."""
+def _check_lifetime(days: int, renew_days: int) -> None:
+    if renew_days < 1 or days <= renew_days:
+        raise ConfigError(
+            f"a lifetime of {days} days with a renewal window of {renew_days} days: the "
+            "window must be at least 1 day and shorter than the lifetime"
+        )
+
+
+def ensure_ca(directory: Path, *, days: int = CA_DAYS, renew_days: int = CA_RENEW_DAYS) -> Issued:
+    """The CA in `directory` (ca.crt, ca.key): made when missing, renewed in two steps within
+    `renew_days` of its end (see the module's doc); CAs that expired leave ca.crt."""
+    _check_lifetime(days, renew_days)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    if _fresh(_load_cert(cert_path), renew_days) and key_path.exists():
-        return Issued(cert_path, key_path, changed=False)
+    next_cert, next_key = directory / "ca-next.crt", directory / "ca-next.key"
+    held = _load_certs(cert_path)
+    certs = [c for c in held if c.not_valid_after_utc > _now()]
+    if not held or held[0] not in certs or not key_path.exists():
+        # none yet, or the signing CA expired (no run in its whole window): a new one
+        fresh = directory / "ca.new.crt"
+        _new_ca(key_path, fresh, days)
+        return _bundle(cert_path, key_path, [_load_cert(fresh), *certs])
+    signing, left = certs[0], certs[0].not_valid_after_utc - _now()
+    if left > dt.timedelta(days=renew_days):
+        return _bundle(cert_path, key_path, certs)
+    if not next_key.exists() or _load_cert(next_cert) is None:
+        _new_ca(next_key, next_cert, days)
+    upcoming = _load_cert(next_cert)
+    if left > dt.timedelta(days=renew_days / 2):  # step 1: trust the next CA
+        return _bundle(cert_path, key_path, [signing, upcoming, *certs[1:]])
+    # step 2: sign with it; the old key stays (ca-previous.key) only to sign the old CA's CRL
+    # while certificates of that CA are still out there (see ensure_crl)
+    os.replace(key_path, directory / PREVIOUS_CA_KEY)
+    os.replace(next_key, key_path)
+    bundle = _bundle(cert_path, key_path, [upcoming, *certs])
+    next_cert.unlink()
+    return Issued(bundle.cert, bundle.key, changed=True)
+
+
+def _new_ca(key_path: Path, cert_path: Path, days: int) -> None:
+    """A CA named after its day and a random tag: the CAs trusted side by side during a renewal
+    must differ by name, or OpenSSL may check a signature against the wrong one."""
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    label = f"{CA_NAME} {_now():%Y-%m-%d} {os.urandom(3).hex()}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -126,9 +193,31 @@ def ensure_ca(directory: Path, *, days: int = 3650, renew_days: int = 90) -> Iss
         .sign(key, hashes.SHA256())
     )
     _write_private(key_path, _key_pem(key))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Issued(cert_path, key_path, changed=True)
+    _write_certs(cert_path, [cert])
+
+
+def _bundle(cert_path: Path, key_path: Path, certs: Sequence[x509.Certificate | None]) -> Issued:
+    """ca.crt as `certs` (the signing CA first, each once); changed when that is new."""
+    unique: dict[bytes, x509.Certificate] = {}
+    for cert in certs:
+        if cert is not None:
+            unique.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    wanted = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in unique.values())
+    try:
+        changed = cert_path.read_bytes() != wanted
+    except OSError:
+        changed = True
+    if changed:
+        _write_certs(cert_path, list(unique.values()))
+    temporary = cert_path.with_name("ca.new.crt")
+    if temporary.exists():
+        temporary.unlink()
+    return Issued(cert_path, key_path, changed=changed)
+
+
+def _write_certs(path: Path, certs: list[x509.Certificate]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
 
 
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -144,15 +233,17 @@ def issue(
     name: str,
     *,
     server_names: tuple[str, ...] = (),
-    days: int = 825,
-    renew_days: int = 30,
+    days: int = CERT_DAYS,
+    renew_days: int = CERT_RENEW_DAYS,
     not_before: dt.datetime | None = None,
 ) -> Issued:
     """Certificate and key for `name` in `directory` (`<name>.crt`, `<name>.key`).
 
     With `server_names` it is a server certificate (DNS names or IP addresses as SANs);
-    otherwise a client certificate with CN = name. `days` may be negative for tests that need
-    an expired certificate. `name` becomes a file name and a certificate CN (the MQTT username
+    otherwise a client certificate with CN = name. Tests make an expired certificate, or one
+    about to expire, with `not_before` in the past (it reissues unconditionally). The CA is
+    made when missing, never renewed here (`ensure_ca` does).
+    `name` becomes a file name and a certificate CN (the MQTT username
     the broker's ACL sees), so it must be a valid node name.
     """
     _check_name(name)
@@ -162,8 +253,15 @@ def issue(
             f"{name} is {revoked.state} ({revoked.reason}, {revoked.since}): no certificate is "
             f"issued for it; 'facefleet pki reenrol {name}' enrols a replacement device"
         )
-    ca = ensure_ca(directory)
-    ca_cert = _load_cert(ca.cert)
+    if not_before is None:
+        _check_lifetime(days, renew_days)
+    ca = ensure_ca(directory) if not (directory / "ca.key").exists() else None
+    ca_key_path = ca.key if ca else directory / "ca.key"
+    ca_cert = _load_cert(directory / "ca.crt")
+    if ca_cert is None:
+        raise ConfigError(
+            f"{directory / 'ca.crt'}: not a certificate (remove ca.key to start over)"
+        )
     assert ca_cert is not None
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     current = _load_cert(cert_path)
@@ -175,7 +273,7 @@ def issue(
         and key_path.exists()
     ):
         return Issued(cert_path, key_path, changed=False)
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = _new_key()
     start = not_before or _now() - dt.timedelta(minutes=5)
@@ -315,7 +413,7 @@ def decommission(directory: Path, name: str, abandoned: int = 0) -> bool:
     return True
 
 
-def reenrol(directory: Path, name: str, *, days: int = 825) -> Issued:
+def reenrol(directory: Path, name: str, *, days: int = CERT_DAYS) -> Issued:
     """Lift the revocation of `name` and issue a new key and certificate (a replacement device
     under the same name); the old certificate's serial stays in the CRL."""
     _check_name(name)
@@ -330,65 +428,100 @@ def reenrol(directory: Path, name: str, *, days: int = 825) -> Issued:
     return issue(directory, name, days=days)
 
 
+def _crl_signers(directory: Path) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:
+    """Each trusted CA (ca.crt) with its key: the signing one, and during a renewal the one it
+    replaced. Mosquitto's CRL check wants a CRL from the issuer of every client certificate,
+    so a certificate of the old CA (a host not deployed since the renewal) needs the old CA's
+    CRL, or it would be refused as if revoked."""
+    keys = []
+    for name in ("ca.key", PREVIOUS_CA_KEY):
+        try:
+            key = serialization.load_pem_private_key((directory / name).read_bytes(), None)
+        except (OSError, ValueError):
+            continue
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        keys.append(key)
+    signers = []
+    for cert in _load_certs(directory / "ca.crt"):
+        public = cert.public_key()
+        for key in keys:
+            if key.public_key() == public:
+                signers.append((cert, key))
+    if len(signers) < len(keys):
+        # the replaced CA expired and left ca.crt: its key has no use any more
+        (directory / PREVIOUS_CA_KEY).unlink(missing_ok=True)
+    return signers
+
+
+def _crl_current(
+    crl: x509.CertificateRevocationList, ca: x509.Certificate, serials: set[int]
+) -> bool:
+    public = ca.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    return (
+        crl.issuer == ca.subject
+        and crl.is_signature_valid(public)
+        and crl.next_update_utc == ca.not_valid_after_utc
+        and {revoked.serial_number for revoked in crl} == serials
+    )
+
+
 def ensure_crl(directory: Path) -> Issued:
-    """`crl.pem`: every revoked serial of the record, signed by the current CA; rewritten when
-    missing, different or signed by another CA. Its nextUpdate is the CA's expiry: OpenSSL
-    refuses every client once a CRL is past its nextUpdate, and a fleet's broker must not
-    depend on a deploy having run recently."""
+    """`crl.pem`: one CRL per trusted CA whose key is here (see `_crl_signers`), each listing
+    every revoked serial of the record; rewritten when missing or different. A CRL's
+    nextUpdate is its CA's expiry: OpenSSL refuses every client once a CRL is past its
+    nextUpdate, and a fleet's broker must not depend on a deploy having run recently."""
     ca = ensure_ca(directory)
-    ca_cert = _load_cert(ca.cert)
-    assert ca_cert is not None
     path = directory / CRL
     entries = _load_record(directory)["certificates"]
     wanted = {int(entry["serial"]) for entry in entries}
-    ca_public = ca_cert.public_key()
-    assert isinstance(ca_public, ec.EllipticCurvePublicKey)
+    signers = _crl_signers(directory)
     try:
-        current: x509.CertificateRevocationList | None = x509.load_pem_x509_crl(path.read_bytes())
+        blocks = path.read_bytes().split(b"-----END X509 CRL-----")
+        current = [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n") for b in blocks[:-1]]
     except (OSError, ValueError):
-        current = None
-    if (
-        current is not None
-        and current.issuer == ca_cert.subject
-        and current.is_signature_valid(ca_public)
-        and current.next_update_utc == ca_cert.not_valid_after_utc
-        and {revoked.serial_number for revoked in current} == wanted
+        current = []
+    if len(current) == len(signers) and all(
+        _crl_current(crl, cert, wanted) for crl, (cert, _) in zip(current, signers)
     ):
         return Issued(path, ca.key, changed=False)
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(_now() - dt.timedelta(minutes=5))
-        .next_update(ca_cert.not_valid_after_utc)
-    )
-    for entry in entries:
-        revoked = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(int(entry["serial"]))
-            .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"].replace("Z", "+00:00")))
+    pems = []
+    for cert, key in signers:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(cert.subject)
+            .last_update(_now() - dt.timedelta(minutes=5))
+            .next_update(cert.not_valid_after_utc)
         )
-        if entry["reason"] != "unspecified":
-            revoked = revoked.add_extension(
-                x509.CRLReason(REASONS[entry["reason"]]), critical=False
+        for entry in entries:
+            revoked = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(entry["serial"]))
+                .revocation_date(
+                    dt.datetime.fromisoformat(entry["revoked_at"].replace("Z", "+00:00"))
+                )
             )
-        builder = builder.add_revoked_certificate(revoked.build())
-    crl = builder.sign(ca_key, hashes.SHA256())
-    _write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))
+            if entry["reason"] != "unspecified":
+                revoked = revoked.add_extension(
+                    x509.CRLReason(REASONS[entry["reason"]]), critical=False
+                )
+            builder = builder.add_revoked_certificate(revoked.build())
+        pems.append(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    _write_atomic(path, b"".join(pems))
     return Issued(path, ca.key, changed=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, type=Path, help="where the CA and certs live")
     sub = parser.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
-    sub.add_parser("ca", help="create the CA when missing or expiring")
+    ca_p = sub.add_parser("ca", help="create the CA when missing or expiring")
+    _lifetime_arguments(ca_p, CA_DAYS, CA_RENEW_DAYS)
     issue_p = sub.add_parser("issue", help="issue a certificate when missing or expiring")
     issue_p.add_argument("name", help="identity: the CN (node name for devices)")
     issue_p.add_argument(
         "--server", default="", help="comma-separated DNS names/IPs: make a server certificate"
     )
-    issue_p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    _lifetime_arguments(issue_p, CERT_DAYS, CERT_RENEW_DAYS)
     revoke_p = sub.add_parser(
         "revoke",
         help="revoke a node: refused by the cloud broker after the next site.yml (CRL, ACL)",
@@ -417,6 +550,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("crl", help="write crl.pem from the revocation record when it changed")
     list_p = sub.add_parser("revoked", help="the revoked and decommissioned nodes")
     list_p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _lifetime_arguments(parser: argparse.ArgumentParser, days: int, renew_days: int) -> None:
+    parser.add_argument("--days", type=int, default=days, help=f"lifetime in days (default {days})")
+    parser.add_argument(
+        "--renew-days",
+        type=int,
+        default=renew_days,
+        help=f"renew when it expires within this many days (default {renew_days})",
+    )
 
 
 def run_pki(args: argparse.Namespace) -> int:
@@ -454,13 +597,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}\t{state.state}\t{state.since}\t{state.reason}\t{state.abandoned}")
         return 0
     if command == "ca":
-        result = ensure_ca(directory)
+        result = ensure_ca(directory, days=args.days, renew_days=args.renew_days)
     elif command == "crl":
         result = ensure_crl(directory)
     elif command == "reenrol":
         result = reenrol(directory, args.name)
     else:
         names = tuple(n.strip() for n in args.server.split(",") if n.strip())
-        result = issue(directory, args.name, server_names=names, days=args.days)
+        _check_lifetime(args.days, args.renew_days)
+        result = issue(
+            directory, args.name, server_names=names, days=args.days, renew_days=args.renew_days
+        )
     print(f"{result.cert}\n{'changed' if result.changed else 'ok'}")
     return 0

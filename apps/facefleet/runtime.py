@@ -66,6 +66,7 @@ class Link:
         self.subscriptions = subscriptions
         self.on_up = on_up
         self.client = make_client(settings, client_id, manual_ack=manual_ack)
+        self.tracker = ConnectionTracker(self.client, name, self._up, settings)
         self.heartbeat = Heartbeat(
             self.client,
             status.prefix,
@@ -73,8 +74,9 @@ class Link:
             status.service,
             status.interval_s,
             status.figures,
+            cert_file=settings.cert_file if settings.tls else "",
+            session=self.tracker,
         )
-        self.tracker = ConnectionTracker(self.client, name, self._up, settings)
         #: connect in the background (paho's loop thread reconnects from then on)
         self.connect: Step = partial(
             start,

@@ -11,12 +11,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from facefleet import __version__
 from facefleet.contract import ServiceFigures, Status, status_topic, utc_timestamp, valid_node
+from facefleet.mqtt import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,49 @@ def node_platform() -> dict[str, str]:
     return found
 
 
+def instance_id(boot_id_file: str = "/proc/sys/kernel/random/boot_id") -> str:
+    """This process, for the heartbeat: the first 8 characters of the boot id and the pid.
+    Not secret; two devices (or two processes) with one identity report different ones."""
+    try:
+        with open(boot_id_file, encoding="ascii") as handle:
+            boot = handle.read().strip().replace("-", "")[:8]
+    except OSError:
+        boot = ""
+    return f"{boot or socket.gethostname()}-{os.getpid()}"
+
+
+#: Instance ids kept by `own_instances`.
+KEPT_INSTANCES = 16
+
+
+def own_instances(path: Path, current: str) -> frozenset[str]:
+    """This service's instance ids: `current` and the last KEPT_INSTANCES - 1 before it, kept
+    in `path` (one a line; a file that cannot be read or written starts a new list)."""
+    try:
+        earlier = path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        earlier = []
+    kept = [*[i for i in earlier if i != current][-(KEPT_INSTANCES - 1) :], current]
+    try:
+        path.write_text("".join(f"{i}\n" for i in kept), encoding="ascii")
+    except OSError as exc:
+        log.warning("could not keep the instance id in %s: %s", path, exc.strerror or exc)
+    return frozenset(kept)
+
+
+def certificate_expiry(cert_file: str) -> str | None:
+    """When the certificate in `cert_file` expires (UTC timestamp), None when unreadable (the
+    connection reports an unusable certificate itself)."""
+    from cryptography import x509  # only services with a certificate pay for the import
+
+    try:
+        with open(cert_file, "rb") as handle:
+            cert = x509.load_pem_x509_certificate(handle.read())
+    except (OSError, ValueError):
+        return None
+    return utc_timestamp(cert.not_valid_after_utc)
+
+
 def resolve_node(node: str) -> str:
     """The configured node name, or the short host name when none is set."""
     name = node or socket.gethostname().split(".")[0]
@@ -84,7 +129,10 @@ def resolve_node(node: str) -> str:
 
 
 class Heartbeat:
-    """Retained JSON status on `<prefix>/<node>/status/<service>`, repeated every interval."""
+    """Retained JSON status on `<prefix>/<node>/status/<service>`, repeated every interval.
+
+    It carries this process's instance id, the expiry of the client certificate the link
+    presents (`cert_file`), and how often the session was taken over (`session`)."""
 
     def __init__(
         self,
@@ -94,6 +142,9 @@ class Heartbeat:
         service: str,
         interval_s: float,
         figures: Callable[[], ServiceFigures],
+        *,
+        cert_file: str = "",
+        session: ConnectionTracker | None = None,
     ) -> None:
         self.client = client
         self.topic = status_topic(prefix, node, service)
@@ -103,6 +154,9 @@ class Heartbeat:
         self.figures = figures
         self.started = time.time()
         self.platform = node_platform()
+        self.instance = instance_id()
+        self.cert_expires = certificate_expiry(cert_file) if cert_file else None
+        self.session = session
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         topic, payload = self.will()
@@ -124,6 +178,10 @@ class Heartbeat:
             uptime_s=round(time.time() - self.started, 1),
             platform=self.platform,
             figures=figures,
+            instance=self.instance,
+            cert_expires=self.cert_expires,
+            taken_over=self.session.taken_over if self.session else None,
+            taken_over_at=self.session.taken_over_at if self.session else None,
         )
         return status.encode()
 
@@ -131,7 +189,13 @@ class Heartbeat:
         """The last will: this topic, `offline`, retained (installed on the client here, before
         it connects)."""
         status = Status(
-            "offline", self.service, self.node, version=__version__, interval_s=self.interval_s
+            "offline",
+            self.service,
+            self.node,
+            version=__version__,
+            interval_s=self.interval_s,
+            instance=self.instance,
+            cert_expires=self.cert_expires,
         )
         return self.topic, status.encode()
 

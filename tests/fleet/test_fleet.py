@@ -15,14 +15,17 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import paho.mqtt.client as mqtt
 import pytest
 from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 
-from facefleet.contract import SERVICES
+from facefleet import pki
+from facefleet.contract import SERVICES, utc_timestamp
 from tests.fleet.clients import BROKER_PORT, cloud_settings, lab_s3
-from tests.fleet.fleetlab import PKI_DIR, Lab, deploy
+from tests.fleet.fleetlab import INVENTORY, PKI_DIR, Lab, deploy
+from tests.helpers import fleet_status
 from tests.support import Collector, Publisher
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -294,8 +297,13 @@ def test_second_deploy_changes_nothing(settled: Lab) -> None:
     assert not changed, f"second run changed something: {changed}\n{second.tail(120)}"
 
 
-def test_a_config_change_restarts_only_that_service(settled: Lab) -> None:
-    """Runs last: it leaves edge-1's detector with a different threshold."""
+def test_a_config_change_and_a_renewed_certificate_restart_only_their_services(
+    settled: Lab,
+) -> None:
+    """Runs last: it leaves edge-1's detector with a different threshold. The same deploy
+    renews edge-1's certificate, made to expire within facefleet_pki_renew_days on the
+    controller: the forwarder (which presents it) restarts for it, nothing else does, and the
+    new expiry reaches the cloud in its heartbeat (issue #15)."""
     lab = settled
     edge = lab.edges[0]
     units = ("mosquitto", "facefleet-detector", "facefleet-logger", "facefleet-forwarder")
@@ -305,13 +313,25 @@ def test_a_config_change_restarts_only_that_service(settled: Lab) -> None:
         text = lab.out(edge, f"systemctl show -p ActiveEnterTimestampMonotonic {props}")
         return dict(zip(units, text.split(), strict=True))
 
+    now = datetime.now(timezone.utc)
+    pki.issue(PKI_DIR, edge, not_before=now - timedelta(days=pki.CERT_DAYS - 10))
     before = started()
     changed = deploy(lab.source, "--limit", edge, detector_score_threshold=0.71)
     assert changed.returncode == 0, changed.tail()
-    assert changed.recap()[edge]["changed"] == 2, changed.tail(120)  # config + restart
+    # config + restart; certificate issued, copied with its key + restart
+    assert changed.recap()[edge]["changed"] == 6, changed.tail(120)
     after = started()
     assert lab.out(edge, f"grep -c 'score_threshold = 0.71' {CONFIG_DIR}/detector.toml") == "1"
-    assert after["facefleet-detector"] != before["facefleet-detector"]
-    assert {u: after[u] for u in units[:1] + units[2:]} == {
-        u: before[u] for u in units[:1] + units[2:]
+    restarted = {u for u in units if after[u] != before[u]}
+    assert restarted == {"facefleet-detector", "facefleet-forwarder"}
+    expires = pki.not_after(PKI_DIR / f"{edge}.crt")
+    assert expires is not None and expires - now > timedelta(days=pki.CERT_DAYS - 1)
+    status = fleet_status(INVENTORY, "--limit", edge, "--json", "--wait", "60")
+    assert status.returncode == 0, status.stdout + status.stderr
+    certificate = json.loads(status.stdout)["nodes"][0]["certificate"]
+    # the new certificate's end, as the restarted forwarder reports it (not the first's)
+    assert certificate == {
+        "expires": utc_timestamp(expires),
+        "days_left": pki.CERT_DAYS - 1,
+        "from": "heartbeat",
     }

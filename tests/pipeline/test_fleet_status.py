@@ -93,7 +93,9 @@ def test_every_node_listed_and_unhealthy_ones_fail(
     assert row["cam1"].endswith("ok") and "online 1.0" in row["cam1"]
     assert f"  {shown}  " in row["cam1"]
     assert "detector never reported" in row["cam2"]
-    assert lines[-1] == "3 nodes, 1 unhealthy"
+    assert lines[-2] == "3 nodes, 1 unhealthy"
+    # the PKI directory of cloud_inventory holds the CA, broker and monitor certificates
+    assert lines[-1] == "certificates: ca 3649d, broker 824d, monitor 824d"
 
     heartbeat(devices, "cam2", "detector")
     heartbeat(devices, "cam2", "logger")
@@ -161,3 +163,23 @@ def test_bad_usage_is_one_line(inventory: Path, tmp_path: Path) -> None:
     assert no_pki.returncode == 2
     assert len(no_pki.stderr.strip().splitlines()) == 1
     assert "ca.crt: not found" in no_pki.stderr
+
+
+def test_a_certificate_within_the_renewal_window_fails_the_gate(
+    inventory: Path, devices: dict[str, Publisher]
+) -> None:
+    """The health gate is `fleet status --wait`: a host whose certificate expires within the
+    inventory's facefleet_pki_renew_days fails it, one outside passes."""
+    soon = utc_timestamp(datetime.now(timezone.utc) + timedelta(days=10, hours=1))
+    for service in EDGE_SERVICES:
+        heartbeat(devices, "cam1", service, cert_expires=soon if service == "forwarder" else None)
+    gate = fleet_status(inventory, "--limit", "cam1", "--wait", "3", "--json")
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    node = json.loads(gate.stdout)["nodes"][0]
+    assert node["problems"] == [f"forwarder certificate expires in 10 days ({soon[:10]})"]
+    assert node["certificate"] == {"expires": soon, "days_left": 10, "from": "heartbeat"}
+    assert " 10d " in fleet_status(inventory, "--limit", "cam1").stdout
+
+    narrow = inventory.read_text().replace("vars:", "vars:\n    facefleet_pki_renew_days: 7", 1)
+    inventory.write_text(narrow)
+    assert fleet_status(inventory, "--limit", "cam1", "--wait", "3").returncode == 0

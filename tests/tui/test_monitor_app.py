@@ -11,12 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, TabbedContent
 
-from facefleet.contract import ProcessorFigures, Status
+from facefleet.contract import ProcessorFigures, Status, utc_timestamp
 from facefleet.health import OFFLINE
 from facefleet.localbroker import LocalBroker
 from facefleet_monitor.app import MonitorApp, StatusReceived, image_widget_class
@@ -284,6 +285,33 @@ async def test_cloud_broker_with_mtls_from_an_inventory(
         await wait_shown(pilot, app, f"127.0.0.1:{cloud_broker.port}")
         assert app.model.nodes["cam2"].services["detector"].seen_at is None  # never seen
         assert set(app.model.nodes) == {"cam1", "cam2", "cloud1"}
+        assert config.cert_warn_days == 30  # the inventory's window (facefleet_pki_renew_days)
+
+        # a certificate 12 days from its end, heartbeats from two instances in turn (a clone)
+        expires = utc_timestamp(datetime.now(timezone.utc) + timedelta(days=12, hours=12))
+        forwarder = app.model.nodes["cam1"].services["forwarder"]
+        for n, instance in enumerate(("a1b2c3d4-100", "e5f6a7b8-200", "a1b2c3d4-100")):
+            body = status_body("cam1", "forwarder", instance=instance, cert_expires=expires)
+            device.status("cam1", "forwarder", body)
+            device.flush()
+            await wait_until(  # one at a time: the monitor keeps the newest of a backlog
+                pilot,
+                lambda instance=instance, n=n: (
+                    forwarder.status is not None
+                    and forwarder.status.instance == instance
+                    and forwarder.status.cert_expires == expires
+                    and app.model.counters.statuses >= n + 2
+                ),
+                what=f"heartbeat {n} of the clone",
+            )
+        assert forwarder.last is not None and forwarder.last.alternated_at is not None
+        await pilot.press("3")
+        await wait_shown(pilot, app, f"certificate expires in 12 days ({expires[:10]})")
+        await pilot.press("4")
+        await wait_shown(pilot, app, "forwarder: certificate expires in 12 days")
+        await wait_shown(pilot, app, "two devices use the identity of cam1")
+        assert app.model.active["cert:cam1:forwarder"].severity == "warning"
+        assert app.model.active["clone:cam1:forwarder"].severity == "error"
     device.close()
 
 
@@ -444,9 +472,9 @@ async def test_a_tls_failure_says_what_is_wrong_with_the_certificate(
         await wait_until(
             pilot, lambda: app.model.connection.state == "unreachable", what="TLS failure"
         )
-        # both CAs are called "facefleet fleet CA": the signature does not match
         assert app.model.connection.detail.endswith(
-            "TLS: the broker's certificate is not trusted: certificate signature failure"
+            "TLS: the broker's certificate is not trusted: "
+            "self-signed certificate in certificate chain"
         ), app.model.connection.detail
         assert any(a.service == "broker" for a in app.model.active.values())
     # our certificate from a CA the broker does not know: the broker's alert, in words

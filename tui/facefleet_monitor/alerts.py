@@ -9,7 +9,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from facefleet.contract import STALE_INTERVALS, DetectorFigures, ForwarderFigures, ProcessorFigures
-from facefleet.health import NEVER, OFFLINE, STALE, STOPPED
+from facefleet.health import (
+    NEVER,
+    OFFLINE,
+    STALE,
+    STOPPED,
+    certificate_days,
+    certificate_text,
+    clone_problem,
+)
+from facefleet.pki import CERT_RENEW_DAYS
 from facefleet_monitor.events import ConnectionEvent
 from facefleet_monitor.state import NodeStatus, ServiceStatus
 
@@ -42,10 +51,13 @@ class AlertLogEntry:
 
 
 def fleet_alerts(
-    connection: ConnectionEvent, nodes: Iterable[NodeStatus], now: float
+    connection: ConnectionEvent,
+    nodes: Iterable[NodeStatus],
+    now: float,
+    cert_warn_days: float = CERT_RENEW_DAYS,
 ) -> Iterable[Alert]:
-    """Every problem active at `now`: the broker connection, then each node's services and
-    bad messages."""
+    """Every problem active at `now`: the broker connection, then each node's services
+    (certificates expiring within `cert_warn_days` included) and bad messages."""
     if connection.state in ("unreachable", "refused", "reconnecting"):
         address, _, reason = connection.detail.partition(": ")
         what = {"unreachable": "unreachable", "refused": "refused the monitor"}.get(
@@ -63,6 +75,7 @@ def fleet_alerts(
             continue  # refused by the broker on purpose: its silence is no problem
         for status in node.ordered_services():
             yield from _service_alerts(node, status, now)
+            yield from _identity_alerts(node, status, now, cert_warn_days)
         if node.last_bad_at is not None and now - node.last_bad_at < BAD_MESSAGE_ALERT_S:
             yield Alert(
                 f"bad:{node.name}",
@@ -71,6 +84,28 @@ def fleet_alerts(
                 "",
                 f"{node.bad_messages} bad message(s), last: {node.last_bad_reason}",
             )
+
+
+def _identity_alerts(
+    node: NodeStatus, status: ServiceStatus, now: float, warn_days: float
+) -> Iterable[Alert]:
+    """The service's certificate runs out, or a second device uses the node's identity (judged
+    as `facefleet fleet status` does)."""
+    key = f"{node.name}:{status.service}"
+    clone = clone_problem(node.name, status.service, status.last, now)
+    if clone:
+        yield Alert(f"clone:{key}", ERROR, node.name, "", clone)
+    days = certificate_days(status.status, now)
+    if status.status is None or days is None or days >= warn_days:
+        return
+    expires = status.status.cert_expires or ""
+    yield Alert(
+        f"cert:{key}",
+        ERROR if days < 0 else WARNING,
+        node.name,
+        status.service,
+        f"certificate {certificate_text(days, expires)}",
+    )
 
 
 def _service_alerts(node: NodeStatus, status: ServiceStatus, now: float) -> Iterable[Alert]:

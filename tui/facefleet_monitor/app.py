@@ -193,6 +193,7 @@ class MonitorApp(App[int]):
             clock=clock,
             max_detections=config.max_detections,
             max_thumbnails=config.max_thumbnails,
+            cert_warn_days=config.cert_warn_days,
         )
         self.feed = MonitorFeed(config.mqtt, config.prefix, self._sink)
         self.inbox = Inbox()

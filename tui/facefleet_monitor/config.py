@@ -12,6 +12,7 @@ from facefleet.contract import DEFAULT_PREFIX
 from facefleet.health import watcher_settings
 from facefleet.inventory import load_inventory
 from facefleet.mqtt import MqttSettings, tls_context
+from facefleet.pki import CERT_RENEW_DAYS
 
 IMAGE_PROTOCOLS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
@@ -33,6 +34,8 @@ class MonitorConfig:
     max_thumbnails: int = 64
     #: lines printed before the UI started (the demo's), shown in the UI and the alert log
     notes: tuple[str, ...] = ()
+    #: a certificate this close to its expiry is an alert (the inventory's renewal window)
+    cert_warn_days: int = CERT_RENEW_DAYS
 
     @property
     def broker_label(self) -> str:
@@ -74,11 +77,13 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
     host, port, prefix = "127.0.0.1", 1883, DEFAULT_PREFIX
     ca = cert = key = ""
     tls = False
+    warn_days = CERT_RENEW_DAYS
     if args.inventory:
         info = load_inventory(Path(args.inventory))
         expected = info.nodes
         if info.pki_dir is not None:
             refused = {name: s.state for name, s in pki.node_states(info.pki_dir).items()}
+        warn_days = info.renew_days
         host, port, prefix = info.broker_host, info.broker_port, info.prefix
         if not (args.ca or args.cert):  # the options name the certificates themselves
             tls = True
@@ -122,4 +127,5 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         refused=refused,
         image_protocol=args.image,
         notes=tuple(args.note or ()),
+        cert_warn_days=warn_days,
     )

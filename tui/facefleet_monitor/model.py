@@ -13,7 +13,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from facefleet.contract import SERVICES_BY_KIND
-from facefleet.health import Heard, heard_at
+from facefleet.health import follow, heard_at
+from facefleet.pki import CERT_RENEW_DAYS
 from facefleet_monitor.alerts import ERROR, Alert, AlertLogEntry, fleet_alerts
 from facefleet_monitor.events import (
     ConnectionEvent,
@@ -40,11 +41,13 @@ class FleetModel:
         max_log: int = 500,
         bucket_s: float = 10.0,
         buckets: int = 30,
+        cert_warn_days: float = CERT_RENEW_DAYS,
     ) -> None:
         """`expected` maps node name to kind ('edge' or 'cloud') from the inventory; `refused`
         the nodes revoked or decommissioned (node -> that state), which are not expected to
         report and raise no alerts."""
         self.clock = clock
+        self.cert_warn_days = cert_warn_days
         self.nodes: dict[str, NodeStatus] = {}
         self.has_inventory = bool(expected)
         self.detections: deque[Detection] = deque(maxlen=max_detections)
@@ -113,7 +116,7 @@ class FleetModel:
         status = node.service(event.service)
         reported = event.status
         seen = heard_at(reported, now, event.retained)
-        status.last = Heard(reported, seen)
+        status.last = follow(status.last, reported, seen)
         summary = summarize(reported.figures)
         last = status.history[-1] if status.history else None
         if last is not None and (last.state, last.summary) == (reported.state, summary):
@@ -218,7 +221,7 @@ class FleetModel:
         timer) and log the ones that appeared or cleared."""
         now = self.clock()
         active: dict[str, Alert] = {}
-        for alert in fleet_alerts(self.connection, self.nodes.values(), now):
+        for alert in fleet_alerts(self.connection, self.nodes.values(), now, self.cert_warn_days):
             active[alert.key] = alert
         # "never seen" is where every expected service starts, not an event: listed as
         # active, kept out of the log (else each start logs and resolves one per service)

@@ -24,7 +24,15 @@ from facefleet.contract import (
     ProcessorFigures,
     platform_summary,
 )
-from facefleet.health import NEVER, OFFLINE, ONLINE, STALE, STOPPED
+from facefleet.health import (
+    NEVER,
+    OFFLINE,
+    ONLINE,
+    STALE,
+    STOPPED,
+    certificate_days,
+    certificate_text,
+)
 from facefleet_monitor.alerts import ERROR, WARNING
 from facefleet_monitor.formatting import format_age, format_clock, format_face_time, summarize
 from facefleet_monitor.model import FleetModel
@@ -490,9 +498,15 @@ class NodeView(Vertical, View):
             )
         )
         platform = platform_summary(s.status for s in node.ordered_services() if s.status)
-        self.query_one("#node-platform", Static).update(
-            f"runs on {platform}" if platform else "platform not reported"
-        )
+        line = f"runs on {platform}" if platform else "platform not reported"
+        certified = [
+            s.status for s in node.ordered_services() if s.status and s.status.cert_expires
+        ]
+        days = certificate_days(certified[0], now) if certified else None
+        if certified and days is not None:
+            expires = certified[0].cert_expires or ""
+            line += f" · certificate {certificate_text(days, expires)}"
+        self.query_one("#node-platform", Static).update(line)
         wanted = list(SERVICES_BY_KIND.get(node.kind, ()))
         for status in node.ordered_services():
             if status.seen_at is None and status.service not in wanted:

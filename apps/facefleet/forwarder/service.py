@@ -14,6 +14,13 @@ Three actors, each owning its state:
   (delivery.py); the sender only moves messages between it, the spool and paho. paho
   retransmits in-flight messages itself after a reconnect; after a restart everything
   spooled is resent.
+
+On the cloud broker it also reads its own status topic: a recent `online` heartbeat there from
+an instance that is not ours means a second device with this identity (a cloned SD card) held
+the session until we took it (the broker replays it on every subscribe; a taken-over client
+leaves no last will), so the cloud link counts it and backs off (see
+`ConnectionTracker.clone_seen`). This device's earlier instances (`own_instances`, kept beside
+the spool) do not count: after a power cut the broker may still hold our previous session.
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ import paho.mqtt.client as mqtt
 
 from facefleet.config import ConfigError
 from facefleet.contract import (
+    STALE_INTERVALS,
     ContractError,
     ForwarderFigures,
     Receipt,
     SpooledNotice,
+    Status,
     face_id_of,
     faces_topic,
+    parse_timestamp,
     receipts_topic,
     spooled_topic,
     status_topic,
@@ -48,6 +58,7 @@ from facefleet.forwarder.settings import ForwarderConfig
 from facefleet.forwarder.spool import Incoming, Spool, Spooled
 from facefleet.mqtt import properties_from_dict, properties_to_dict
 from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker, qos1
+from facefleet.service import instance_id, own_instances
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +116,7 @@ class Forwarder:
         self.delivery = Delivery(cfg.uplink.receipt_timeout_s, cfg.uplink.unconfirmed_max)
         self.errors = 0
 
+        self.instances = own_instances(Path(cfg.spool.path).parent / "instances", instance_id())
         client_id = f"facefleet-forwarder-{node}"
         status = StatusSource(cfg.prefix, node, "forwarder", cfg.heartbeat_s, self.figures)
         # persistent: receipts published while we are away wait for us at the broker
@@ -113,7 +125,10 @@ class Forwarder:
             cfg.cloud,
             client_id,
             status,
-            subscriptions=[qos1(self.receipts)] if self.use_receipts else [],
+            subscriptions=[
+                qos1(self.own_status),
+                *([qos1(self.receipts)] if self.use_receipts else []),
+            ],
             on_up=self._cloud_up,
             persistent=self.use_receipts,
         )
@@ -175,6 +190,9 @@ class Forwarder:
         self.wake.set()
 
     def _on_cloud_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.own_status:
+            self._check_own_status(msg)
+            return
         if msg.topic != self.receipts:
             return
         try:
@@ -184,6 +202,18 @@ class Forwarder:
             log.warning("ignored a receipt: %s", exc)
             return
         self.wake.set()
+
+    def _check_own_status(self, msg: mqtt.MQTTMessage) -> None:
+        """Our status topic says another instance, not this device's, was online just now."""
+        try:
+            status = Status.decode(bytes(msg.payload))
+            sent = parse_timestamp(status.ts or "").timestamp()
+        except ValueError:
+            return
+        other = status.instance
+        recent = time.time() - sent < STALE_INTERVALS * (status.interval_s or self.cfg.heartbeat_s)
+        if status.state == "online" and recent and other and other not in self.instances:
+            self.cloud_link.tracker.clone_seen(f"instance {other} was online with our identity")
 
     # -- figures ----------------------------------------------------------------------
 
