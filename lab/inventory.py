@@ -75,6 +75,8 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                 "ansible_ssh_common_args": (
                     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
                 ),
+                # the same for Mitogen's connections, which check host keys on their own
+                "ansible_host_key_checking": False,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 # spelled out (they equal the defaults) for the monitor, which reads them here
                 "facefleet_prefix": "facefleet",
