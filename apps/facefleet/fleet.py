@@ -4,8 +4,10 @@ One line per node with each expected service's state and version, taken from the
 heartbeats on the cloud broker (read with the monitor's read-only identity). Nodes that never
 reported are listed too. A service is healthy when it reports `online`, its heartbeat is not
 stale (older than three intervals by this machine's clock), its version is the expected one
-(`--expect-version`) and, for the detector, frames are flowing (`fps` > 0). `--wait` keeps
-watching until everything is healthy or the time is up: the rollout's health gate.
+(`--expect-version`) and, for the detector, frames are flowing (`fps` > 0). A node revoked or
+decommissioned in the PKI directory (`facefleet pki revoke`, playbooks/decommission.yml) is
+shown as such and not expected to report. `--wait` keeps watching until everything is healthy
+or the time is up: the rollout's health gate.
 
 Exit status: 0 healthy, 1 something unhealthy or the broker unreachable, 2 bad usage.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facefleet import pki
 from facefleet.config import ConfigError
 from facefleet.contract import SERVICES, SERVICES_BY_KIND, Status, platform_summary
 from facefleet.health import (
@@ -50,10 +53,25 @@ class NodeHealth:
     services: dict[str, Status] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: set when the node is revoked or decommissioned: it is not expected to report
+    revoked: pki.NodeState | None = None
 
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        """The HEALTH column."""
+        if self.revoked is not None:
+            state = self.revoked
+            why = (
+                f"{state.abandoned} faces abandoned"
+                if state.state == "decommissioned"
+                else state.reason
+            )
+            return f"{state.state} since {state.since} ({why})"
+        return "ok" if self.healthy else "; ".join(self.problems)
 
     @property
     def platform(self) -> str:
@@ -65,6 +83,7 @@ class NodeHealth:
             "node": self.node,
             "kind": self.kind,
             "healthy": self.healthy,
+            "revoked": self.revoked.as_json() if self.revoked else None,
             "platform": self.platform,
             "problems": self.problems,
             "services": {
@@ -83,30 +102,38 @@ def evaluate(
     seen: dict[tuple[str, str], Heard],
     expect_version: str | None,
     now: float | None = None,
+    refused: dict[str, pki.NodeState] | None = None,
 ) -> list[NodeHealth]:
-    """Health of every node (inventory order) from the last heartbeat of each service."""
+    """Health of every node (inventory order) from the last heartbeat of each service; a
+    `refused` node (revoked or decommissioned) has no problems: it is not expected to report."""
     now = time.time() if now is None else now
+    refused = refused or {}
     report = []
     for node, kind in nodes.items():
-        health = NodeHealth(node, kind)
+        health = NodeHealth(node, kind, revoked=refused.get(node))
         for service in SERVICES_BY_KIND[kind]:
             heard = seen.get((node, service))
             if heard is not None:
                 health.services[service] = heard.status
             health.states[service] = state(heard, now)
             wrong = problem(service, heard, now, expect_version)
-            if wrong:
+            if wrong and health.revoked is None:
                 health.problems.append(wrong)
         report.append(health)
     return report
 
 
-def complete(nodes: dict[str, str], seen: dict[tuple[str, str], Heard]) -> bool:
+def complete(
+    nodes: dict[str, str],
+    seen: dict[tuple[str, str], Heard],
+    refused: dict[str, pki.NodeState] | None = None,
+) -> bool:
     """Every expected service of every node has reported at least once in `seen` (a snapshot:
     judged on the same heartbeats as the report made from it)."""
     return all(
         (node, service) in seen
         for node, kind in nodes.items()
+        if node not in (refused or {})
         for service in SERVICES_BY_KIND[kind]
     )
 
@@ -117,6 +144,7 @@ def watch(
     nodes: dict[str, str],
     expect_version: str | None,
     wait_s: float,
+    refused: dict[str, pki.NodeState] | None = None,
 ) -> list[NodeHealth]:
     """The fleet's health now, or (wait_s > 0) as soon as it is healthy within wait_s."""
     started = time.monotonic()
@@ -128,13 +156,13 @@ def watch(
         deadline = started + wait_s
         while True:
             seen = status.snapshot()
-            report = evaluate(nodes, seen, expect_version)
+            report = evaluate(nodes, seen, expect_version, refused=refused)
             now = time.monotonic()
             if wait_s > 0:
                 if all(h.healthy for h in report) or now >= deadline:
                     return report
             elif (
-                complete(nodes, seen)
+                complete(nodes, seen, refused)
                 or now - status.retained_at >= RETAINED_QUIET_S
                 or now >= replay_ends
             ):
@@ -167,7 +195,7 @@ def format_table(report: list[NodeHealth]) -> str:
             version = status.version if status and status.version else ""
             cells.append(f"{health.states[service]} {version}".strip())
         cells.append(health.platform or "-")
-        cells.append("ok" if health.healthy else "; ".join(health.problems))
+        cells.append(health.verdict)
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = [
@@ -175,11 +203,12 @@ def format_table(report: list[NodeHealth]) -> str:
         for row in rows
     ]
     unhealthy = sum(not h.healthy for h in report)
-    lines.append(
-        f"{len(report)} nodes, all healthy"
-        if not unhealthy
-        else f"{len(report)} nodes, {unhealthy} unhealthy"
-    )
+    summary = f"{len(report)} nodes, " + (f"{unhealthy} unhealthy" if unhealthy else "all healthy")
+    for kind in ("revoked", "decommissioned"):
+        count = sum(h.revoked is not None and h.revoked.state == kind for h in report)
+        if count:
+            summary += f", {count} {kind}"
+    lines.append(summary)
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -216,9 +245,11 @@ def run_fleet(args: argparse.Namespace) -> int:
     info = load_inventory(Path(args.inventory))
     nodes = select_nodes(info, args.limit)
     settings = inventory_watcher_settings(info, args.pki_dir)
+    pki_dir = args.pki_dir or info.pki_dir
+    refused = pki.node_states(pki_dir) if pki_dir is not None else {}
     started = time.monotonic()
     try:
-        report = watch(settings, info.prefix, nodes, args.expect_version, args.wait)
+        report = watch(settings, info.prefix, nodes, args.expect_version, args.wait, refused)
     except ConnectionError as exc:
         print(f"facefleet fleet status: {exc}")
         return EXIT_UNHEALTHY

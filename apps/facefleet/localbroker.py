@@ -86,11 +86,18 @@ def _raise_open_files(pid: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...]) -> str:
+def cloud_acl(
+    prefix: str,
+    processors: tuple[str, ...],
+    monitors: tuple[str, ...],
+    revoked: tuple[str, ...] = (),
+) -> str:
     """The cloud broker's ACL from `contract.TOPIC_RIGHTS`. A device's rights are patterns on
     the identity's own name (`%u`), so any device may connect without being listed; patterns
     apply to every identity, so each processor and monitor is denied its own-name topics that
-    its kind lacks (mosquitto checks `deny` before any grant). Anything not granted is denied."""
+    its kind lacks (mosquitto checks `deny` before any grant). Anything not granted is denied.
+    A `revoked` identity (`pki.node_states`) is denied every topic: mosquitto rereads this file
+    on SIGHUP, while it reads the CRL only at start."""
     rights = TOPIC_RIGHTS
     device = rights["device"]
     lines = ["# devices (CN = node name): their own topics only"]
@@ -101,6 +108,8 @@ def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...
     for kind, names in (("processor", processors), ("monitor", monitors)):
         own = {family for _, family, whose in rights[kind] if whose == "own"}
         for name in names:
+            if name in revoked:
+                continue
             lines.append(f"user {name}")
             lines += [
                 f"topic {access} {TOPIC_FAMILIES[family].format(prefix=prefix, node='+')}"
@@ -112,6 +121,8 @@ def cloud_acl(prefix: str, processors: tuple[str, ...], monitors: tuple[str, ...
                 for _, family, _ in device
                 if family not in own
             ]
+    for name in revoked:
+        lines += [f"# revoked: {name}", f"user {name}", "topic deny #"]
     return "\n".join(lines) + "\n"
 
 
@@ -199,16 +210,36 @@ class LocalBroker:
         if self.flavour == "cloud":
             assert self.pki_dir is not None
             server = pki.issue(self.pki_dir, "broker", server_names=("localhost", self.host))
-            acl = self.workdir / "acl"
-            acl.write_text(cloud_acl(self.prefix, self.processors, self.monitors))
+            self.write_acl()
             listener += [
                 f"cafile {self.ca_file}",
+                f"crlfile {pki.ensure_crl(self.pki_dir).cert}",
                 f"certfile {server.cert}",
                 f"keyfile {server.key}",
-                f"acl_file {acl}",
+                f"acl_file {self.acl_path}",
             ]
         listener += [f"{name} {value}" for name, value in LISTENER_SETTINGS[self.flavour]]
         self.config_path.write_text("\n".join(common + listener) + "\n")
+
+    @property
+    def acl_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "acl"
+
+    def write_acl(self) -> None:
+        """The cloud ACL, with the nodes the PKI dir's revocation record refuses."""
+        assert self.pki_dir is not None
+        revoked = tuple(pki.node_states(self.pki_dir))
+        self.acl_path.write_text(cloud_acl(self.prefix, self.processors, self.monitors, revoked))
+
+    def reload(self) -> None:
+        """What the role's reload does after a revocation: the ACL (and CRL file) rewritten
+        from the PKI dir, then SIGHUP (mosquitto rereads the ACL, keeps every connection)."""
+        assert self.process is not None
+        assert self.pki_dir is not None
+        pki.ensure_crl(self.pki_dir)
+        self.write_acl()
+        self.process.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         binary = shutil.which("mosquitto") or (

@@ -22,8 +22,11 @@ import re
 import select
 import shlex
 import shutil
+import socket
+import ssl
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Iterator
@@ -233,3 +236,65 @@ def test_the_readme_deploys_a_copy_of_the_example_inventory(
     screen = run_in_terminal(shlex.split(monitor), ["connected to", *deployed], timeout_s=90)
     assert "connected to" in screen, screen[-3000:]
     assert "unreachable" not in screen and "refused" not in screen
+
+
+def revoked_handshake(address: str, port: int, pki: Path, identity: str) -> str:
+    """What a new TLS connection with `identity`'s certificate meets: 'accepted', or the
+    error (with TLS 1.3 the server's alert arrives after the client's side of the handshake:
+    the first read gets it; mosquitto sends nothing before CONNECT)."""
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(str(pki / f"{identity}.crt"), str(pki / f"{identity}.key"))
+    try:
+        with (
+            socket.create_connection((address, port), timeout=10) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.settimeout(3)
+            tls.recv(1)
+    except TimeoutError:
+        return "accepted"
+    except (ssl.SSLError, OSError) as exc:
+        return str(exc)
+    return "accepted"
+
+
+def check_decommission(lab: Lab, inventory: Path, pki: Path, cloud: str, edge: str) -> float:
+    """playbooks/decommission.yml on `edge` of a deployed fleet: the cloud broker reloaded, not
+    restarted, refuses the device's certificate; the device's services are stopped and
+    disabled, its spool still on disk; fleet status shows it decommissioned, not unhealthy.
+    Returns the playbook's duration in seconds."""
+    broker_pid = lab.out(cloud, "systemctl show -p MainPID --value mosquitto")
+    assert revoked_handshake(lab.address(cloud), 8883, pki, edge) == "accepted"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
+         "playbooks/decommission.yml", "--limit", edge],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert f"{edge} decommissioned (" in result.stdout
+    assert lab.out(cloud, "systemctl show -p MainPID --value mosquitto") == broker_pid
+    assert "revoked" in revoked_handshake(lab.address(cloud), 8883, pki, edge)
+    units = " ".join(f"facefleet-{s}" for s in ("detector", "logger", "forwarder"))
+    assert set(lab.ssh(edge, f"systemctl is-active {units}").stdout.split()) == {"inactive"}
+    assert set(lab.ssh(edge, f"systemctl is-enabled {units}").stdout.split()) == {"disabled"}
+    lab.out(edge, "test -s /var/lib/facefleet/forwarder/spool.sqlite")  # nothing deleted
+    status = subprocess.run(
+        [sys.executable, "-m", "facefleet", "fleet", "status", "--inventory", str(inventory)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    line = next(line for line in status.stdout.splitlines() if line.startswith(edge))
+    assert "decommissioned since" in line, status.stdout
+    return took
+
+
+def test_decommissioning_the_readme_fleets_device(lab: Lab, docs_deploy: DocsDeploy) -> None:
+    """After the README's deploy (the last use of its fleet): its edge decommissioned."""
+    assert docs_deploy.result.returncode == 0, "the README deploy failed (see the test above)"
+    hosts = docs_hosts(lab)
+    took = check_decommission(lab, COPY / "hosts.yml", PKI, hosts["cloud"][0], hosts["edge"][0])
+    print(f"decommission.yml took {took:.0f} s")

@@ -130,7 +130,8 @@ def test_every_identity_may_do_exactly_what_the_contract_grants(clients: dict[st
     assert not wrong, wrong
 
 
-def test_the_role_renders_the_same_acl_as_the_demo_broker() -> None:
+@pytest.mark.parametrize("revoked", [(), ("edge-3", "cloud-2")])
+def test_the_role_renders_the_same_acl_as_the_demo_broker(revoked: tuple[str, ...]) -> None:
     template = ROOT / "roles" / "mosquitto" / "templates" / "acl.j2"
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     environment.filters["comment"] = lambda text: f"# {text}"
@@ -139,9 +140,15 @@ def test_the_role_renders_the_same_acl_as_the_demo_broker() -> None:
         facefleet_prefix=DEFAULT_PREFIX,
         mosquitto_processors=["cloud-1", "cloud-2"],
         mosquitto_monitors=["monitor"],
+        _mosquitto_revoked=sorted(revoked),
     )
 
     def rules(text: str) -> list[str]:
         return [line for line in text.splitlines() if line and not line.startswith("#")]
 
-    assert rules(rendered) == rules(cloud_acl(DEFAULT_PREFIX, ("cloud-1", "cloud-2"), ("monitor",)))
+    demo = cloud_acl(DEFAULT_PREFIX, ("cloud-1", "cloud-2"), ("monitor",), tuple(sorted(revoked)))
+    assert rules(rendered) == rules(demo)
+    # the deploy finds the names its ACL refuses by these comments (a lifted one: a restart)
+    assert [line for line in rendered.splitlines() if line.startswith("# revoked: ")] == [
+        line for line in demo.splitlines() if line.startswith("# revoked: ")
+    ]

@@ -372,3 +372,26 @@ def test_inventory_errors(tmp_path: Path) -> None:
     path.write_text("all:\n  children:\n    edge:\n      hosts:\n        cam1: {}\n")
     with pytest.raises(ConfigError, match="no 'cloud' host"):
         load_inventory(path)
+
+
+def test_a_revoked_node_from_the_inventorys_pki_is_shown_as_such_without_alerts(
+    tmp_path: Path,
+) -> None:
+    from facefleet import pki
+
+    path = tmp_path / "hosts.yml"
+    path.write_text(textwrap.dedent(INVENTORY))
+    for name in ("monitor", "cam1", "cam2"):
+        issue(tmp_path / "pki", name)
+    pki.revoke(tmp_path / "pki", "cam2", "key-compromise")
+    pki.decommission(tmp_path / "pki", "cam1", abandoned=2)
+    config = config_from_args(parse_args("--inventory", str(path)))
+    assert config.refused == {"cam2": "revoked", "cam1": "decommissioned"}
+    clock = Clock()
+    model = FleetModel(config.expected, refused=config.refused, clock=clock)
+    model.apply(status("cam2", "detector"))  # its last heartbeat before it was revoked
+    clock.now += 3600  # long stale, and cam1 never reported
+    model.evaluate()
+    assert not [key for key in model.active if "cam1" in key or "cam2" in key]
+    assert model.nodes["cam2"].refused == "revoked"
+    assert "never:cloud1:processor" in model.active  # the others are still watched

@@ -18,7 +18,7 @@ ROLE = ROOT / "roles" / "mosquitto"
 #: Where files live and where logs go differ by design between a host and a test directory.
 PLACE_SPECIFIC = {
     "pid_file", "persistence_location", "log_dest", "log_type", "log_timestamp", "include_dir",
-    "listener", "cafile", "certfile", "keyfile", "acl_file", "user",
+    "listener", "cafile", "crlfile", "certfile", "keyfile", "acl_file", "user",
 }  # fmt: skip
 
 
@@ -43,6 +43,8 @@ def role_config(flavour: str) -> str:
         "groups": {"cloud": ["cloud-1"]},
         "facefleet_cloud_broker_port": 8883,
         "facefleet_monitor_identity": "monitor",
+        "_facefleet_refused_nodes": {},
+        "role_path": str(ROLE),
     }
     variables = {**facts}
     for layer in ("defaults", "vars"):
@@ -69,6 +71,17 @@ def test_the_local_broker_runs_with_the_settings_the_role_deploys(
     broker = LocalBroker(flavour, workdir=tmp_path)
     broker.write_config()
     assert settings(broker.config_path.read_text()) == settings(role_config(flavour))
+    # the files differ by place, but both brokers have the same ones (the CRL too)
+    files = {"cafile", "crlfile", "certfile", "keyfile", "acl_file"}
+    named = [
+        {
+            line.split()[0]
+            for line in config.splitlines()
+            if line.split()[:1] and line.split()[0] in files
+        }
+        for config in (broker.config_path.read_text(), role_config(flavour))
+    ]
+    assert named[0] == named[1] == (files if flavour == "cloud" else set())
 
 
 def test_the_local_broker_may_hold_as_many_connections_as_the_deployed_one() -> None:

@@ -59,6 +59,8 @@ def fleet_alerts(
             f"{address} {what}: {reason}" if reason else f"{address} {what}",
         )
     for node in nodes:
+        if node.refused:
+            continue  # refused by the broker on purpose: its silence is no problem
         for status in node.ordered_services():
             yield from _service_alerts(node, status, now)
         if node.last_bad_at is not None and now - node.last_bad_at < BAD_MESSAGE_ALERT_S:

@@ -189,6 +189,7 @@ class MonitorApp(App[int]):
         self.clock = clock
         self.model = FleetModel(
             config.expected,
+            refused=config.refused,
             clock=clock,
             max_detections=config.max_detections,
             max_thumbnails=config.max_thumbnails,

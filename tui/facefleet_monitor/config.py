@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facefleet import pki
 from facefleet.config import ConfigError
 from facefleet.contract import DEFAULT_PREFIX
 from facefleet.health import watcher_settings
@@ -21,6 +22,9 @@ class MonitorConfig:
     prefix: str = DEFAULT_PREFIX
     #: expected nodes (node -> edge|cloud); empty: whatever reports is the fleet
     expected: dict[str, str] = field(default_factory=dict)
+    #: nodes revoked or decommissioned (node -> that state), from the inventory's PKI directory:
+    #: shown as such, not expected to report
+    refused: dict[str, str] = field(default_factory=dict)
     #: how the broker is named on screen (tests use a fixed name for stable snapshots)
     label: str = ""
     image_protocol: str = "auto"
@@ -66,12 +70,15 @@ def _existing(option: str, value: str | Path | None) -> str:
 def config_from_args(args: argparse.Namespace) -> MonitorConfig:
     """Options win over the inventory; the inventory fills in what they leave out."""
     expected: dict[str, str] = {}
+    refused: dict[str, str] = {}
     host, port, prefix = "127.0.0.1", 1883, DEFAULT_PREFIX
     ca = cert = key = ""
     tls = False
     if args.inventory:
         info = load_inventory(Path(args.inventory))
         expected = info.nodes
+        if info.pki_dir is not None:
+            refused = {name: s.state for name, s in pki.node_states(info.pki_dir).items()}
         host, port, prefix = info.broker_host, info.broker_port, info.prefix
         if not (args.ca or args.cert):  # the options name the certificates themselves
             tls = True
@@ -112,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
         mqtt=watcher_settings(settings),
         prefix=prefix,
         expected=expected,
+        refused=refused,
         image_protocol=args.image,
         notes=tuple(args.note or ()),
     )

@@ -33,6 +33,7 @@ class FleetModel:
         self,
         expected: dict[str, str] | None = None,
         *,
+        refused: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         max_detections: int = 500,
         max_thumbnails: int = 64,
@@ -40,7 +41,9 @@ class FleetModel:
         bucket_s: float = 10.0,
         buckets: int = 30,
     ) -> None:
-        """`expected` maps node name to kind ('edge' or 'cloud') from the inventory."""
+        """`expected` maps node name to kind ('edge' or 'cloud') from the inventory; `refused`
+        the nodes revoked or decommissioned (node -> that state), which are not expected to
+        report and raise no alerts."""
         self.clock = clock
         self.nodes: dict[str, NodeStatus] = {}
         self.has_inventory = bool(expected)
@@ -56,10 +59,13 @@ class FleetModel:
         self.connection = ConnectionEvent("connecting")
         #: bumped on every change; views redraw only when it moved
         self.version = 0
+        refused = refused or {}
         for name, kind in (expected or {}).items():
-            node = self.nodes[name] = NodeStatus(name, kind=kind, expected=True)
+            node = self.nodes[name] = NodeStatus(
+                name, kind=kind, expected=True, refused=refused.get(name, "")
+            )
             for service in SERVICES_BY_KIND.get(kind, ()):
-                node.service(service).expected = True
+                node.service(service).expected = not node.refused
 
     # --- input ----------------------------------------------------------------------------
 

@@ -65,6 +65,8 @@ class NodeStatus:
     name: str
     kind: str = ""
     expected: bool = False
+    #: "revoked" or "decommissioned" (facefleet pki): shown as such, raises no alerts
+    refused: str = ""
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     faces_total: int = 0
     last_face_ts: str | None = None

@@ -161,6 +161,8 @@ class FleetView(Vertical, View):
         kind = node.kind or "?"
         if model.has_inventory and not node.expected:
             kind += " (unlisted)"
+        if node.refused:
+            kind += f" ({node.refused})"
         cells: list[Any] = [Text(node.name, style=name_style), kind]
         states = []
         for service in SERVICES:
