@@ -24,6 +24,7 @@ CLIP = "short_hamilton_clip.mp4"
 #: need a denser stream set one; `make bench --lab` measures at the clip's own rate). At 5 fps
 #: four idle edges took 0.8 of the 2 cores, and a no-op deploy took 329 s; at 1 fps, 278 s.
 LAB_FPS = 1.0
+EMULATED_FPS = 0.05
 
 
 def detector_vars() -> dict[str, Any]:
@@ -47,7 +48,9 @@ def detector_vars() -> dict[str, Any]:
 
 
 def edge_host_vars(host: Host) -> dict[str, Any]:
-    """An edge's own variables. Emulated (arm64) hosts play the clip at one frame per second,
+    """An edge's own variables. Emulated (arm64) hosts play the clip at one frame every 20 s
+    (under qemu-user one YuNet frame costs about 3 CPU-seconds, so at one per second each
+    emulated detector would take a whole core from the suites),
     get longer for their services to come up, and run them without PrivateUsers= (qemu-user
     cannot set up a user namespace reliably). `jetson-cv-` hosts use Debian's OpenCV 4.6, which
     runs the Haar cascade it ships (opencv-data) but not the YuNet models (they need OpenCV
@@ -55,7 +58,7 @@ def edge_host_vars(host: Host) -> dict[str, Any]:
     out: dict[str, Any] = {"ansible_host": host.address}
     if host.image.emulated:
         out |= {
-            "detector_camera_fps": 1.0,
+            "detector_camera_fps": EMULATED_FPS,
             "facefleet_health_gate_timeout_s": 300,
             "facefleet_private_users": False,
         }
@@ -75,6 +78,8 @@ def inventory(hosts: list[Host], key: Path, pki_dir: Path) -> dict[str, Any]:
                 "ansible_ssh_common_args": (
                     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
                 ),
+                # the same for Mitogen's connections, which check host keys on their own
+                "ansible_host_key_checking": False,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 # spelled out (they equal the defaults) for the monitor, which reads them here
                 "facefleet_prefix": "facefleet",

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,23 +43,13 @@ from tests.support import ROOT
 
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"
-#: The lab's hosts: the cloud host and four x86_64 edges (the fault suite streams on the first
-#: two, the rollout uses all). FACEFLEET_LAB_ARM64=1 (`make test-jetson`) adds the emulated
-#: arm64 edges jetson-1 (Debian 11) and jetson-cv-1 (Debian 12, Debian's OpenCV) and their
-#: suite, test_jetson; their first deploy under qemu-user takes about half an hour on two
-#: cores, which `make test` cannot afford yet.
-WITH_ARM64 = os.environ.get("FACEFLEET_LAB_ARM64") == "1"
-TOPOLOGY = ("--edges", "4", "--spare-hosts", "2") + (
-    ("--arm64-edges", "1", "--arm64-opencv-edges", "1") if WITH_ARM64 else ()
-)
+#: The lab's hosts: the cloud host, four x86_64 edges (the fault suite streams on the first two,
+#: the rollout uses all), the emulated arm64 edges jetson-1 (Debian 11, Python 3.9, the OpenCV
+#: wheel) and jetson-cv-1 (Debian 12, Debian's OpenCV; issue #13), and two spare hosts.
+TOPOLOGY = ("--edges", "4", "--arm64-edges", "1", "--arm64-opencv-edges", "1", "--spare-hosts", "2")
 #: test_deploy_docs deploys a fleet of its own on the two spare hosts, beside test_faults
 #: (its STARTS_BESIDE), and checks it last.
 SUITES = ("test_fleet", "test_jetson", "test_faults", "test_rollout", "test_deploy_docs")
-
-
-def pytest_ignore_collect(collection_path: Path) -> bool | None:
-    """test_jetson needs the arm64 edges, which only FACEFLEET_LAB_ARM64=1 boots."""
-    return True if collection_path.name == "test_jetson.py" and not WITH_ARM64 else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,8 +111,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
             for name, spec in inventory[g]["hosts"].items()
         }
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
-        spares = {h.name: h.address for h in lab_hosts() if h.group == SPARE_GROUP}
-        the_lab = Lab(hosts, groups, source, spares=spares)
+        booted = lab_hosts()
+        spares = {h.name: h.address for h in booted if h.group == SPARE_GROUP}
+        emulated = {h.name for h in booted if h.image.emulated}
+        the_lab = Lab(hosts, groups, source, spares=spares, emulated=emulated)
         deploys = int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))
         for _ in range(deploys - 1):
             the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))

@@ -81,6 +81,8 @@ class Lab:
     report: dict[str, Any] = field(default_factory=dict)
     #: Hosts outside the inventory (name -> address), for a suite that deploys its own fleet.
     spares: dict[str, str] = field(default_factory=dict)
+    #: Inventory hosts emulated with qemu-user (the arm64 edges): several times slower.
+    emulated: set[str] = field(default_factory=set)
     #: The idempotence deploy, running beside the read-only checks (see `deploy_beside`).
     pending: Future[Deploy] | None = None
     #: Work of a later suite started beside an earlier one, by suite name (conftest.py's
@@ -108,6 +110,11 @@ class Lab:
     @property
     def edges(self) -> list[str]:
         return self.groups["edge"]
+
+    @property
+    def native_edges(self) -> list[str]:
+        """The x86_64 edges, whose detectors play the clip fast enough to wait for faces."""
+        return [edge for edge in self.edges if edge not in self.emulated]
 
     def units(self, host: str) -> tuple[str, ...]:
         return CLOUD_UNITS if host in self.groups["cloud"] else EDGE_UNITS

@@ -176,3 +176,22 @@ def test_the_tracker_keeps_the_latest_heartbeat_per_service() -> None:
     assert tracker.snapshot()[("cam1", "processor")].at == 50.0
     tracker.clear()
     assert tracker.status("cam1", "processor") is None
+
+
+def test_a_detector_set_to_a_slow_camera_rate_does_not_report_zero_fps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 0.05 fps a frame comes every 20 s; over the default 5 s window the heartbeat would
+    say 0 fps most of the time, and health would call the detector frameless."""
+    from facefleet.detector import service
+
+    clock = [1000.0]
+    monkeypatch.setattr(service.time, "monotonic", lambda: clock[0])
+    slow, default = service.Figures(camera_fps=0.05), service.Figures()
+    for _ in range(3):
+        clock[0] += 20.0
+        slow.frame_done(faces=0, tracks_active=0)
+        default.frame_done(faces=0, tracks_active=0)
+    clock[0] += 15.0
+    assert slow.snapshot().fps == pytest.approx(0.05)
+    assert default.snapshot().fps == 0.0

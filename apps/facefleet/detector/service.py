@@ -50,7 +50,8 @@ from facefleet.runtime import Link, ServiceSpec, StatusSource, Step, Worker, qos
 
 log = logging.getLogger(__name__)
 
-#: The heartbeat's fps is the processing rate over this many recent seconds.
+#: The heartbeat's fps is the processing rate over this many recent seconds, or over three
+#: frame intervals of a camera set to a slower rate (a detector at 0.1 fps is not idle).
 FPS_WINDOW_S = 5.0
 READ_TIMEOUT_S = 0.5
 #: After a reconnect to the edge broker (a restarted broker may have lost what it acknowledged),
@@ -78,8 +79,9 @@ class Figures:
     """The detector's counters: written by the capture loop and paho's callbacks, read by the
     heartbeat thread, always under one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, camera_fps: float = 0.0) -> None:
         self._lock = threading.Lock()
+        self._window_s = max(FPS_WINDOW_S, 3.0 / camera_fps) if camera_fps > 0 else FPS_WINDOW_S
         self._recent: deque[float] = deque()
         self._since = time.monotonic()
         self.frames = 0
@@ -111,7 +113,7 @@ class Figures:
             self.faces_detected += faces
             self.tracks_active = tracks_active
             self._recent.append(now)
-            while self._recent and self._recent[0] < now - FPS_WINDOW_S:
+            while self._recent and self._recent[0] < now - self._window_s:
                 self._recent.popleft()
 
     def failed(self, count: int = 1) -> None:
@@ -149,10 +151,10 @@ class Figures:
     def snapshot(self) -> DetectorFigures:
         now = time.monotonic()
         with self._lock:
-            recent = sum(1 for t in self._recent if t >= now - FPS_WINDOW_S)
-            span = min(FPS_WINDOW_S, now - self._since)
+            recent = sum(1 for t in self._recent if t >= now - self._window_s)
+            span = min(self._window_s, now - self._since)
             return DetectorFigures(
-                fps=round(recent / span, 1) if span > 0 else 0.0,
+                fps=round(recent / span, 2) if span > 0 else 0.0,
                 frames=self.frames,
                 faces_detected=self.faces_detected,
                 tracks_active=self.tracks_active,
@@ -418,7 +420,7 @@ class Detector:
         self.stop = stop
         self.pipeline = Pipeline(cfg)
         self.source: FrameSource = open_source(cfg.camera)
-        self.figures = Figures()
+        self.figures = Figures(cfg.camera.fps)
         self.link = Link(
             "edge",
             cfg.mqtt,
