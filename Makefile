@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
-.PHONY: help venv demo-deps system-deps demo test test-nolab test-fast test-jetson flaky-loop check lint \
+.PHONY: help venv demo-deps system-deps demo test test-nolab test-fast flaky-loop check lint \
         typecheck ansible-lint edge-py39 test-py39 lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
@@ -62,15 +62,12 @@ test-nolab: system-deps venv ## everything but the lab: static checks, unit and 
 test-fast: venv ## unit tests only (a couple of minutes)
 	$(PY) -m tests.stages --only unit $(PYTEST_ARGS)
 
-test-jetson: system-deps venv ## the lab stage with two emulated arm64 edges and their suite too (root; over an hour)
-	FACEFLEET_LAB_ARM64=1 $(PY) -m tests.stages --only lab $(PYTEST_ARGS)
-
 flaky-loop: system-deps venv ## the monitor, fleet-status and relay tests 20 times; failures in build/flaky/
 	$(PY) -m tests.flaky_loop $(FLAKY_ARGS)
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check apps tui tests bench lab roles
-	$(VENV)/bin/ruff format --check apps tui tests bench lab roles
+	$(VENV)/bin/ruff check apps tui tests bench lab roles ansible_plugins
+	$(VENV)/bin/ruff format --check apps tui tests bench lab roles ansible_plugins
 
 typecheck: venv ## mypy (strict) on the packages
 	$(VENV)/bin/mypy
