@@ -1,4 +1,4 @@
-"""The verified install, with the roles' own shell commands, real pip and real sha256sum: a
+"""The verified install, with the roles' own commands and real pip: a
 wheelhouse sealed as the controller seals it (`facefleet wheelhouse --seal`) installs in pip's
 hash-checking mode from the pinned pip wheel; a changed, missing or unlisted-by-the-controller
 file is refused in one line naming it, by the hosts' check and, on its own, by pip; the model
@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 import yaml
 
@@ -33,8 +32,8 @@ from tests.support import ROOT
 pytestmark = [pytest.mark.slow]
 
 ROLES = ROOT / "roles"
-VERIFY_SH = yaml.safe_load((ROLES / "facefleet/vars/main.yml").read_text())[
-    "_facefleet_verify_wheelhouse_sh"
+VERIFY_PY = yaml.safe_load((ROLES / "facefleet/vars/main.yml").read_text())[
+    "_facefleet_verify_wheelhouse_py"
 ]
 PIP_PIN = re.search(r"^pip==(\S+)", (ROOT / "constraints.txt").read_text(), re.M)
 
@@ -51,15 +50,14 @@ def _task(tasks_file: str, name: str) -> dict[str, Any]:
     return next(t for t in walk(tasks) if t.get("name", "").startswith(name))
 
 
-def _script(tasks_file: str, name: str) -> str:
-    """The `sh -ec` script of a command task, with the verify function filled in."""
+def _argv(tasks_file: str, name: str) -> list[str]:
+    """The argv of a command task with the check script filled in, the rest left as it is."""
     argv = _task(tasks_file, name)["ansible.builtin.command"]["argv"]
-    script: str = jinja2.Template(argv[2]).render(_facefleet_verify_wheelhouse_sh=VERIFY_SH)
-    return script
+    return [VERIFY_PY if "_facefleet_verify_wheelhouse_py" in a else a for a in argv]
 
 
-CHECK_SH = _script("facefleet_service/tasks/wheelhouse.yml", "Check the unpacked wheelhouse")
-UNPACK_SH = _script("facefleet_service/tasks/wheelhouse.yml", "Unpack the offline wheelhouse")
+CHECK = _argv("facefleet_service/tasks/wheelhouse.yml", "Check the unpacked wheelhouse")
+UNPACK = _argv("facefleet_service/tasks/wheelhouse.yml", "Unpack the offline wheelhouse")
 INSTALL_SH = _task("facefleet_service/tasks/release.yml", "Install facefleet and its")["vars"][
     "_facefleet_service_install_sh"
 ]
@@ -131,7 +129,7 @@ class Wheelhouse:
     def check(self, marker: str = "tarsum") -> subprocess.CompletedProcess[str]:
         """The hosts' check of an unpacked wheelhouse (marked unpacked from tar `marker`)."""
         (self.dir / f".unpacked-{marker}").write_text(f"{marker}\n")
-        return _sh(CHECK_SH, self.dir, self.sums["manifest"], marker)
+        return _check(self.dir, self.sums["manifest"], f".unpacked-{marker}")
 
     def install(self, venv: Path, requirements: str) -> subprocess.CompletedProcess[str]:
         """The hosts' install of the virtualenv, `--no-index` as from the offline wheelhouse."""
@@ -142,9 +140,29 @@ class Wheelhouse:
         return _sh(INSTALL_SH, venv, pip, self.dir / requirements, checksum, "--no-index")
 
 
+def _check(where: Path, manifest: str, marker: str) -> subprocess.CompletedProcess[str]:
+    """The check task's command as the role runs it (python3 and the script, then its args)."""
+    assert CHECK[:2] == ["python3", "-c"] and CHECK[3:5] == [
+        "{{ _facefleet_host_wheelhouse }}",
+        "{{ _facefleet_seal.manifest }}",
+    ]
+    return _run_argv([*CHECK[:3], str(where), manifest, CHECK[5], marker])
+
+
+def _unpack(
+    tar: Path, where: Path, tar_sum: str, manifest: str
+) -> subprocess.CompletedProcess[str]:
+    assert UNPACK[:2] == ["sh", "-ec"] and UNPACK[-1] == VERIFY_PY
+    return _run_argv([*UNPACK[:4], str(tar), str(where), tar_sum, manifest, VERIFY_PY])
+
+
 def _sh(script: str, *args: object) -> subprocess.CompletedProcess[str]:
+    return _run_argv(["sh", "-ec", script, "sh", *map(str, args)])
+
+
+def _run_argv(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["sh", "-ec", script, "sh", *map(str, args)],
+        argv,
         capture_output=True,
         text=True,
         timeout=300,
@@ -173,7 +191,7 @@ def test_a_sealed_wheelhouse_checks_and_installs_in_hash_checking_mode(
 ) -> None:
     checked = wheelhouse.check()
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
-    absent = _sh(CHECK_SH, wheelhouse.dir, wheelhouse.sums["manifest"], "another-tar")
+    absent = _check(wheelhouse.dir, wheelhouse.sums["manifest"], ".unpacked-another-tar")
     assert (absent.returncode, absent.stdout) == (0, "absent\n")  # not unpacked yet: copy it
 
     venv = tmp_path / "venv"
@@ -269,7 +287,7 @@ def test_the_unpack_checks_before_it_marks(wheelhouse: Wheelhouse, tmp_path: Pat
     good, target = tmp_path / "good.tar", tmp_path / "host"
     pack(good)
     target.mkdir()
-    unpacked = _sh(UNPACK_SH, good, target, "goodsum", wheelhouse.sums["manifest"])
+    unpacked = _unpack(good, target, "goodsum", wheelhouse.sums["manifest"])
     assert unpacked.returncode == 0, unpacked.stderr
     assert (target / ".unpacked-goodsum").is_file() and not good.exists()
 
@@ -278,7 +296,7 @@ def test_the_unpack_checks_before_it_marks(wheelhouse: Wheelhouse, tmp_path: Pat
     bad, target = tmp_path / "bad.tar", tmp_path / "host2"
     pack(bad)
     target.mkdir()
-    refused = _sh(UNPACK_SH, bad, target, "badsum", wheelhouse.sums["manifest"])
+    refused = _unpack(bad, target, "badsum", wheelhouse.sums["manifest"])
     assert refused.returncode == 3
     assert refused.stderr.startswith("wheelhouse file extradep-2.0-py3-none-any.whl of host2 ")
     assert not (target / ".unpacked-badsum").exists()
