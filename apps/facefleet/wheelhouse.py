@@ -263,11 +263,19 @@ def _pins(dest: Path) -> dict[str, str]:
     return pins
 
 
-def locked(dest: Path, arch: str, python: str, project: str, extras: set[str]) -> list[str]:
+def locked(
+    dest: Path,
+    arch: str,
+    python: str,
+    project: str,
+    extras: set[str],
+    sums: dict[str, str] | None = None,
+) -> list[str]:
     """`project[extras]` and everything it needs on the target, from the wheels in `dest`, as
     requirement lines pinned with `==` and the sha256 of each wheel: of each project the newest
     version here that constraints.txt and every requirement on it allow (the target's markers).
-    A wheelhouse may hold two versions of a project (urllib3 for botocore on 3.9 and 3.11)."""
+    A wheelhouse may hold two versions of a project (urllib3 for botocore on 3.9 and 3.11).
+    `sums`: sha256 by file name, known already (else computed here)."""
     from packaging.requirements import Requirement
     from packaging.version import Version
 
@@ -316,7 +324,10 @@ def locked(dest: Path, arch: str, python: str, project: str, extras: set[str]) -
     extra_spec = f"[{','.join(sorted(extras))}]" if extras else ""
     return [
         f"{name}{extra_spec if name == root else ''}=={chosen[name]} "
-        + " ".join(f"--hash=sha256:{_sha256(w)}" for w in wheels[name][chosen[name]])
+        + " ".join(
+            f"--hash=sha256:{(sums or {}).get(w.name) or _sha256(w)}"
+            for w in wheels[name][chosen[name]]
+        )
         for name in sorted(chosen)
     ]
 
@@ -350,9 +361,10 @@ def seal(dest: Path, arch: str, python: str, requirements: list[str]) -> dict[st
     for stale in dest.glob("requirements*.txt"):
         if stale.name not in names:
             stale.unlink()
+    sums = {wheel.name: _sha256(wheel) for wheel in dest.glob("*.whl")}
     for combination in combinations:
         spec = f"{project}[{','.join(sorted(combination))}]" if combination else project
-        lines = locked(dest, arch, python, project, combination)
+        lines = locked(dest, arch, python, project, combination, sums)
         (dest / requirements_file(combination)).write_text(
             f"# {spec} for {label}, by `facefleet wheelhouse --seal`\n"
             + "".join(f"{line}\n" for line in lines),
@@ -361,7 +373,7 @@ def seal(dest: Path, arch: str, python: str, requirements: list[str]) -> dict[st
     files = sorted(
         p for p in dest.iterdir() if p.is_file() and p.name != MANIFEST and p.name[0] != "."
     )
-    sums = {p.name: _sha256(p) for p in files}
+    sums = {p.name: sums.get(p.name) or _sha256(p) for p in files}
     manifest = "".join(f"{digest}  {name}\n" for name, digest in sums.items())
     (dest / MANIFEST).write_text(manifest, encoding="utf-8")
     return {
