@@ -270,24 +270,28 @@ def locked(
     project: str,
     extras: set[str],
     sums: dict[str, str] | None = None,
+    version: str = "",
 ) -> list[str]:
     """`project[extras]` and everything it needs on the target, from the wheels in `dest`, as
     requirement lines pinned with `==` and the sha256 of each wheel: of each project the newest
     version here that constraints.txt and every requirement on it allow (the target's markers).
     A wheelhouse may hold two versions of a project (urllib3 for botocore on 3.9 and 3.11).
-    `sums`: sha256 by file name, known already (else computed here)."""
+    `sums`: sha256 by file name, known already (else computed here); `version`: of `project`
+    (else the newest here)."""
     from packaging.requirements import Requirement
     from packaging.version import Version
 
     environment = target_environment(arch, python)
     pins = _pins(dest)
+    root = _project(project)
+    if version:
+        pins[root] = version
     wheels: dict[str, dict[str, list[Path]]] = {}
     requires: dict[tuple[str, str], list[Requirement]] = {}
     for wheel in sorted(dest.glob("*.whl")):
         name, version, lines = _wheel_metadata(wheel)
         wheels.setdefault(name, {}).setdefault(version, []).append(wheel)
         requires[(name, version)] = [Requirement(line) for line in lines]
-    root = _project(project)
     # requirements met so far, by project; a pass that meets none it did not know settles it
     asked: dict[str, dict[str, Requirement]] = {root: {}}
     while True:
@@ -351,7 +355,7 @@ def seal(dest: Path, arch: str, python: str, requirements: list[str]) -> dict[st
     first = requirements[0] if requirements else ""
     if not _WHEEL_EXTRAS_RE.sub("", first).endswith(".whl"):
         raise ConfigError("--seal: the first requirement must be the facefleet wheel[extras]")
-    project = Path(_WHEEL_EXTRAS_RE.sub("", first)).name.split("-")[0]
+    project, version = Path(_WHEEL_EXTRAS_RE.sub("", first)).name.split("-")[:2]
     extras = sorted(requested_extras([first])[_project(project)] - {""})
     label = platform_label(arch, python)
     combinations = [
@@ -364,7 +368,7 @@ def seal(dest: Path, arch: str, python: str, requirements: list[str]) -> dict[st
     sums = {wheel.name: _sha256(wheel) for wheel in dest.glob("*.whl")}
     for combination in combinations:
         spec = f"{project}[{','.join(sorted(combination))}]" if combination else project
-        lines = locked(dest, arch, python, project, combination, sums)
+        lines = locked(dest, arch, python, project, combination, sums, version)
         (dest / requirements_file(combination)).write_text(
             f"# {spec} for {label}, by `facefleet wheelhouse --seal`\n"
             + "".join(f"{line}\n" for line in lines),

@@ -202,6 +202,17 @@ def test_constraints_pin_the_locked_version(tmp_path: Path) -> None:
     assert any(line.startswith("urllib3==1.26.20 ") for line in lines)
 
 
+def test_the_facefleet_being_deployed_is_locked_not_the_newest_here(tmp_path: Path) -> None:
+    _botocore_wheelhouse(tmp_path)
+    _wheel(tmp_path, "facefleet", "0.1.0+b", [])  # another build left in the same directory
+    wheel = str(tmp_path / "facefleet-0.1.0-py3-none-any.whl")
+    seal(tmp_path, "x86_64", "3.11.2", [wheel])
+    locked_lines = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("facefleet==0.1.0 --hash=") for line in locked_lines)
+    newest = locked(tmp_path, "x86_64", "3.11.2", "facefleet", set())
+    assert any(line.startswith("facefleet==0.1.0+b --hash=") for line in newest)
+
+
 def test_a_dependency_without_a_wheel_fails_in_one_line(tmp_path: Path) -> None:
     _botocore_wheelhouse(tmp_path)
     (tmp_path / "numpy-2.0.2-py3-none-any.whl").unlink()
