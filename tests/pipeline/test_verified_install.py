@@ -287,9 +287,11 @@ def test_the_unpack_checks_before_it_marks(wheelhouse: Wheelhouse, tmp_path: Pat
     good, target = tmp_path / "good.tar", tmp_path / "host"
     pack(good)
     target.mkdir()
+    (target / ".unpacked-oldsum").write_text("another build of the version, unpacked before\n")
     unpacked = _unpack(good, target, "goodsum", wheelhouse.sums["manifest"])
     assert unpacked.returncode == 0, unpacked.stderr
-    assert (target / ".unpacked-goodsum").is_file() and not good.exists()
+    assert [p.name for p in target.glob(".unpacked-*")] == [".unpacked-goodsum"]
+    assert not good.exists()
 
     with (wheelhouse.dir / "extradep-2.0-py3-none-any.whl").open("ab") as stream:
         stream.write(b"tampered")
