@@ -10,18 +10,30 @@ against the running Python (`tomli; python_version < "3.11"` is skipped on a 3.1
 so the dependencies the target needs and pip left out are downloaded in further rounds (pip
 issues 10050 and 11198). A platform without a wheel for a pinned dependency fails with one line
 naming the package and the platform, and the Ansible bundle stops before any host changes.
+
+`--seal` (after the facefleet wheel of this build is put in) writes what the hosts verify
+against: `requirements[-EXTRAS].txt`, facefleet with each combination of the extras asked for
+and its dependencies, each pinned with the sha256 of the wheel here (pip's hash-checking mode,
+`--require-hashes`, installs nothing else), and `SHA256SUMS`, every file of the wheelhouse in
+`sha256sum --check` form. It prints the sha256 of SHA256SUMS and of each requirements file as
+JSON: the controller hands those to the hosts, so a wheelhouse changed on a host (SHA256SUMS
+included) does not pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import email.parser
+import hashlib
+import itertools
+import json
 import re
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from facefleet.config import ConfigError
 
@@ -37,6 +49,8 @@ _REQUESTED_PIN_RE = re.compile(r"The user requested \(constraint\) (\S+==\S+)")
 _WHEEL_EXTRAS_RE = re.compile(r"\[([^\]]*)\]$")
 #: rounds of downloading dependencies pip skipped (each round adds one level of the tree)
 MAX_ROUNDS = 8
+#: The manifest of a sealed wheelhouse (`sha256sum --check` reads it on the hosts).
+MANIFEST = "SHA256SUMS"
 
 
 def platform_label(arch: str, python: str) -> str:
@@ -226,12 +240,158 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, help=f"one of {', '.join(ARCHITECTURES)}")
     parser.add_argument("--python", required=True, help="the hosts' CPython version, 3.X.Y")
     parser.add_argument(
-        "--constraints", required=True, type=Path, help="the project's constraints.txt"
+        "--constraints", type=Path, help="the project's constraints.txt (required unless --seal)"
+    )
+    parser.add_argument(
+        "--seal",
+        action="store_true",
+        help="download nothing: write the hashed requirements of the first requirement (the "
+        f"facefleet wheel[extras], each combination of its extras) and {MANIFEST} for the "
+        "wheels in DEST, and print their sha256 as JSON",
     )
     parser.add_argument("requirements", nargs="+", help="what to put in (wheel[extras], ...)")
 
 
+def _pins(dest: Path) -> dict[str, str]:
+    """{project: version} of the `name==version` lines of DEST/constraints.txt."""
+    pins = {}
+    path = dest / "constraints.txt"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        name, separator, version = line.partition("==")
+        if separator:
+            pins[_project(name)] = version.strip()
+    return pins
+
+
+def locked(
+    dest: Path,
+    arch: str,
+    python: str,
+    project: str,
+    extras: set[str],
+    sums: dict[str, str] | None = None,
+    version: str = "",
+) -> list[str]:
+    """`project[extras]` and everything it needs on the target, from the wheels in `dest`, as
+    requirement lines pinned with `==` and the sha256 of each wheel: of each project the newest
+    version here that constraints.txt and every requirement on it allow (the target's markers).
+    A wheelhouse may hold two versions of a project (urllib3 for botocore on 3.9 and 3.11).
+    `sums`: sha256 by file name, known already (else computed here); `version`: of `project`
+    (else the newest here)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    environment = target_environment(arch, python)
+    pins = _pins(dest)
+    root = _project(project)
+    if version:
+        pins[root] = version
+    wheels: dict[str, dict[str, list[Path]]] = {}
+    requires: dict[tuple[str, str], list[Requirement]] = {}
+    for wheel in sorted(dest.glob("*.whl")):
+        name, version, lines = _wheel_metadata(wheel)
+        wheels.setdefault(name, {}).setdefault(version, []).append(wheel)
+        requires[(name, version)] = [Requirement(line) for line in lines]
+    # requirements met so far, by project; a pass that meets none it did not know settles it
+    asked: dict[str, dict[str, Requirement]] = {root: {}}
+    while True:
+        known = sum(len(r) for r in asked.values())
+        wanted: dict[str, set[str]] = {root: {"", *extras}}
+        chosen: dict[str, str] = {}
+        queue = [root]
+        while queue:
+            name = queue.pop(0)
+            if name in chosen:
+                continue
+            allowed = [
+                v
+                for v in wheels.get(name, {})
+                if (name not in pins or Version(v) == Version(pins[name]))
+                and all(r.specifier.contains(v, prereleases=True) for r in asked[name].values())
+            ]
+            if not allowed:
+                wants = ", ".join(sorted(asked[name])) or name
+                raise ConfigError(f"{dest}: no wheel of {wants} for {platform_label(arch, python)}")
+            chosen[name] = max(allowed, key=Version)
+            for requirement in requires[(name, chosen[name])]:
+                if requirement.marker and not any(
+                    requirement.marker.evaluate({**environment, "extra": extra})
+                    for extra in wanted.get(name, {""})
+                ):
+                    continue
+                needed = _project(requirement.name)
+                wanted.setdefault(needed, {""}).update(requirement.extras)
+                asked.setdefault(needed, {})[str(requirement)] = requirement
+                queue.append(needed)
+        if sum(len(r) for r in asked.values()) == known:
+            break
+    extra_spec = f"[{','.join(sorted(extras))}]" if extras else ""
+    return [
+        f"{name}{extra_spec if name == root else ''}=={chosen[name]} "
+        + " ".join(
+            f"--hash=sha256:{(sums or {}).get(w.name) or _sha256(w)}"
+            for w in wheels[name][chosen[name]]
+        )
+        for name in sorted(chosen)
+    ]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def requirements_file(extras: set[str] | frozenset[str]) -> str:
+    """`requirements.txt`, `requirements-opencv.txt`, ... (extras sorted, joined by `-`)."""
+    return "-".join(["requirements", *sorted(extras)]) + ".txt"
+
+
+def seal(dest: Path, arch: str, python: str, requirements: list[str]) -> dict[str, Any]:
+    """Write the hashed requirements of the first requirement (the facefleet wheel) with every
+    combination of its extras, then SHA256SUMS over the wheelhouse; return their sha256."""
+    first = requirements[0] if requirements else ""
+    if not _WHEEL_EXTRAS_RE.sub("", first).endswith(".whl"):
+        raise ConfigError("--seal: the first requirement must be the facefleet wheel[extras]")
+    project, version = Path(_WHEEL_EXTRAS_RE.sub("", first)).name.split("-")[:2]
+    extras = sorted(requested_extras([first])[_project(project)] - {""})
+    label = platform_label(arch, python)
+    combinations = [
+        set(c) for n in range(len(extras) + 1) for c in itertools.combinations(extras, n)
+    ]
+    names = {requirements_file(c) for c in combinations}
+    for stale in dest.glob("requirements*.txt"):
+        if stale.name not in names:
+            stale.unlink()
+    sums = {wheel.name: _sha256(wheel) for wheel in dest.glob("*.whl")}
+    for combination in combinations:
+        spec = f"{project}[{','.join(sorted(combination))}]" if combination else project
+        lines = locked(dest, arch, python, project, combination, sums, version)
+        (dest / requirements_file(combination)).write_text(
+            f"# {spec} for {label}, by `facefleet wheelhouse --seal`\n"
+            + "".join(f"{line}\n" for line in lines),
+            encoding="utf-8",
+        )
+    files = sorted(
+        p for p in dest.iterdir() if p.is_file() and p.name != MANIFEST and p.name[0] != "."
+    )
+    sums = {p.name: sums.get(p.name) or _sha256(p) for p in files}
+    manifest = "".join(f"{digest}  {name}\n" for name, digest in sums.items())
+    (dest / MANIFEST).write_text(manifest, encoding="utf-8")
+    return {
+        "manifest": hashlib.sha256(manifest.encode()).hexdigest(),
+        "requirements": {name: sums[name] for name in sorted(names)},
+    }
+
+
 def run_wheelhouse(args: argparse.Namespace) -> int:
+    if args.seal:
+        print(json.dumps(seal(args.dest, args.arch, args.python, args.requirements)))
+        return 0
+    if args.constraints is None:
+        raise ConfigError("--constraints is required to fill a wheelhouse")
     fill(args.dest, args.arch, args.python, args.constraints, args.requirements)
     print(f"{args.dest}: wheels for {platform_label(args.arch, args.python)}")
     return 0

@@ -4,8 +4,9 @@ Version A (the checkout) is deployed everywhere; then version B (the same source
 version label) is rolled out with a canary batch of one and batches of two, while edge-3 gets a
 setting its detector cannot start with. The health gate rolls edge-3 back to A, the others
 reach B, `fleet status` shows exactly that, and faces published during the switch are stored.
-Then rollback.yml returns a host to A. Per-batch timeline and switch/rollback durations go to
-build/fleet-report.json.
+With one wheel of B's wheelhouse changed on edge-3, a deploy of B there is refused before the
+switch and A keeps running (issue #15). Then rollback.yml returns a host to A. Per-batch
+timeline and switch/rollback durations go to build/fleet-report.json.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from facefleet import __version__
 from tests.fleet.clients import lab_s3, stored_faces
 from tests.fleet.fleetlab import (
+    BUNDLE_DIR,
     INVENTORY,
     Deploy,
     Lab,
@@ -199,6 +201,42 @@ def test_releases_side_by_side(lab: Lab, rollout: Rollout) -> None:
         BROKEN, f"cat /opt/facefleet/releases/{VERSION_B}/config/detector.toml"
     )
     assert "os-release" not in lab.out(BROKEN, "cat /opt/facefleet/current/config/detector.toml")
+
+
+def test_a_wheel_changed_on_a_host_refuses_the_release_before_the_switch(
+    lab: Lab, rollout: Rollout
+) -> None:
+    """The rolled-back host keeps B's wheelhouse unpacked (and marked so: no copy next time).
+    One wheel changed there, a deploy of B to that host stops before its switch, in one line
+    naming the wheel, and A keeps running."""
+    wheelhouse = f"/opt/facefleet/wheelhouse/{VERSION_B}"
+    wheel = lab.out(BROKEN, f"cd {wheelhouse} && ls paho_mqtt-*.whl")
+    lab.out(BROKEN, f"printf tampered >> {wheelhouse}/{wheel}")
+    found = lab.out(BROKEN, f"sha256sum {wheelhouse}/{wheel}").split()[0]
+    try:
+        run = deploy(lab.source, "--limit", BROKEN, **ROLLOUT)
+    finally:
+        lab.out(BROKEN, f"rm -rf {wheelhouse}")  # a later deploy of B there unpacks it again
+    assert run.returncode == 2, run.tail()
+    assert run.recap()[BROKEN]["failed"] == 1, run.tail()
+    built = {
+        line.split("  ")[1]: line.split("  ")[0]
+        for manifest in (BUNDLE_DIR / VERSION_B).glob("*/SHA256SUMS")
+        for line in manifest.read_text().splitlines()
+    }[wheel]
+    # the one line (ansible-core prints it twice: in its [ERROR] line and in the fatal result)
+    refusals = re.findall(rf"{BROKEN}: wheelhouse file .*?; refusing the release", run.output)
+    assert sorted(set(refusals)) == [
+        f"{BROKEN}: wheelhouse file {wheel} of {VERSION_B} does not match the controller's "
+        f"build (sha256 {found}, built {built}); refusing the release"
+    ], refusals
+    assert lab.out(BROKEN, "readlink /opt/facefleet/current").endswith(f"/{VERSION_A}")
+    assert lab.out(BROKEN, "systemctl is-active " + " ".join(lab.units(BROKEN))).split() == [
+        "active"
+    ] * len(lab.units(BROKEN))
+    status, nodes = node_versions("--limit", BROKEN, "--expect-version", VERSION_A, "--wait", "60")
+    assert status == 0, nodes
+    lab.report["tampered_wheel_refused_s"] = round(run.seconds, 1)
 
 
 def test_faces_published_during_the_switch_are_stored(lab: Lab, rollout: Rollout) -> None:
