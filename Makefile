@@ -24,11 +24,11 @@ venv: $(VENV)/.installed ## create .venv with facefleet and everything it needs
 
 # Debian packages: the demo needs mosquitto and python3-venv; the tests also the distribution's
 # OpenCV (the detector's check under OpenCV 4.6) and the lab (tests/fleet, make lab, bench --lab)
-# debootstrap, systemd-nspawn, ssh, ip and qemu-user for its arm64 hosts. Each pair is a command
+# mmdebstrap, systemd-nspawn, ssh, ip and qemu-user for its arm64 hosts. Each pair is a command
 # or file that the package provides and the package; each target names what is missing and
 # installs it when run as root.
 DEMO_PACKAGES := mosquitto:mosquitto
-LAB_PACKAGES := mosquitto_pub:mosquitto-clients debootstrap:debootstrap systemd-nspawn:systemd-container \
+LAB_PACKAGES := mosquitto_pub:mosquitto-clients mmdebstrap:mmdebstrap arch-test:arch-test systemd-nspawn:systemd-container \
 	ssh:openssh-client ip:iproute2 qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
 	/usr/share/doc/python3-opencv:python3-opencv /usr/share/doc/opencv-data:opencv-data
 define install_missing

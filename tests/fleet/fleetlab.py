@@ -48,7 +48,7 @@ RECAP = re.compile(
 def lab_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the fleet lab needs root (systemd-nspawn, bridges)"
-    for tool in ("systemd-nspawn", "debootstrap", "ssh", "ip"):
+    for tool in ("systemd-nspawn", "mmdebstrap", "ssh", "ip"):
         if shutil.which(tool) is None:
             return f"the fleet lab needs {tool} (make system-deps)"
     return None
