@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FACEFLEET_SHARED ?= ../shared
 export FACEFLEET_SHARED
 
-.PHONY: help venv demo-deps system-deps demo test test-nolab test-fast test-jetson flaky-loop check lint \
+.PHONY: help venv demo-deps system-deps demo test test-nolab test-fast flaky-loop check lint \
         typecheck ansible-lint edge-py39 test-py39 lab lab-up lab-deploy lab-down bench clean
 
 help: ## list the targets
@@ -61,9 +61,6 @@ test-nolab: system-deps venv ## everything but the lab: static checks, unit and 
 
 test-fast: venv ## unit tests only (a couple of minutes)
 	$(PY) -m tests.stages --only unit $(PYTEST_ARGS)
-
-test-jetson: system-deps venv ## the lab stage with the two emulated arm64 edges too, and their suite (root)
-	FACEFLEET_LAB_ARM64=1 $(PY) -m tests.stages --only lab $(PYTEST_ARGS)
 
 flaky-loop: system-deps venv ## the monitor, fleet-status and relay tests 20 times; failures in build/flaky/
 	$(PY) -m tests.flaky_loop $(FLAKY_ARGS)

@@ -14,14 +14,17 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab import image
 from lab.image import LabError
@@ -89,37 +92,46 @@ SPARE_PREFIX = "spare-"
 SPARE_GROUP = "spare"
 
 
-def plan(topology: Topology, subnet: str) -> tuple[str, list[Host]]:
+def plan(topology: Topology, subnet: str, existing: Sequence[Host] = ()) -> tuple[str, list[Host]]:
     """The bridge address (with prefix length) and the hosts: cloud-1, edge-1..N,
-    jetson-1..M, jetson-cv-1..K, spare-1..S."""
+    jetson-1..M, jetson-cv-1..K, spare-1..S. With `existing` hosts (`add` to a lab that is up),
+    only new hosts, numbered after those of their kind, and no second cloud host."""
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < 64:
         raise LabError(f"subnet {subnet} is too small (need a /26 or larger)")
-    if not 1 <= topology.edges <= 30:
-        raise LabError("--edges must be 1..30")
-    if not 0 <= topology.arm64_edges + topology.arm64_opencv_edges <= 10:
-        raise LabError("--arm64-edges and --arm64-opencv-edges must add up to 0..10")
-    if not 0 <= topology.spare_hosts <= 10:
-        raise LabError("--spare-hosts must be 0..10")
+
+    def numbers(prefix: str, count: int) -> range:
+        kind = re.compile(re.escape(prefix) + r"\d+$")
+        first = 1 + sum(1 for h in existing if kind.match(h.name))
+        return range(first, first + count)
+
+    counts = (topology.edges, topology.arm64_edges, topology.arm64_opencv_edges)
+    if min(*counts, topology.spare_hosts) < 0:
+        raise LabError("host counts must not be negative")
+    edges = numbers("edge-", topology.edges)
+    jetsons = numbers(ARM64_PREFIX, topology.arm64_edges)
+    with_opencv_numbers = numbers(ARM64_OPENCV_PREFIX, topology.arm64_opencv_edges)
+    spares = numbers(SPARE_PREFIX, topology.spare_hosts)
+    # the highest number of a kind is how many hosts of it the lab has
+    if not (existing or topology.edges) or edges.stop - 1 > 30:
+        raise LabError("--edges must be 1..30 (x86_64 edges in all)")
+    if jetsons.stop - 1 + with_opencv_numbers.stop - 1 > 10:
+        raise LabError("--arm64-edges and --arm64-opencv-edges must add up to 0..10 (in all)")
+    if spares.stop - 1 > 10:
+        raise LabError("--spare-hosts must be 0..10 (in all)")
     if topology.arm64_release not in image.ARM64_RELEASES:
         raise LabError(f"--arm64-release must be one of {', '.join(image.ARM64_RELEASES)}")
     base = net.network_address
-    hosts = [Host("cloud-1", "cloud", str(base + 10))]
-    hosts += [Host(f"edge-{i}", "edge", str(base + 20 + i)) for i in range(1, topology.edges + 1)]
+    hosts = [] if existing else [Host("cloud-1", "cloud", str(base + 10))]
+    hosts += [Host(f"edge-{i}", "edge", str(base + 20 + i)) for i in edges]
     jetson = image.Image(topology.arm64_release, "arm64")
-    hosts += [
-        Host(f"{ARM64_PREFIX}{i}", "edge", str(base + 60 + i), jetson)
-        for i in range(1, topology.arm64_edges + 1)
-    ]
+    hosts += [Host(f"{ARM64_PREFIX}{i}", "edge", str(base + 60 + i), jetson) for i in jetsons]
     with_opencv = image.Image("bookworm", "arm64", "opencv")
     hosts += [
         Host(f"{ARM64_OPENCV_PREFIX}{i}", "edge", str(base + 80 + i), with_opencv)
-        for i in range(1, topology.arm64_opencv_edges + 1)
+        for i in with_opencv_numbers
     ]
-    hosts += [
-        Host(f"{SPARE_PREFIX}{i}", SPARE_GROUP, str(base + 100 + i))
-        for i in range(1, topology.spare_hosts + 1)
-    ]
+    hosts += [Host(f"{SPARE_PREFIX}{i}", SPARE_GROUP, str(base + 100 + i)) for i in spares]
     return f"{base + 1}/{net.prefixlen}", hosts
 
 
@@ -382,11 +394,43 @@ def down() -> None:
     log.info("lab is down")
 
 
+def _ensure_images(hosts: list[Host]) -> None:
+    """Build the images of `hosts` that are not cached, side by side (an emulated build
+    spends much of its time in one process at a time)."""
+    wanted = sorted({h.image for h in hosts}, key=lambda i: i.name)
+    with ThreadPoolExecutor(max(1, len(wanted)), thread_name_prefix="image") as pool:
+        for built in [pool.submit(image.ensure, i) for i in wanted]:
+            built.result()
+
+
+def _boot_hosts(
+    new: list[Host], everyone: list[Host], state: dict[str, Any], timeout_s: float
+) -> None:
+    """Copy, boot and wait for the `new` hosts, recording each in the state file as it starts.
+    Emulated hosts get four times `timeout_s` to boot."""
+    pubkey = KEY.with_suffix(".pub").read_text()
+    prefixlen = ipaddress.ip_network(str(state["subnet"])).prefixlen
+    recorded = list(state["hosts"])
+    pids: dict[str, int] = {}
+    MACHINES.mkdir(parents=True, exist_ok=True)
+    for host in new:
+        _prepare_root(host, everyone, prefixlen, pubkey)
+        pids[host.name] = _boot(host)
+        state["hosts"] = recorded + [{**asdict(h), "pid": pids.get(h.name)} for h in new]
+        (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    for host in new:
+        _wait_ssh(host, pids[host.name], timeout_s * (4 if host.image.emulated else 1))
+        log.info("%s up at %s (machine %s)", host.name, host.address, host.machine)
+    addresses = STATE_DIR / "hosts"
+    addresses.mkdir(exist_ok=True)
+    for host in new:
+        (addresses / host.name).write_text(host.address + "\n")
+
+
 def up(
     topology: Topology | None = None, subnet: str = SUBNET, timeout_s: float = 120.0
 ) -> list[Host]:
-    """Boot the lab (removing whatever a previous run left) and write its inventory.
-    Emulated hosts get four times `timeout_s` to boot."""
+    """Boot the lab (removing whatever a previous run left) and write its inventory."""
     from lab.inventory import write_inventory
 
     if os.geteuid() != 0:
@@ -400,34 +444,43 @@ def up(
         other = _subnet_in_use(subnet)
         if other:
             raise LabError(f"{subnet} is already used by {other}; pass --subnet")
-        for wanted in sorted({h.image for h in hosts}, key=lambda i: i.name):
-            image.ensure(wanted)
+        _ensure_images(hosts)
         described = ", ".join(f"{h.name} ({h.image.name})" for h in hosts)
         log.info("%d host(s): %s", len(hosts), described)
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "facefleet-lab", "-f", str(KEY))
-        pubkey = KEY.with_suffix(".pub").read_text()
         _write_ssh_config()
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "add", bridge_cidr, "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
-        MACHINES.mkdir(parents=True, exist_ok=True)
-        prefixlen = ipaddress.ip_network(subnet).prefixlen
-        state: dict[str, object] = {"bridge": BRIDGE, "subnet": subnet, "hosts": []}
-        pids: dict[str, int] = {}
-        for host in hosts:
-            _prepare_root(host, hosts, prefixlen, pubkey)
-            pids[host.name] = _boot(host)
-            state["hosts"] = [{**asdict(h), "pid": pids.get(h.name)} for h in hosts]
-            (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        for host in hosts:
-            _wait_ssh(host, pids[host.name], timeout_s * (4 if host.image.emulated else 1))
-            log.info("%s up at %s (machine %s)", host.name, host.address, host.machine)
-        addresses = STATE_DIR / "hosts"
-        addresses.mkdir(exist_ok=True)
-        for host in hosts:
-            (addresses / host.name).write_text(host.address + "\n")
+        state: dict[str, Any] = {"bridge": BRIDGE, "subnet": subnet, "hosts": []}
+        _boot_hosts(hosts, hosts, state, timeout_s)
         write_inventory(hosts, KEY, PKI_DIR, INVENTORY_DIR / "hosts.yml")
     return hosts
+
+
+def add(topology: Topology, timeout_s: float = 120.0, inventory: Path | None = None) -> list[Host]:
+    """Boot more hosts into the lab that is up, numbered after those of their kind, and write
+    the inventory of all its hosts (to `inventory`, by default the lab's). Their images are
+    built before the lab's lock is taken, so a lab in use is not held up by a build. The hosts
+    already up keep running; their /etc/hosts do not learn the new names (the lab's tools and
+    inventory address hosts by IP)."""
+    from lab.inventory import write_inventory
+
+    existing = lab_hosts()
+    subnet = json.loads((STATE_DIR / "state.json").read_text())["subnet"]
+    _, new = plan(topology, subnet, existing)
+    if not new:
+        raise LabError(
+            "nothing to add (--edges, --arm64-edges, --arm64-opencv-edges, --spare-hosts)"
+        )
+    _ensure_images(new)
+    with _locked():
+        state = json.loads((STATE_DIR / "state.json").read_text())
+        if [h["name"] for h in state["hosts"]] != [h.name for h in existing]:
+            raise LabError("the lab changed while the images were built; run `lab add` again")
+        _boot_hosts(new, [*existing, *new], state, timeout_s)
+        write_inventory([*existing, *new], KEY, PKI_DIR, inventory or INVENTORY_DIR / "hosts.yml")
+    return new
 
 
 def lab_hosts() -> list[Host]:

@@ -14,12 +14,14 @@ the lab exactly as it would against freshly installed hosts with a local mirror.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import platform
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +176,9 @@ def finalize(root: Path, image: Image) -> None:
 
 
 def ensure(image: Image) -> Path:
-    """The cached image, built when missing or made from another package list."""
+    """The cached image, built when missing or made from another package list. Two labs that
+    need the same image at once (a `lab add` beside a `lab up`) build it once: the second
+    waits for the first."""
     if image.emulated:
         ensure_emulation(image.architecture)
     if image.is_current():
@@ -182,11 +186,20 @@ def ensure(image: Image) -> Path:
         return image.directory
     if shutil.which("mmdebstrap") is None:
         raise LabError("mmdebstrap is not installed (make system-deps)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{image.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not image.is_current():
+            _build(image)
+    return image.directory
+
+
+def _build(image: Image) -> None:
     partial = image.directory.with_name(image.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
     took = "a few minutes, emulated" if image.emulated else "about a minute"
     log.info("building the image %s in %s (%s)", image.name, partial, took)
+    started = time.monotonic()
     result = subprocess.run(
         [
             "mmdebstrap",
@@ -209,4 +222,4 @@ def ensure(image: Image) -> Path:
     finalize(partial, image)
     shutil.rmtree(image.directory, ignore_errors=True)
     partial.rename(image.directory)
-    return image.directory
+    log.info("image %s built in %.0f s", image.name, time.monotonic() - started)

@@ -12,7 +12,9 @@ them runs in the background until a suite that changes the lab starts (see `know
 
 The suites run in the order of SUITES: the read-only checks of the deployment first, the
 rollout (which leaves the edges on another release) late, and the deploy-docs test (a fleet
-of its own on the spare hosts, deployed beside the fault suite) last. Each suite's duration,
+of its own on the spare hosts, deployed beside the fault suite) last. The emulated arm64
+edges join the lab in the background (built, booted and deployed while the first suites run)
+and are part of it from the first suite that sets WITH_THE_ARM64_EDGES. Each suite's duration,
 the boot and the deploys go to build/lab-timings.json and are printed at the end.
 """
 
@@ -21,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from lab.fleet import SPARE_GROUP, lab_hosts
 
 from tests.fleet.fleetlab import (
@@ -35,6 +37,7 @@ from tests.fleet.fleetlab import (
     INVENTORY,
     Lab,
     deploy,
+    inventory_hosts,
     lab_unavailable,
     run_lab,
     snapshot_sources,
@@ -45,22 +48,20 @@ from tests.support import ROOT
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"
 #: The lab's hosts: the cloud host, four x86_64 edges (the fault suite streams on the first two,
-#: the rollout uses all) and two spare hosts. FACEFLEET_LAB_ARM64=1 (`make test-jetson`) adds
-#: the emulated arm64 edges jetson-1 (Debian 11, Python 3.9, the OpenCV wheel) and jetson-cv-1
-#: (Debian 12, Debian's OpenCV; issue #13) to the same lab and suites, and their own suite,
-#: test_jetson. Not in `make test` yet: building their base images under qemu-user took 19 and
-#: 26 minutes on a fresh machine, more than the CI budget has.
-WITH_ARM64 = os.environ.get("FACEFLEET_LAB_ARM64") == "1"
-TOPOLOGY = ("--edges", "4", "--spare-hosts", "2") + (
-    ("--arm64-edges", "1", "--arm64-opencv-edges", "1") if WITH_ARM64 else ()
-)
+#: the rollout uses all) and two spare hosts; then the emulated arm64 edges (fleetlab's
+#: ARM64_EDGES), added while the rest deploys, and part of the lab from test_jetson on.
+#: FACEFLEET_LAB_ARM64=0 leaves them and test_jetson out (a quicker run on a machine without
+#: qemu-user; not under CI=true).
+WITH_ARM64 = IN_CI or os.environ.get("FACEFLEET_LAB_ARM64", "1") != "0"
+TOPOLOGY = ("--edges", "4", "--spare-hosts", "2")
 #: test_deploy_docs deploys a fleet of its own on the two spare hosts, beside test_faults
-#: (its STARTS_BESIDE), and checks it last.
-SUITES = ("test_fleet", "test_jetson", "test_faults", "test_rollout", "test_deploy_docs")
+#: (its STARTS_BESIDE), and checks it last. test_jetson comes after test_faults, so that the
+#: arm64 edges have the time of test_fleet and test_faults to build, boot and deploy.
+SUITES = ("test_fleet", "test_faults", "test_jetson", "test_rollout", "test_deploy_docs")
 
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:
-    """test_jetson needs the arm64 edges, which only FACEFLEET_LAB_ARM64=1 boots."""
+    """test_jetson needs the arm64 edges, which FACEFLEET_LAB_ARM64=0 leaves out."""
     return True if collection_path.name == "test_jetson.py" and not WITH_ARM64 else None
 
 
@@ -115,29 +116,31 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_timings: Timings) -> Itera
             if up.returncode != 0:
                 pytest.fail(f"lab up failed: {up.stderr.strip()[-2000:]}")
             lab_timings.add("lab up", time.monotonic() - started)
-        inventory = yaml.safe_load(INVENTORY.read_text())["all"]["children"]
-        groups = {g: list(inventory[g]["hosts"]) for g in ("cloud", "edge")}
-        hosts = {
-            name: spec["ansible_host"]
-            for g in ("cloud", "edge")
-            for name, spec in inventory[g]["hosts"].items()
-        }
+        hosts, groups = inventory_hosts(INVENTORY)
         source = snapshot_sources(tmp_path_factory.mktemp("facefleet-source"))
         booted = lab_hosts()
         spares = {h.name: h.address for h in booted if h.group == SPARE_GROUP}
         emulated = {h.name for h in booted if h.image.emulated}
         the_lab = Lab(hosts, groups, source, spares=spares, emulated=emulated)
+        first_deployed = threading.Event()
+        if WITH_ARM64 and not reuse:
+            the_lab.start_arm64_join(first_deployed)
         deploys = int(os.environ.get("FACEFLEET_LAB_DEPLOYS", "2"))
-        for _ in range(deploys - 1):
-            the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
-            lab_timings.add(f"deploy {len(the_lab.deploys)}", the_lab.deploys[-1].seconds)
-            if the_lab.deploys[-1].returncode != 0:
-                break
-        else:
-            if deploys > 0:
-                the_lab.deploy_beside()  # the last one, which must change nothing
+        try:
+            for _ in range(deploys - 1):
+                the_lab.deploys.append(deploy(source, **ALL_AT_ONCE))
+                lab_timings.add(f"deploy {len(the_lab.deploys)}", the_lab.deploys[-1].seconds)
+                if the_lab.deploys[-1].returncode != 0:
+                    break
+            else:
+                if deploys > 0:
+                    the_lab.deploy_beside()  # the last one, which must change nothing
+        finally:
+            first_deployed.set()
         yield the_lab
         the_lab.settle()
+        if the_lab.joining is not None:  # no suite asked for the arm64 edges: wait for them
+            the_lab.joining.exception()
         for started in the_lab.beside.values():  # work a later suite did not collect
             started.exception()  # waits for it, before the lab goes down under it
         the_lab.report["deploy_s"] = [round(d.seconds, 1) for d in the_lab.deploys]
@@ -164,6 +167,8 @@ def known_state(request: pytest.FixtureRequest, lab: Lab, lab_timings: Timings) 
     the time this suite spends waiting."""
     if not getattr(request.module, "BESIDE_THE_LAST_DEPLOY", False):
         settle(lab, lab_timings)
+    if getattr(request.module, "WITH_THE_ARM64_EDGES", False):
+        join_arm64(lab, lab_timings)
     suite = request.module.__name__.rsplit(".", 1)[-1]
     for module in {item.module for item in request.session.items if item.module is not None}:
         later = module.__name__.rsplit(".", 1)[-1]
@@ -181,6 +186,19 @@ def settled(lab: Lab, lab_timings: Timings) -> Lab:
     """The lab once its last deploy has finished (a suite beside it asks for this)."""
     settle(lab, lab_timings)
     return lab
+
+
+def join_arm64(lab: Lab, lab_timings: Timings) -> None:
+    """Wait for the arm64 edges (`Lab.start_arm64_join`) and time their steps."""
+    if lab.joining is None:
+        return
+    started = time.monotonic()
+    joined = lab.join_arm64()
+    lab_timings.add("waited for the arm64 edges", time.monotonic() - started)
+    if joined is not None:
+        for step, seconds in joined.seconds.items():
+            lab_timings.add(f"arm64 edges: {step} (beside)", seconds)
+        lab.report["arm64_join_s"] = {k: round(v, 1) for k, v in joined.seconds.items()}
 
 
 def settle(lab: Lab, lab_timings: Timings) -> None:

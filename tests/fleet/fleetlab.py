@@ -14,13 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.fleet import ssh_command
+import yaml
+from lab.fleet import lab_hosts, ssh_command
 
 from tests.support import ROOT
 
@@ -40,6 +42,12 @@ _deploy_numbers = itertools.count(1)
 #: The initial deploys of a fresh lab: every edge at once (the rollout batches are tested in
 #: test_rollout.py).
 ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
+#: The emulated arm64 edges (issue #13): jetson-1 (Debian 11, Python 3.9, the OpenCV wheel)
+#: and jetson-cv-1 (Debian 12, Debian's OpenCV 4.6). `lab add` boots them into the running lab
+#: while it deploys the rest (see `Lab.start_arm64_join`); their inventory is written here
+#: until they are deployed, then it replaces the lab's.
+ARM64_EDGES = ("--arm64-edges", "1", "--arm64-opencv-edges", "1")
+ARM64_INVENTORY = ROOT / ".lab" / "hosts-with-arm64.yml"
 RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -72,6 +80,30 @@ class Deploy:
         return "\n".join(self.output.splitlines()[-lines:])
 
 
+def inventory_hosts(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Address of each cloud and edge host of an inventory, and the hosts of both groups."""
+    inventory = yaml.safe_load(path.read_text())["all"]["children"]
+    groups = {g: list(inventory[g]["hosts"]) for g in ("cloud", "edge")}
+    hosts = {
+        name: spec["ansible_host"]
+        for g in ("cloud", "edge")
+        for name, spec in inventory[g]["hosts"].items()
+    }
+    return hosts, groups
+
+
+@dataclass
+class Arm64Join:
+    """The arm64 edges' way into the lab: `lab add` (their images built, if not cached, beside
+    the lab's first deploy), then site.yml limited to them once the rest of the fleet is
+    deployed, then again, which must change nothing."""
+
+    names: list[str]
+    #: seconds of each step, by name
+    seconds: dict[str, float]
+    deploys: list[Deploy]
+
+
 @dataclass
 class Lab:
     hosts: dict[str, str]
@@ -88,6 +120,56 @@ class Lab:
     #: Work of a later suite started beside an earlier one, by suite name (conftest.py's
     #: `known_state`): that suite collects it.
     beside: dict[str, Future[Any]] = field(default_factory=dict)
+    #: The arm64 edges on their way in (`start_arm64_join`), then how they came in.
+    joining: Future[Arm64Join] | None = None
+    arm64: Arm64Join | None = None
+
+    def start_arm64_join(self, deployed: threading.Event) -> None:
+        """Add the arm64 edges in the background: `lab add` at once (building their images
+        beside the first deploy), their deploys once `deployed` is set, if the first deploy
+        succeeded. Emulated hosts are slow to build and deploy; this keeps them off the
+        path of the suites that do not need them (`join_arm64` is where one waits)."""
+
+        def join() -> Arm64Join:
+            seconds: dict[str, float] = {}
+            started = time.monotonic()
+            added = run_lab("add", *ARM64_EDGES, "--inventory", str(ARM64_INVENTORY), timeout=3600)
+            seconds["lab add (images, boot)"] = time.monotonic() - started
+            if added.returncode != 0:
+                raise RuntimeError(f"lab add of the arm64 edges failed: {added.stderr[-2000:]}")
+            names = [h.name for h in lab_hosts() if h.image.emulated]
+            deployed.wait()
+            deploys: list[Deploy] = []
+            if self.deploys and self.deploys[0].returncode == 0:
+                for _ in range(2):
+                    deploys.append(
+                        deploy(
+                            self.source,
+                            "--limit",
+                            ",".join(names),
+                            inventory=ARM64_INVENTORY,
+                            **ALL_AT_ONCE,
+                        )
+                    )
+                    seconds[f"deploy {len(deploys)}"] = deploys[-1].seconds
+                    if deploys[-1].returncode != 0:
+                        break
+            return Arm64Join(names, seconds, deploys)
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="arm64-join")
+        self.joining = pool.submit(join)
+        pool.shutdown(wait=False)
+
+    def join_arm64(self) -> Arm64Join | None:
+        """Wait for the arm64 edges; once deployed twice without a failure, their inventory
+        becomes the lab's and they are hosts of this lab like the others."""
+        if self.joining is not None:
+            self.arm64, self.joining = self.joining.result(), None
+            if len(self.arm64.deploys) == 2 and all(d.returncode == 0 for d in self.arm64.deploys):
+                os.replace(ARM64_INVENTORY, INVENTORY)
+                self.hosts, self.groups = inventory_hosts(INVENTORY)
+                self.emulated = {h.name for h in lab_hosts() if h.image.emulated}
+        return self.arm64
 
     def deploy_beside(self) -> None:
         """Start the same deploy again in the background. It must change nothing, so the
@@ -245,7 +327,13 @@ def snapshot_sources(directory: Path) -> Path:
     return directory
 
 
-def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars: Any) -> Deploy:
+def deploy(
+    source: Path,
+    *options: str,
+    playbook: str = "site.yml",
+    inventory: Path = INVENTORY,
+    **extra_vars: Any,
+) -> Deploy:
     started, started_at = time.monotonic(), time.time()
     number = next(_deploy_numbers)
     if number == 1:  # this run's deploys only
@@ -260,7 +348,7 @@ def deploy(source: Path, *options: str, playbook: str = "site.yml", **extra_vars
         [
             str(Path(sys.executable).with_name("ansible-playbook")),
             "-i",
-            str(INVENTORY),
+            str(inventory),
             "--extra-vars",
             json.dumps(extra),
             *options,

@@ -2,11 +2,13 @@
 
 jetson-1 runs Debian 11 (Python 3.9, the closest to JetPack 5 reachable here) with the pip
 OpenCV wheel; jetson-cv-1 runs Debian 12 arm64 with Debian's python3-opencv 4.6, the way a
-JetPack image brings its own OpenCV (`detector_opencv: system`). The lab's first site.yml
-deployed both from the per-platform wheelhouses with no registry reachable from the hosts (the
-second deploy changing nothing is checked in test_fleet.py, the rollout and rollback over them
-in test_rollout.py). Emulated hosts are several times slower: the waits here have room, and
-their figures go to build/fleet-report.json apart from the others'.
+JetPack image brings its own OpenCV (`detector_opencv: system`). They join the running lab
+the way an operator adds devices to a deployed fleet: booted beside the first suites, then
+site.yml limited to them, from the per-platform wheelhouses with no registry reachable from
+the hosts, and a second run that must change nothing; from here on they are hosts of the lab
+(the rollout and rollback over them are in test_rollout.py). Emulated hosts are several times
+slower: the waits here have room, and their figures go to build/fleet-report.json apart from
+the others'.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tests.helpers import fleet_status, require_shared
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
+#: conftest.py's `known_state` waits for the arm64 edges to join the lab before this suite.
+WITH_THE_ARM64_EDGES = True
 
 ARM64 = "jetson-1"
 SYSTEM_OPENCV = "jetson-cv-1"
@@ -44,6 +48,25 @@ def node_report(node: str) -> dict[str, object]:
     assert result.returncode == 0, result.stdout + result.stderr
     (report,) = json.loads(result.stdout)["nodes"]
     return dict(report)
+
+
+def test_site_yml_deploys_the_arm64_edges_and_a_second_run_changes_nothing(lab: Lab) -> None:
+    joined = lab.arm64
+    assert joined is not None, "the arm64 edges did not join the lab"
+    assert joined.names == [ARM64, SYSTEM_OPENCV]
+    assert joined.deploys, "the arm64 edges were not deployed: the lab's first deploy failed"
+    first = joined.deploys[0]
+    assert first.returncode == 0, first.tail()
+    assert set(first.recap()) == set(joined.names), first.tail()
+    assert len(joined.deploys) == 2
+    second = joined.deploys[1]
+    assert second.returncode == 0, second.tail()
+    recap = second.recap()
+    assert set(recap) == set(joined.names), second.tail()
+    changed = {host: r["changed"] for host, r in recap.items() if r["changed"]}
+    assert not changed, f"second run changed something: {changed}\n{second.tail(120)}"
+    assert {ARM64, SYSTEM_OPENCV} <= set(lab.edges), lab.edges
+    lab.report["arm64_deploy_s"] = [round(d.seconds, 1) for d in joined.deploys]
 
 
 def test_the_arm64_edge_is_aarch64_with_its_services_on_python_39(lab: Lab) -> None:

@@ -36,3 +36,17 @@ def test_spare_hosts_boot_beside_the_fleet_but_stay_out_of_its_inventory() -> No
 def test_a_topology_out_of_range_is_refused_in_one_line(topology: Topology, message: str) -> None:
     with pytest.raises(LabError, match=message):
         plan(topology, "10.99.0.0/24")
+
+
+def test_hosts_added_to_a_lab_are_numbered_after_those_of_their_kind() -> None:
+    _, existing = plan(Topology(edges=2, arm64_edges=1), "10.99.0.0/24")
+    _, added = plan(
+        Topology(edges=1, arm64_edges=1, arm64_opencv_edges=1), "10.99.0.0/24", existing
+    )
+    assert [(h.name, h.address, h.image.name) for h in added] == [
+        ("edge-3", "10.99.0.23", "bookworm-amd64"),
+        ("jetson-2", "10.99.0.62", "bullseye-arm64"),
+        ("jetson-cv-1", "10.99.0.81", "bookworm-arm64-opencv"),
+    ]
+    with pytest.raises(LabError, match="must add up to 0..10"):
+        plan(Topology(edges=0, arm64_edges=10), "10.99.0.0/24", existing)
