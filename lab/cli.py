@@ -110,8 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 hosts = fleet.add(topology(args), args.timeout, args.inventory)
             print(f"lab {args.command}: {', '.join(f'{h.name}={h.address}' for h in hosts)}")
-            where = args.inventory if args.command == "add" and args.inventory else None
-            print(f"inventory: {where or fleet.INVENTORY_DIR / 'hosts.yml'}; run `make lab-deploy`")
+            inventory = getattr(args, "inventory", None) or fleet.INVENTORY_DIR / "hosts.yml"
+            names = ",".join(h.name for h in hosts if h.group != fleet.SPARE_GROUP)
+            deploy = (
+                "make lab-deploy"
+                if args.command == "up"
+                else f"ansible-playbook -i {inventory} --limit {names} site.yml"
+            )
+            print(f"inventory: {inventory}; run `{deploy}`")
         elif args.command == "down":
             fleet.down()
         elif args.command == "poweroff":

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab.inventory import LAB_BUCKET
+from lab.inventory import CLIP, LAB_BUCKET
 
 from facefleet.shared import YUNET_MODEL
 from tests.fleet.clients import lab_s3, stored_faces
@@ -124,6 +124,40 @@ def test_faces_published_on_the_arm64_edge_are_stored_exactly_once(lab: Lab) -> 
     head = s3.head_object(Bucket=LAB_BUCKET, Key=stored[sorted(ids)[0]][0])
     assert head["Metadata"]["node"] == ARM64
     assert head["Metadata"]["sha256"] and head["Metadata"]["ts"]
+
+
+#: YuNet on frames of the lab's clip (640x360) where faces are, one thread, timed in CPU
+#: seconds (the machine is shared).
+FPS_PROBE = f"""
+import time, cv2
+cv2.setNumThreads(1)
+capture = cv2.VideoCapture("/opt/facefleet/media/{CLIP}")
+capture.set(cv2.CAP_PROP_POS_FRAMES, 100)
+yunet = cv2.FaceDetectorYN.create("/opt/facefleet/models/{YUNET_MODEL}", "", (0, 0))
+frames, faces, began = 0, 0, time.process_time()
+while frames < 5:
+    ok, frame = capture.read()
+    if not ok:
+        break
+    yunet.setInputSize((frame.shape[1], frame.shape[0]))
+    _, found = yunet.detect(frame)
+    faces += 0 if found is None else len(found)
+    frames += 1
+print(frames, faces, time.process_time() - began)
+"""
+
+
+def test_the_detectors_frame_rate_under_emulation_is_recorded(lab: Lab) -> None:
+    """For the record only (no target applies to emulated hosts): how many frames of the
+    clip one emulated core runs YuNet on per CPU-second."""
+    require_shared("models", YUNET_MODEL)
+    out = lab.out(ARM64, f"{PYTHON} - <<'EOF'\n{FPS_PROBE}\nEOF")
+    frames, faces, cpu_s = out.split()
+    assert int(frames) == 5 and int(faces) > 0, out
+    lab.report["arm64"] = {
+        **lab.report.get("arm64", {}),
+        "yunet_fps_per_cpu_s": round(int(frames) / float(cpu_s), 3),
+    }
 
 
 def test_the_detector_runs_on_the_distributions_opencv(lab: Lab) -> None:
