@@ -50,6 +50,9 @@ REQUIRED_KEYS = (
     "bridge.msgs_per_s",
     "forwarder.lost_in_outage",
     "bridge.lost_in_outage",
+    "forwarder.cpu_us_per_msg",
+    "bridge.cpu_us_per_msg",
+    "edge.cpu_us_per_face",
     "latency_ms.p50",
     "latency_ms.p99",
     "processor.faces_per_s.1",
@@ -103,6 +106,7 @@ def merge(results: dict[str, Any], section: str, figures: dict[str, Any]) -> Non
     if section == "relay":
         results["forwarder"] = figures.pop("forwarder")
         results["bridge"] = figures.pop("bridge")
+        results["edge"] = figures.pop("edge")
         results["relay"] = figures
     elif section == "pipeline":
         results.update(figures)

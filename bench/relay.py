@@ -9,9 +9,14 @@ The messages are faces as far as the relays can tell (a face id in their user pr
 the subscriber on the cloud broker answers each with a receipt, as the processor does once the
 face is stored: the forwarder keeps a face spooled until its receipt comes (`uplink.confirm =
 "receipt"`, the default); the bridge ignores receipts.
+Both edges also run the audit logger (it reads every face from the edge broker, as on a device).
 Throughput: N messages of 32 KB published at QoS 1 to the edge broker as fast as the publisher
 goes; rate = N / (last arrival at a QoS 1 subscriber on the cloud broker - first publish). The
 direct case (publisher straight to the cloud broker, no relay) is measured for reference.
+CPU per message: process CPU seconds (user + system, /proc) from the first publish to
+`SETTLE_S` after the last arrival (the forwarder's receipts and deletes come after it), over N:
+the relaying process (the forwarder; for the bridge the edge broker, which is the bridge) and
+the whole edge without the detector (broker, logger and, where there is one, the forwarder).
 Outage: messages at a fixed rate before, during and after a cloud broker outage of fixed length
 (clean stop, restart on the same port with its persistence); lost = published - distinct
 arrived once the relay has drained (or a deadline passed).
@@ -33,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tests.support import ServiceProcess, wait_until
 
-from bench.common import Options, progress
+from bench.common import Options, ProcSample, progress
 from facefleet.contract import Receipt, faces_topic, new_face_id, receipts_topic
 from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
@@ -47,6 +52,8 @@ PAYLOAD_BYTES = 32 * 1024
 #: Each payload starts with its run and sequence number.
 HEADER = struct.Struct(">QQ")
 RECONNECT_MAX_S = 2
+#: CPU is counted until this long after the last arrival.
+SETTLE_S = 1.0
 
 
 @dataclass
@@ -180,10 +187,21 @@ class Relay:
         else:
             self.edge = LocalBroker("edge", workdir=self.workdir / "edge")
         self.forwarder: ServiceProcess | None = None
+        self.logger: ServiceProcess | None = None
 
     def start(self) -> None:
         self.cloud.start()
         self.edge.start()
+        self.logger = ServiceProcess(
+            "logger",
+            {
+                "node": NODE,
+                "heartbeat_s": 2.0,
+                "mqtt": self.edge.settings_for().as_table(),
+                "audit": {"path": str(self.workdir / "audit.jsonl"), "stderr": False},
+            },
+            self.workdir,
+        ).start()
         if self.kind == "forwarder":
             config = {
                 "node": NODE,
@@ -198,6 +216,20 @@ class Relay:
                 wait_until(lambda: board.online(NODE, "forwarder"), 30, "forwarder online")
             finally:
                 board.close()
+
+    def edge_processes(self) -> dict[str, ProcSample]:
+        """The edge's processes but the detector: broker, logger, forwarder (if any)."""
+        assert self.edge.process is not None
+        assert self.logger is not None
+        procs = {"broker": self.edge.process.pid, "logger": self.logger.pid}
+        if self.forwarder is not None:
+            procs["forwarder"] = self.forwarder.pid
+        return {name: ProcSample(pid) for name, pid in procs.items()}
+
+    @property
+    def relaying(self) -> str:
+        """The edge process that relays: the forwarder, or the broker that bridges."""
+        return "forwarder" if self.kind == "forwarder" else "broker"
 
     def subscriber(self) -> Subscriber:
         settings = self.cloud.settings_for(RECEIVER)
@@ -214,6 +246,8 @@ class Relay:
     def stop(self) -> None:
         if self.forwarder is not None:
             self.forwarder.stop()
+        if self.logger is not None:
+            self.logger.stop()
         self.edge.cleanup()
         self.cloud.cleanup()
 
@@ -221,13 +255,17 @@ class Relay:
 def throughput(relay: Relay, count: int) -> dict[str, Any]:
     sub = relay.subscriber()
     pub = SequencePublisher(relay.edge.settings_for(), sub.run)
+    procs = relay.edge_processes()
     try:
         relay.warm_up(sub, pub)
+        cpu0 = {name: p.cpu_s() for name, p in procs.items()}
         began = time.monotonic()
         for seq in range(count):
             pub.publish(seq)
         wait_until(lambda: sub.count(range(count)) == count, 300, f"{relay.kind}: {count} relayed")
         seconds = max(sub.arrivals[s] for s in range(count)) - began
+        time.sleep(SETTLE_S)
+        cpu_us = {name: (p.cpu_s() - cpu0[name]) * 1e6 / count for name, p in procs.items()}
     finally:
         pub.close()
         sub.close()
@@ -236,6 +274,9 @@ def throughput(relay: Relay, count: int) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "msgs_per_s": round(count / seconds, 1),
         "mb_per_s": round(count * PAYLOAD_BYTES / seconds / 1e6, 2),
+        "cpu_us_per_msg": round(cpu_us[relay.relaying], 1),
+        "edge_cpu_us_per_face": round(sum(cpu_us.values()), 1),
+        "edge_cpu_us_by_process": {name: round(us, 1) for name, us in cpu_us.items()},
     }
 
 
@@ -328,7 +369,9 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
             )
             progress(
                 f"relay {kind:9s}: {figures['msgs_per_s']:7.1f} msgs/s "
-                f"{figures['mb_per_s']:6.2f} MB/s ({count} x 32 KB, QoS 1, TLS uplink)"
+                f"{figures['mb_per_s']:6.2f} MB/s ({count} x 32 KB, QoS 1, TLS uplink), "
+                f"{figures['cpu_us_per_msg']:.0f} us CPU/msg relaying, "
+                f"{figures['edge_cpu_us_per_face']:.0f} us CPU/face on the edge"
             )
             lost = outage(relay, rate, before_s, outage_s, after_s)
             progress(
@@ -349,8 +392,14 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
         f"loopback, edge mosquitto plain -> cloud mosquitto TLS 1.2 with client certificates; "
         f"{PAYLOAD_BYTES // 1024} KB payloads, QoS 1; outage = cloud broker stopped cleanly "
         f"for {outage_s:.0f} s while {rate:.0f} msgs/s are published, then restarted on the "
-        f"same port with its persistence; reconnect backoff 1..{RECONNECT_MAX_S} s for both"
+        f"same port with its persistence; reconnect backoff 1..{RECONNECT_MAX_S} s for both; "
+        f"the audit logger runs on both edges"
     )
+    out["edge"] = {
+        "cpu_us_per_face": out["forwarder"]["edge_cpu_us_per_face"],
+        "by_process": out["forwarder"]["edge_cpu_us_by_process"],
+        "with_bridge": out["bridge"]["edge_cpu_us_per_face"],
+    }
     out["forwarder_over_bridge"] = round(
         out["forwarder"]["msgs_per_s"] / max(0.1, out["bridge"]["msgs_per_s"]), 2
     )

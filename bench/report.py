@@ -169,6 +169,12 @@ def markdown(results: dict[str, Any]) -> str:
                  _ratio(f, b), mark("relay")))  # fmt: skip
     f, b = _get(r, "forwarder.mb_per_s"), _get(r, "bridge.mb_per_s")
     rows.append(("relay MB/s", _num(f, 2), f"bridge {_num(b, 2)}", _ratio(f, b), ""))
+    f, b = _get(r, "forwarder.cpu_us_per_msg"), _get(r, "bridge.cpu_us_per_msg")
+    rows.append(("relay CPU us per message (relaying process)", _num(f), f"bridge {_num(b)}",
+                 _ratio(f, b), ""))  # fmt: skip
+    f, b = _get(r, "edge.cpu_us_per_face"), _get(r, "edge.with_bridge")
+    rows.append(("edge CPU us per face (broker, logger, forwarder)", _num(f),
+                 f"bridge {_num(b)}", _ratio(f, b), ""))  # fmt: skip
     outage = _get(r, "relay.outage_s")
     rows.append(
         (f"messages lost in a {_num(outage, 0)} s cloud outage",

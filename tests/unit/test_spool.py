@@ -6,7 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from facefleet.forwarder.spool import PAGE_SIZE, SCHEMA, Incoming, Spool
+from facefleet.forwarder.spool import PAGE_SIZE, SCHEMA, Incoming, Recent, Spool, Spooled
 
 
 def message(n: int, size: int = 100) -> Incoming:
@@ -200,3 +200,47 @@ def test_a_spool_from_before_face_ids_gains_the_column(tmp_path: Path) -> None:
     assert spool.depth == 1
     assert spool.append_many([face("a"), face("a")]) == [True, True]
     assert spool.depth == 2
+
+
+def test_append_reports_what_it_stored_as_read_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite", 1_000_000, "drop-oldest")
+    assert spool.last_seq == 0
+    stored: list[Spooled] = []
+    face = Incoming("facefleet/e/faces", b"x", False, {"UserProperty": [["id", "a"]]}, "a")
+    spool.append_many([message(1), face, face], stored=stored)  # the second copy is not stored
+    assert [(r.seq, r.payload, r.properties) for r in stored] == [
+        (r.seq, r.payload, r.properties) for r in spool.after(0, 10)
+    ]
+    assert spool.last_seq == stored[-1].seq
+    spool.close()
+    assert Spool(tmp_path / "s.sqlite", 1_000_000, "drop-oldest").last_seq == stored[-1].seq
+
+
+def rows(seqs: range) -> list[Spooled]:
+    return [Spooled(seq, "facefleet/e/faces", b"", False, {}) for seq in seqs]
+
+
+def test_recent_hands_over_in_order_and_defers_to_the_spool() -> None:
+    recent = Recent(limit=4, read_up_to=2)  # rows 1 and 2 are from an earlier run
+    recent.add(rows(range(3, 6)))
+    assert recent.take(0, 10) is None  # read 1..2 from the spool first
+    taken = recent.take(2, 2)
+    assert taken is not None
+    assert [r.seq for r in taken] == [3, 4]
+    recent.add(rows(range(6, 10)))  # 5..9 is one more than the limit: 5 is left to the spool
+    assert recent.take(4, 10) is None
+    taken = recent.take(5, 10)
+    assert taken is not None
+    assert [r.seq for r in taken] == [6, 7, 8, 9]
+    assert recent.take(9, 10) == []
+
+
+def test_recent_resyncs_after_rows_left_the_spool() -> None:
+    recent = Recent(limit=10, read_up_to=0)
+    recent.add(rows(range(1, 4)))
+    recent.resync(last_seq=3)  # say 1 was evicted: only the spool knows what is left
+    assert recent.take(0, 10) is None
+    recent.add(rows(range(4, 6)))
+    taken = recent.take(3, 10)
+    assert taken is not None
+    assert [r.seq for r in taken] == [4, 5]

@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,10 @@ class Spool:
         self._depth, self._bytes = int(row[0]), int(row[1])
         if not self._depth and self._db.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
             self._convert_page_size()
+        #: the highest sequence number spooled so far (0: none yet)
+        self._last_seq = int(
+            self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+        )
         self.dropped = self._counter("dropped")
         self.expired = self._counter("expired")
         # Reads get their own connection: in WAL mode they see every committed row without
@@ -154,6 +159,11 @@ class Spool:
     def bytes(self) -> int:
         return self._bytes
 
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number spooled by this or an earlier run (0: none)."""
+        return self._last_seq
+
     def oldest_age_s(self) -> float:
         with self._read_lock:
             # the first row in spool order, not MIN(received): that reads every record, and
@@ -163,12 +173,19 @@ class Spool:
             ).fetchone()
         return round(time.time() - row[0], 1) if row and row[0] is not None else 0.0
 
-    def append_many(self, messages: Iterable[Incoming], delete: Sequence[int] = ()) -> list[bool]:
+    def append_many(
+        self,
+        messages: Iterable[Incoming],
+        delete: Sequence[int] = (),
+        stored: list[Spooled] | None = None,
+    ) -> list[bool]:
         """Spool messages in one transaction (one fsync), deleting the confirmed messages
         `delete` in the same transaction; returns, per message, whether it was kept (False:
         dropped by the drop-newest policy or larger than the whole spool; a face whose id is
-        already spooled counts as kept, and is not stored twice)."""
+        already spooled counts as kept, and is not stored twice). Each message stored now is
+        added to `stored`, if given, as `after` will read it back (once committed)."""
         kept: list[bool] = []
+        inserted: list[Spooled] = []
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -196,7 +213,7 @@ class Spool:
                             kept.append(False)
                             continue
                         dropped += self._evict_oldest(self._bytes + size - self.max_bytes)
-                    self._db.execute(
+                    cursor = self._db.execute(
                         "INSERT INTO messages"
                         " (topic, payload, retain, properties, size, received, face_id)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -213,12 +230,23 @@ class Spool:
                     self._depth += 1
                     self._bytes += size
                     kept.append(True)
+                    seq = cursor.lastrowid
+                    assert seq is not None
+                    inserted.append(
+                        Spooled(
+                            seq, message.topic, message.payload, message.retain, message.properties
+                        )
+                    )
                 self._add_to_counter("dropped", dropped)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._recount()
                 raise
+            if inserted:
+                self._last_seq = inserted[-1].seq
+            if stored is not None:
+                stored += inserted
             if delete or dropped:
                 self._deleted()
             if dropped:
@@ -392,3 +420,43 @@ class Spool:
         with self._lock:
             self._scrub_locked(force=True)
             self._db.close()
+
+
+class Recent:
+    """What the writer has just spooled, handed to the sender in memory, so that the sender
+    does not read back each message it was given a moment ago (a query, a JSON parse and a
+    payload copy per message). The spool stays the truth: everything up to `read_up_to` (what
+    an earlier run left, what fell off this bounded queue, what an eviction or expiry may have
+    removed meanwhile) the sender reads from it, in the same sequence order.
+
+    Thread-safe: the writer calls `add` and `resync`, the sender `take`."""
+
+    def __init__(self, limit: int, read_up_to: int) -> None:
+        self._lock = threading.Lock()
+        self._rows: deque[Spooled] = deque()
+        self._limit = limit
+        self._read_up_to = read_up_to
+
+    def add(self, rows: Iterable[Spooled]) -> None:
+        """Committed rows, in sequence order; past `limit`, the oldest are left to the spool."""
+        with self._lock:
+            self._rows.extend(rows)
+            while len(self._rows) > self._limit:
+                self._read_up_to = self._rows.popleft().seq
+
+    def resync(self, last_seq: int) -> None:
+        """Rows were removed from the spool behind the sender's back (evicted when full,
+        expired): up to `last_seq`, the spool says what is still there."""
+        with self._lock:
+            self._rows.clear()
+            self._read_up_to = max(self._read_up_to, last_seq)
+
+    def take(self, after: int, limit: int) -> list[Spooled] | None:
+        """Up to `limit` rows with a sequence number above `after`, oldest first; None when
+        the spool must be read instead (rows it holds there are not here)."""
+        with self._lock:
+            if after < self._read_up_to:
+                return None
+            while self._rows and self._rows[0].seq <= after:
+                self._rows.popleft()
+            return [self._rows.popleft() for _ in range(min(limit, len(self._rows)))]
