@@ -19,11 +19,13 @@ throughout).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +248,10 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
     }
 
 
-def run(workdir: Path, options: Options) -> dict[str, Any]:
+@contextlib.contextmanager
+def lab_fleet() -> Iterator[Fleet]:
+    """The lab that is up and deployed, or one brought up (cloud-1 and edge-1), deployed and
+    taken down again around the measurement."""
     own = not (INVENTORY.exists() and Fleet().active())
     if own:
         progress("lab: bringing up cloud-1 and edge-1 (python -m lab up --edges 1)")
@@ -257,11 +262,16 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
             deploy()
         fleet = Fleet()
         wait_until(fleet.active, 120, "the lab's services active")
-        figures = measure(fleet, options.quick)
+        yield fleet
     finally:
         if own:
             progress("lab: down")
             lab_command("down", timeout=300)
+
+
+def run(workdir: Path, options: Options) -> dict[str, Any]:
+    with lab_fleet() as fleet:
+        figures = measure(fleet, options.quick)
     lat = figures["latency_ms"]
     progress(
         f"lab latency: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
