@@ -82,7 +82,7 @@ edge-py39: venv ## the edge code uses nothing newer than Python 3.9 (vermin)
 
 check: lint typecheck ansible-lint edge-py39 ## all static checks
 
-test-py39: venv ## the edge services on a real Python 3.9: a Debian 11 chroot (root; about 4 min)
+test-py39: venv ## the edge services on a real Python 3.9: a Debian 11 chroot (root; about a minute)
 	PYTHON=$(abspath $(PY)) tests/py39/run-edge-on-py39.sh
 
 lab: lab-up lab-deploy ## lab fleet up and deployed
