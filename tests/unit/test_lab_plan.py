@@ -48,5 +48,5 @@ def test_hosts_added_to_a_lab_are_numbered_after_those_of_their_kind() -> None:
         ("jetson-2", "10.99.0.62", "bullseye-arm64"),
         ("jetson-cv-1", "10.99.0.81", "bookworm-arm64-opencv"),
     ]
-    with pytest.raises(LabError, match="must add up to 0..10"):
+    with pytest.raises(LabError, match=r"must add up to 0\.\.10"):
         plan(Topology(edges=0, arm64_edges=10), "10.99.0.0/24", existing)
