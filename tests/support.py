@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -38,15 +39,36 @@ from facefleet.mqtt import MqttSettings, make_client, publish_properties, start
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
+) -> Any:
     """Poll `predicate` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def seeded_faults(
+    seed_variable: str, counts: dict[str, int]
+) -> tuple[int, random.Random, list[str]]:
+    """The plan of a seeded fault test: its seed (from `seed_variable`, to replay a printed
+    run, else a fresh one), the random generator it seeds (for the instants) and every fault
+    `counts` names, as often as it says, in a random order. The caller prints the seed and
+    names it in a failure."""
+    seed = int(os.environ.get(seed_variable, str(random.randrange(1 << 32))))
+    rng = random.Random(seed)
+    plan = [
+        fault
+        for i in range(max(counts.values(), default=0))
+        for fault in counts
+        if i < counts[fault]
+    ]
+    rng.shuffle(plan)
+    return seed, rng, plan
 
 
 def jpeg_bytes(width: int = 64, height: int = 80, seed: int = 0) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,7 @@ from tests.pipeline.relay import (
     mqtt_table,
     wait_online,
 )
-from tests.support import Collector, ServiceProcess, wait_until
+from tests.support import Collector, ServiceProcess, seeded_faults, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -55,9 +54,10 @@ def stored_ids(store: Path) -> Counter[str]:
 
 
 def test_every_recorded_face_is_stored_once_across_kill_9s(tmp_path: Path) -> None:
-    seed = int(os.environ.get("FACEFLEET_FAULT_JOURNAL_SEED", str(random.randrange(1 << 32))))
+    seed, rng, victims = seeded_faults(
+        "FACEFLEET_FAULT_JOURNAL_SEED", dict.fromkeys(("broker", "forwarder", "detector"), KILLS)
+    )
     print(f"journal kill test: seed {seed}, {KILLS} kills each of broker, forwarder, detector")
-    rng = random.Random(seed)
     journal, store = tmp_path / "journal", tmp_path / "store"
     edge = LocalBroker("edge", workdir=tmp_path / "edge").start()
     cloud = LocalBroker("cloud", workdir=tmp_path / "cloud", processors=(CLOUD_NODE,)).start()
@@ -90,8 +90,6 @@ def test_every_recorded_face_is_stored_once_across_kill_9s(tmp_path: Path) -> No
         detector.start()
         wait_until(lambda: read_record(journal), 30, "the detector's first faces")
 
-        victims = ["broker", "forwarder", "detector"] * KILLS
-        rng.shuffle(victims)
         for victim in victims:
             time.sleep(rng.uniform(0.3, 2.0))
             if victim == "broker":
