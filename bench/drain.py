@@ -145,6 +145,8 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
             finally:
                 stop.set()
                 flapper.join()
+                if fresh_publisher.poll() is None:  # the drain failed: do not leave it behind
+                    fresh_publisher.kill()
     finally:
         link.restore()
     backlog_times = stored_at(fleet, started, backlog)
