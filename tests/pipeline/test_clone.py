@@ -151,5 +151,13 @@ def test_a_second_device_with_one_identity_is_detected_and_loses_no_faces(
     # BACKOFF_S before it takes the session back
     assert all(count >= 1 for count in takeovers), logs
     assert sum(takeovers) <= elapsed / BACKOFF_S + 2, (takeovers, elapsed)  # ~1 s without
-    assert all(f"reconnecting in {BACKOFF_S} s" in log for log in logs)
+    # the first connection each lost after it saw the clone waited BACKOFF_S; one of them lost
+    # one (the other may hold the session until the test ends, with nothing to wait for)
+    first_losses = [
+        [line for line in log.split("a second device uses this identity", 1)[1].splitlines()
+         if "broker: connection lost" in line][:1]
+        for log in logs
+    ]  # fmt: skip
+    assert any(first_losses), logs
+    assert all(f"reconnecting in {BACKOFF_S} s" in line for lost in first_losses for line in lost)
     assert processor.alive()
