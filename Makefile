@@ -53,7 +53,7 @@ system-deps: ## install the Debian packages the demo, tests and lab need (root)
 demo: demo-deps venv ## run the whole pipeline on this machine (brokers, services, monitor)
 	$(VENV)/bin/facefleet demo $(DEMO_ARGS)
 
-test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~18–22 min)
+test: system-deps venv ## everything CI runs: static checks, unit, integration, the lab (root; ~17–21 min)
 	$(PY) -m tests.stages $(PYTEST_ARGS)
 
 test-nolab: system-deps venv ## everything but the lab: static checks, unit and integration tests
