@@ -27,11 +27,12 @@ import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lab.fleet import MACHINE_PREFIX, ssh_command
+from tests.support import wait_until
 
 from bench.common import Options, percentile, progress
 from bench.faces import face_payload
@@ -103,14 +104,6 @@ def flapping(link: Link, stop: threading.Event, flaps: list[float]) -> None:
         link.restore()
 
 
-def poll(predicate: Callable[[], bool], every_s: float, what: str) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {DRAIN_TIMEOUT_S:g} s waiting for {what}")
-        time.sleep(every_s)
-
-
 def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
     backlog_count, fresh_s = (60, 20.0) if quick else (BACKLOG_FACES, 300.0)
     link = Link(fleet)
@@ -135,12 +128,13 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
                 return len(stored) == len(backlog)
 
             try:
-                poll(drained, 10, "the backlog stored")
+                wait_until(drained, DRAIN_TIMEOUT_S, "the backlog stored", interval_s=10)
                 fresh = published(fresh_publisher, fresh_s + 120)
-                poll(
+                wait_until(
                     lambda: len(stored_at(fleet, started, fresh)) == len(fresh),
-                    5,
+                    DRAIN_TIMEOUT_S,
                     "the fresh faces stored",
+                    interval_s=5,
                 )
             finally:
                 stop.set()
