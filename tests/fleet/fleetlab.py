@@ -79,6 +79,14 @@ class Deploy:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
 
+    def assert_changed_nothing(self, hosts: list[str]) -> None:
+        """A deploy of what was deployed already: it ran on exactly `hosts`, changed nothing."""
+        assert self.returncode == 0, self.tail()
+        recap = self.recap()
+        assert set(recap) == set(hosts), self.tail()
+        changed = {host: r["changed"] for host, r in recap.items() if r["changed"]}
+        assert not changed, f"second run changed something: {changed}\n{self.tail(120)}"
+
 
 def inventory_hosts(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Address of each cloud and edge host of an inventory, and the hosts of both groups."""
