@@ -13,9 +13,10 @@ import textwrap
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from textual.widgets import DataTable, TabbedContent
+from textual.widgets import TabbedContent
 
 from facefleet.contract import ProcessorFigures, Status, utc_timestamp
 from facefleet.health import OFFLINE
@@ -25,6 +26,7 @@ from facefleet_monitor.cli import add_arguments
 from facefleet_monitor.config import MonitorConfig, config_from_args
 from facefleet_monitor.events import StatusEvent
 from facefleet_monitor.feed import FlowGate
+from facefleet_monitor.table import RowTable
 from tests.helpers import cloud_inventory, refused_port
 from tests.support import ROOT, Publisher
 from tests.tui.scenario import BAD, EXPECTED, LISTED_FACES, STATUSES, publish_live, publish_retained
@@ -85,13 +87,13 @@ async def test_views_show_the_fleet_faces_and_errors(edge_broker: LocalBroker) -
         await pilot.pause()
         text = screen_text(app)
         assert "connected to test broker" in text
-        fleet = app.query_one("#fleet-table")
+        fleet = app.query_one("#fleet-table", RowTable)
         assert fleet.row_count == 5  # 4 expected + the unlisted cam9
         assert "never seen" in text  # cam3 was never seen
         assert "cam9" in text
         assert "(unlisted)" in text
         # problems sort first: cam2 (camera lost) heads the table
-        assert str(fleet.coordinate_to_cell_key((0, 0)).row_key.value) == "cam2"
+        assert fleet.row_keys[0] == "cam2"
 
         # detections: newest first, the thumbnail of the selected face decodes in a worker
         await pilot.press("2")
@@ -523,7 +525,7 @@ async def test_keys_a_person_tries_first(edge_broker: LocalBroker) -> None:
         await pilot.press("shift+tab")
         assert tabs.active == "alerts"
         await pilot.press("1")
-        table = app.query_one("#fleet-table", DataTable)
+        table = app.query_one("#fleet-table", RowTable)
         start = table.cursor_row
         await pilot.press("down")
         assert table.cursor_row == start + 1
@@ -570,7 +572,7 @@ async def test_fleet_table_columns_fit_what_is_shown_whatever_came_before() -> N
     app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
     async with app.run_test(size=SIZE) as pilot:
         view = app.query_one(FleetView)
-        table = view.query_one("#fleet-table", DataTable)
+        table = view.query_one("#fleet-table", RowTable)
 
         def heartbeat(node: str, version: str) -> None:
             status = Status("online", "logger", node, version=version, interval_s=10)
@@ -579,7 +581,7 @@ async def test_fleet_table_columns_fit_what_is_shown_whatever_came_before() -> N
         async def version_width() -> int:
             view.redraw(app.model, time.time())
             await pilot.pause(0.1)  # the table sizes its columns as it lays out
-            return table.columns["version"].content_width
+            return table.column_width("version")
 
         long = "0.1.0+a-long-build-label"
         heartbeat("cam1", long)
@@ -589,3 +591,60 @@ async def test_fleet_table_columns_fit_what_is_shown_whatever_came_before() -> N
         heartbeat("cam1", "0.1.0")
         heartbeat("cam2", "0.1.0")
         assert await version_width() == len("Version")
+
+
+@async_test
+async def test_a_thousand_nodes_problems_first_and_only_the_rows_on_screen_made() -> None:
+    """At fleet scale (issue #18) the fleet view sums the fleet up in one line, problems
+    first, puts the nodes with problems on top, and makes the cells of the rows on screen
+    only: a redraw, a filter or the cursor at the end of the table asks for about a screen's
+    rows, not a thousand (a table of every row took 3 to 40 s per key at a thousand nodes)."""
+    from facefleet.mqtt import MqttSettings
+    from facefleet_monitor.views import FleetView
+
+    cfg = MonitorConfig(mqtt=MqttSettings(host="127.0.0.1", port=refused_port()), label="x")
+    app = MonitorApp(cfg, image_class=image_widget_class("halfcell"), cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        for n in range(1000):
+            node = f"cam{n:04d}"
+            for service in ("detector", "logger", "forwarder"):
+                state = "offline" if (node, service) == ("cam0500", "forwarder") else "online"
+                body = json.dumps(status_body(node, service, state, ts=utc_timestamp()))
+                app.model.apply(StatusEvent(node, service, Status.decode(body.encode())))
+        app.model.evaluate()
+        view = app.query_one(FleetView)
+        table = view.query_one("#fleet-table", RowTable)
+        made: list[str] = []
+        row_for = view.row_for
+
+        def counting_row_for(model: Any, node: Any, at: float) -> Any:
+            made.append(node.name)
+            return row_for(model, node, at)
+
+        view.row_for = counting_row_for  # type: ignore[method-assign,assignment]
+        app.redraw(force=True)
+        await pilot.pause(0.2)
+        on_screen = table.size.height
+        assert 0 < len(set(made)) <= on_screen, (len(set(made)), on_screen)
+        assert table.row_count == 1000
+        assert table.row_keys[0] == "cam0500"  # the one with a problem, on top
+        text = screen_text(app)
+        assert "1000 nodes: 1 with errors · 0 with warnings · 999 fine" in text
+        assert "services: 1 offline · 2999 online" in text
+
+        await pilot.press("1")  # the table takes the keys
+        await pilot.pause(0.2)
+        made.clear()
+        await pilot.press("end")  # the last row: the table scrolls, makes the rows it shows
+        await pilot.pause(0.2)
+        assert table.cursor_key == "cam0999"
+        assert "cam0999" in screen_text(app)
+        assert "cam0999" in made and len(set(made)) <= on_screen
+
+        await pilot.press("slash", *"cam01")
+        await wait_until(pilot, lambda: table.row_count == 100, what="the filter applied")
+        made.clear()
+        await pilot.press("2", "enter")
+        await wait_until(pilot, lambda: table.row_count == 10, what="the filter applied")
+        assert table.row_keys == [f"cam{n:04d}" for n in range(120, 130)]
+        assert len(set(made)) <= on_screen

@@ -55,6 +55,8 @@ class FleetModel:
         self.max_thumbnails = max_thumbnails
         self.log: deque[AlertLogEntry] = deque(maxlen=max_log)
         self.active: dict[str, Alert] = {}
+        #: each node's worst active alert (see severity), kept with `active`
+        self._severities: dict[str, int] = {}
         self.counters = Counters()
         self.bucket_s = bucket_s
         self.buckets = buckets
@@ -208,11 +210,7 @@ class FleetModel:
 
     def severity(self, name: str) -> int:
         """2: an error alert on the node, 1: a warning, 0: fine."""
-        worst = 0
-        for alert in self.active.values():
-            if alert.node == name:
-                worst = max(worst, 2 if alert.severity == ERROR else 1)
-        return worst
+        return self._severities.get(name, 0)
 
     # --- alerts ---------------------------------------------------------------------------
 
@@ -234,3 +232,7 @@ class FleetModel:
         if active != self.active:
             self.version += 1
         self.active = active
+        self._severities = {}
+        for alert in active.values():
+            worst = 2 if alert.severity == ERROR else 1
+            self._severities[alert.node] = max(worst, self._severities.get(alert.node, 0))

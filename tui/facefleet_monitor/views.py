@@ -4,6 +4,7 @@ must act on with a message."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,11 @@ from facefleet.health import (
     certificate_days,
     certificate_text,
 )
-from facefleet_monitor.alerts import ERROR, WARNING
+from facefleet_monitor.alerts import ERROR, WARNING, Alert, AlertLogEntry
 from facefleet_monitor.formatting import format_age, format_clock, format_face_time, summarize
 from facefleet_monitor.model import FleetModel
 from facefleet_monitor.state import NodeStatus
+from facefleet_monitor.table import Cells, RowTable
 from facefleet_monitor.thumbnail import decode_thumbnail
 
 STATE_STYLE = {
@@ -48,17 +50,47 @@ STATE_STYLE = {
 }
 SEVERITY_STYLE = {ERROR: "bold red", WARNING: "yellow", "resolved": "green"}
 SORT_MODES = ("problems", "node", "last face")
+#: The fleet summary's service states, problems first.
+SUMMARY_STATES = (OFFLINE, STALE, STOPPED, NEVER, ONLINE)
+
+
+#: The cell of a service that a node does not run.
+NO_SERVICE = Text("-", style="dim")
 
 
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
-def same_cell(a: Any, b: Any) -> bool:
-    """Whether a table cell would look the same (rich's Text equality ignores the style)."""
-    if isinstance(a, Text) and isinstance(b, Text):
-        return (a.plain, str(a.style), a.spans) == (b.plain, str(b.style), b.spans)
-    return bool(a == b)
+def service_states(node: NodeStatus, now: float) -> dict[str, str]:
+    """The node's services that report or are expected to, and their states."""
+    return {
+        service: status.health(now)
+        for service, status in node.services.items()
+        if status.seen_at is not None or status.expected
+    }
+
+
+def fleet_summary(model: FleetModel, now: float) -> Text:
+    """The whole fleet in one line, problems first: nodes by their worst alert, then the
+    services in a state other than online, then those online (what a thousand rows cannot
+    show at a glance)."""
+    worst = Counter(model.severity(name) for name in model.nodes)
+    states = Counter(
+        state for node in model.nodes.values() for state in service_states(node, now).values()
+    )
+    text = Text(f" {len(model.nodes)} nodes: ", style="bold")
+    text.append(f"{worst[2]} with errors", style="bold red" if worst[2] else "dim")
+    text.append(" · ")
+    text.append(f"{worst[1]} with warnings", style="yellow" if worst[1] else "dim")
+    text.append(f" · {worst[0]} fine · services: ")
+    shown = [state for state in SUMMARY_STATES if states[state] or state == ONLINE]
+    text.append_text(
+        Text(" · ").join(
+            Text(f"{states[state]} {state}", style=STATE_STYLE[state]) for state in shown
+        )
+    )
+    return text
 
 
 def fit_columns(table: DataTable[Any]) -> None:
@@ -111,7 +143,7 @@ class View(Widget):
         raise NotImplementedError
 
     def focus_main_table(self) -> None:
-        self.query_one(self.MAIN_TABLE, DataTable).focus()
+        self.query_one(self.MAIN_TABLE).focus()
 
 
 class FleetView(Vertical, View):
@@ -144,43 +176,49 @@ class FleetView(Vertical, View):
         self.cursor_blink = cursor_blink
         self.sort_mode = SORT_MODES[0]
         self.filter_text = ""
-        #: What the table shows: node names in order, and each row's cells.
-        self._shown: list[str] = []
-        self._cells: dict[str, list[Any]] = {}
 
     def compose(self) -> ComposeResult:
+        yield Static(id="fleet-summary")
         yield Input(
             placeholder="filter: node, kind or state  (/ to focus, esc to leave)",
             id="fleet-filter",
         )
-        yield DataTable(id="fleet-table", cursor_type="row", zebra_stripes=True)
+        yield RowTable(self.COLUMNS, id="fleet-table", zebra_stripes=True)
         yield Static(id="fleet-footer")
 
     def on_mount(self) -> None:
         self.query_one("#fleet-filter", Input).cursor_blink = self.cursor_blink
-        table = self.query_one("#fleet-table", DataTable)
-        for key, label in self.COLUMNS:
-            table.add_column(label, key=key)
 
-    def row_for(self, model: FleetModel, node: NodeStatus, now: float) -> tuple[list[Any], str]:
-        """Cells of a node's row and the text the filter matches against."""
-        severity = model.severity(node.name)
-        name_style = {2: "bold white on dark_red", 1: "bold black on yellow"}.get(severity, "bold")
+    @staticmethod
+    def kind_of(model: FleetModel, node: NodeStatus) -> str:
         kind = node.kind or "?"
         if model.has_inventory and not node.expected:
             kind += " (unlisted)"
         if node.refused:
             kind += f" ({node.refused})"
-        cells: list[Any] = [Text(node.name, style=name_style), kind]
-        states = []
+        return kind
+
+    def matches(self, model: FleetModel, node: NodeStatus, now: float) -> bool:
+        """Whether every word of the filter is in the node's name, kind, states or camera."""
+        detector = node.figures(DetectorFigures)
+        haystack = " ".join(
+            [
+                node.name,
+                self.kind_of(model, node),
+                *service_states(node, now).values(),
+                str((detector.camera if detector else None) or ""),
+            ]
+        ).lower()
+        return all(word in haystack for word in self.filter_text.lower().split())
+
+    def row_for(self, model: FleetModel, node: NodeStatus, now: float) -> list[Text | str]:
+        """Cells of a node's row."""
+        severity = model.severity(node.name)
+        name_style = {2: "bold white on dark_red", 1: "bold black on yellow"}.get(severity, "bold")
+        cells: list[Text | str] = [Text(node.name, style=name_style), self.kind_of(model, node)]
+        states = service_states(node, now)
         for service in SERVICES:
-            status = node.services.get(service)
-            if status is None or (status.seen_at is None and not status.expected):
-                cells.append(Text("-", style="dim"))
-                continue
-            health = status.health(now)
-            states.append(health)
-            cells.append(state_text(health))
+            cells.append(state_text(states[service]) if service in states else NO_SERVICE)
         detector = node.figures(DetectorFigures)
         forwarder = node.figures(ForwarderFigures)
         processor = node.figures(ProcessorFigures)
@@ -206,48 +244,26 @@ class FleetView(Vertical, View):
             if node.last_face_at is not None
             else "-",
         ]
-        haystack = " ".join([node.name, kind, *states, str(camera or "")]).lower()
-        return cells, haystack
+        return cells
 
     def redraw(self, model: FleetModel, now: float) -> None:
-        table = self.query_one("#fleet-table", DataTable)
-        rows = []
-        for node in model.nodes.values():
-            cells, haystack = self.row_for(model, node, now)
-            if self.filter_text and not all(
-                word in haystack for word in self.filter_text.lower().split()
-            ):
-                continue
-            rows.append((node, cells))
+        nodes = list(model.nodes.values())
+        if self.filter_text.strip():
+            nodes = [node for node in nodes if self.matches(model, node, now)]
         if self.sort_mode == "problems":
-            rows.sort(key=lambda r: (-model.severity(r[0].name), r[0].name))
+            nodes.sort(key=lambda n: (-model.severity(n.name), n.name))
         elif self.sort_mode == "last face":
-            rows.sort(key=lambda r: (-(r[0].last_face_at or 0.0), r[0].name))
+            nodes.sort(key=lambda n: (-(n.last_face_at or 0.0), n.name))
         else:
-            rows.sort(key=lambda r: r[0].name)
-        shown = [node.name for node, _ in rows]
-        if shown == self._shown:
-            # the same rows in the same order: only the cells that changed (rebuilding the
-            # table every second moved the cursor and the sideways scroll under the operator)
-            for node, cells in rows:
-                for (column, _), cell, before in zip(
-                    self.COLUMNS, cells, self._cells[node.name], strict=True
-                ):
-                    if not same_cell(cell, before):
-                        table.update_cell(node.name, column, cell, update_width=True)
-        else:
-            selected = cursor_row_key(table)
-            table.clear()
-            for node, cells in rows:
-                table.add_row(*cells, key=node.name)
-            fit_columns(table)
-            if selected is not None and selected in shown:
-                table.move_cursor(row=shown.index(selected), animate=False)
-        self._shown = shown
-        self._cells = {node.name: cells for node, cells in rows}
+            nodes.sort(key=lambda n: n.name)
+        self.query_one("#fleet-table", RowTable).show(
+            [node.name for node in nodes],
+            lambda name: self.row_for(model, model.nodes[name], now),
+        )
+        self.query_one("#fleet-summary", Static).update(fleet_summary(model, now))
         problems = sum(1 for n in model.nodes if model.severity(n))
         self.query_one("#fleet-footer", Static).update(
-            f" {len(rows)} of {len(model.nodes)} nodes shown · {problems} with problems · "
+            f" {len(nodes)} of {len(model.nodes)} nodes shown · {problems} with problems · "
             f"sorted by {self.sort_mode} (s: change)"
         )
 
@@ -267,10 +283,29 @@ class FleetView(Vertical, View):
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self.focus_main_table()
 
-    @on(DataTable.RowSelected, "#fleet-table")
-    def _node_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.post_message(self.NodeChosen(str(event.row_key.value)))
+    @on(RowTable.RowSelected, "#fleet-table")
+    def _node_selected(self, event: RowTable.RowSelected) -> None:
+        self.post_message(self.NodeChosen(event.key))
+
+
+class SparklineRow(Horizontal):
+    """A node's name, its faces per minute as a sparkline, and the last minute's figure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node = Label("", classes="rate-node")
+        self.sparkline = Sparkline([], classes="rate")
+        self.now = Label("", classes="rate-now")
+
+    def compose(self) -> ComposeResult:
+        yield self.node
+        yield self.sparkline
+        yield self.now
+
+    def show(self, node: str, series: list[float]) -> None:
+        self.node.update(node)
+        self.sparkline.data = series
+        self.now.update(f"{series[-1]:.0f}/min")
 
 
 class DetectionsView(Horizontal, View):
@@ -279,6 +314,8 @@ class DetectionsView(Horizontal, View):
     MAIN_TABLE = "#detections-table"
     #: rows in the live table; at high rates every visible row changes each tick anyway
     SHOWN = 100
+    #: nodes with a faces-per-minute line (the busiest)
+    SPARKLINES = 12
 
     @dataclass
     class ThumbnailFailed(Message):
@@ -293,7 +330,7 @@ class DetectionsView(Horizontal, View):
         super().__init__(**kwargs)
         self.image = image
         self._shown: list[str] = []
-        self._sparklines: dict[str, tuple[Sparkline, Label]] = {}
+        self._sparklines: list[SparklineRow] = []
         #: the model of the last redraw: a row highlighted between redraws (arrow keys) shows
         #: its face at once
         self._model: FleetModel | None = None
@@ -305,7 +342,8 @@ class DetectionsView(Horizontal, View):
             yield Static("no face selected", id="face-info")
             yield self.image
             yield Static("Faces per minute", classes="pane-title")
-            yield VerticalScroll(id="sparklines")
+            with VerticalScroll(id="sparklines"):
+                yield Label("", id="sparklines-rest")
 
     def on_mount(self) -> None:
         table = self.query_one("#detections-table", DataTable)
@@ -348,21 +386,28 @@ class DetectionsView(Horizontal, View):
         self._show_selected_face(model)
 
     def _redraw_sparklines(self, model: FleetModel, now: float) -> None:
+        """The busiest `SPARKLINES` nodes' faces per minute, in name order, on a fixed set of
+        rows (a row per node was four widgets per node to lay out on every switch to this
+        view: 20 s at a thousand nodes); a line under them counts the rest."""
         box = self.query_one("#sparklines", VerticalScroll)
-        for name in sorted(model.nodes):
-            node = model.nodes[name]
-            if node.kind != "edge" and not node.faces_total:
-                continue
-            series = model.faces_per_minute(name, now)
-            if name not in self._sparklines:
-                spark = Sparkline(series, classes="rate")
-                label = Label("", classes="rate-now")
-                row = Horizontal(Label(name, classes="rate-node"), spark, label, classes="rate-row")
-                box.mount(row)
-                self._sparklines[name] = (spark, label)
-            spark, label = self._sparklines[name]
-            spark.data = series
-            label.update(f"{series[-1]:.0f}/min")
+        series = {
+            name: model.faces_per_minute(name, now)
+            for name, node in model.nodes.items()
+            if node.kind == "edge" or node.faces_total
+        }
+        busiest = sorted(sorted(series, key=lambda n: (-sum(series[n]), n))[: self.SPARKLINES])
+        while len(self._sparklines) < len(busiest):
+            row = SparklineRow()
+            box.mount(row, before=self.query_one("#sparklines-rest"))
+            self._sparklines.append(row)
+        for row, name in zip(self._sparklines, busiest + [""] * len(self._sparklines)):
+            row.display = bool(name)
+            if name:
+                row.show(name, series[name])
+        rest = [name for name in series if name not in busiest]
+        self.query_one("#sparklines-rest", Label).update(
+            f"{len(rest)} more nodes: {sum(series[n][-1] for n in rest):.0f}/min" if rest else ""
+        )
 
     # --- the selected face ----------------------------------------------------------------
 
@@ -540,52 +585,53 @@ class AlertsView(Vertical, View):
     """Active problems, then the log of alerts raised, resolved and bad messages."""
 
     MAIN_TABLE = "#alerts-active"
+    #: the log's newest entries shown
+    LOG_SHOWN = 200
 
     def compose(self) -> ComposeResult:
         yield Static("Active", classes="pane-title")
-        yield DataTable(id="alerts-active", cursor_type="row")
+        yield RowTable(
+            (("severity", "Severity"), ("node", "Node"), ("service", "Service"), ("text", "Alert")),
+            id="alerts-active",
+        )
         yield Static("Log (newest first)", classes="pane-title")
-        yield DataTable(id="alerts-log", cursor_type="row", zebra_stripes=True)
-
-    def on_mount(self) -> None:
-        active = self.query_one("#alerts-active", DataTable)
-        for key, label in (
-            ("severity", "Severity"),
-            ("node", "Node"),
-            ("service", "Service"),
-            ("text", "Alert"),
-        ):
-            active.add_column(label, key=key)
-        log = self.query_one("#alerts-log", DataTable)
-        for key, label in (
-            ("time", "Time (UTC)"),
-            ("level", "Level"),
-            ("node", "Node"),
-            ("text", "What"),
-        ):
-            log.add_column(label, key=key)
+        yield RowTable(
+            (("time", "Time (UTC)"), ("level", "Level"), ("node", "Node"), ("text", "What")),
+            id="alerts-log",
+            zebra_stripes=True,
+        )
 
     def redraw(self, model: FleetModel, now: float) -> None:
-        active = self.query_one("#alerts-active", DataTable)
-        log = self.query_one("#alerts-log", DataTable)
-        active.clear()
-        alerts = sorted(
-            model.active.values(), key=lambda a: (a.severity != ERROR, a.node, a.service, a.key)
+        alerts = {
+            alert.key: alert
+            for alert in sorted(
+                model.active.values(),
+                key=lambda a: (a.severity != ERROR, a.node, a.service, a.key),
+            )
+        }
+        self.query_one("#alerts-active", RowTable).show(
+            list(alerts), lambda key: alert_cells(alerts[key])
         )
-        for alert in alerts:
-            active.add_row(
-                Text(alert.severity, style=SEVERITY_STYLE[alert.severity]),
-                alert.node,
-                alert.service or "-",
-                alert.text,
-            )
-        fit_columns(active)
-        log.clear()
-        for entry in list(reversed(model.log))[:200]:
-            log.add_row(
-                format_clock(entry.at),
-                Text(entry.severity, style=SEVERITY_STYLE.get(entry.severity, "")),
-                entry.node or "-",
-                entry.text,
-            )
-        fit_columns(log)
+        newest = list(reversed(model.log))[: self.LOG_SHOWN]
+        self.query_one("#alerts-log", RowTable).show(
+            [str(n) for n in range(len(newest))],  # a row's place, newest first
+            lambda key: log_cells(newest[int(key)]),
+        )
+
+
+def alert_cells(alert: Alert) -> Cells:
+    return (
+        Text(alert.severity, style=SEVERITY_STYLE[alert.severity]),
+        alert.node,
+        alert.service or "-",
+        alert.text,
+    )
+
+
+def log_cells(entry: AlertLogEntry) -> Cells:
+    return (
+        format_clock(entry.at),
+        Text(entry.severity, style=SEVERITY_STYLE.get(entry.severity, "")),
+        entry.node or "-",
+        entry.text,
+    )
