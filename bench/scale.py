@@ -378,13 +378,22 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
             a, b = a.get(key, {}), b.get(key, {})
         return round(a / b, 2) if isinstance(a, int | float) and b else None
 
+    monitor_p95 = fleet.get("monitor", {}).get("key_ms_p95")
     met = {
         "connect_storm_s": fleet.get("connect_storm_s"),
         "latency_ms_p99": fleet.get("latency_ms", {}).get("p99"),
         "fleet_status_s": fleet.get("fleet_status_s"),
-        "monitor_key_ms_p95": fleet.get("monitor", {}).get("key_ms_p95"),
+        "monitor_key_ms_p95": monitor_p95,
     }
     return {
+        # the interface of issue #18, from the fleet's run
+        "nodes": nodes,
+        "connect_s": fleet.get("connect_storm_s"),
+        "reconnect_s": fleet.get("reconnect_after_restart_s"),
+        "latency_ms": {k: fleet.get("latency_ms", {}).get(k) for k in ("p50", "p95", "p99")},
+        "fleet_status_s": fleet.get("fleet_status_s"),
+        "monitor_key_ms": {"p95": monitor_p95},
+        "broker_rss_mb": fleet.get("footprint", {}).get("broker", {}).get("rss_mb"),
         "baseline": baseline,
         "fleet": fleet,
         "vs_baseline": {

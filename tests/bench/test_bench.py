@@ -62,6 +62,18 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
 
 
+SCALE_KEYS = (
+    "scale.nodes",
+    "scale.connect_s",
+    "scale.reconnect_s",
+    "scale.latency_ms.p50",
+    "scale.latency_ms.p99",
+    "scale.fleet_status_s",
+    "scale.monitor_key_ms.p95",
+    "scale.broker_rss_mb",
+)
+
+
 def test_quick_scale_section_measures_a_small_fleet(tmp_path: Path) -> None:
     """`--only scale --quick`: the fleet simulator against the real cloud side, end to end."""
     run = subprocess.run(
@@ -83,4 +95,6 @@ def test_quick_scale_section_measures_a_small_fleet(tmp_path: Path) -> None:
         monitor = fleet["monitor"]
         assert "error" not in monitor, monitor
         assert monitor["nodes_seen"] == monitor["nodes_expected"] == fleet["nodes"] + 2
+    for key in SCALE_KEYS:  # the interface outside checks read (issue #18)
+        assert isinstance(lookup(results, key), int | float), key
     assert "connect storm s, 10 devices" in (tmp_path / "results.md").read_text()
