@@ -50,7 +50,7 @@ PLATFORM_FIELDS = ("arch", "os", "python", "opencv")
 
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", re.ASCII)
 
 
 def valid_node(node: str) -> bool:
@@ -149,10 +149,16 @@ def utc_timestamp(when: datetime | None = None) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    """Inverse of utc_timestamp; raises ValueError on anything else."""
-    if not _TS_RE.match(text):
+    """Inverse of utc_timestamp; raises ValueError on anything else (a day that does not exist
+    too). The pattern fixes where each field is, so they are read by position: strptime took
+    most of `fleet status`'s time at a thousand devices."""
+    if not _TS_RE.fullmatch(text):
         raise ValueError(f"not an ISO 8601 UTC timestamp with milliseconds: {text!r}")
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return datetime(
+        int(text[0:4]), int(text[5:7]), int(text[8:10]),
+        int(text[11:13]), int(text[14:16]), int(text[17:19]), int(text[20:23]) * 1000,
+        tzinfo=timezone.utc,
+    )  # fmt: skip
 
 
 def new_face_id() -> str:

@@ -52,6 +52,8 @@ EXIT_UNHEALTHY = 1
 RETAINED_QUIET_S = 2.0
 RETAINED_MAX_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
+#: With --wait: how often the fleet is judged again while heartbeats come in.
+EVALUATE_EVERY_S = 0.5
 
 
 @dataclass
@@ -218,23 +220,32 @@ def watch(
             raise ConnectionError(f"cannot reach the cloud broker at {settings.address}: {reason}")
         replay_ends = time.monotonic() + RETAINED_MAX_S
         deadline = started + wait_s
+        # fewer heartbeats than expected services: not complete (without reading every node)
+        expected = sum(
+            len(SERVICES_BY_KIND[kind])
+            for node, kind in nodes.items()
+            if node not in (refused or {})
+        )
         while True:
             seen = status.snapshot()
-            report = evaluate(
-                nodes, seen, expect_version, refused=refused, warn_days=warn_days, issued=issued
-            )
             now = time.monotonic()
-            if wait_s > 0:
-                if all(h.healthy for h in report) or now >= deadline:
-                    return report
-            elif (
-                complete(nodes, seen, refused)
+            replayed = (
+                (len(seen) >= expected and complete(nodes, seen, refused))
                 or now - status.retained_at >= RETAINED_QUIET_S
                 or now >= replay_ends
-            ):
-                return report
+            )
+            # judged once the retained heartbeats are in (a judgement reads every node's),
+            # then (--wait) every EVALUATE_EVERY_S until healthy or the deadline
+            if replayed or (wait_s > 0 and now >= deadline):
+                report = evaluate(
+                    nodes, seen, expect_version, refused=refused, warn_days=warn_days, issued=issued
+                )
+                if wait_s <= 0 or now >= deadline or all(h.healthy for h in report):
+                    return report
+                time.sleep(max(0.0, min(EVALUATE_EVERY_S, deadline - time.monotonic())))
+                continue
             status.changed.clear()
-            status.changed.wait(0.5)
+            status.changed.wait(EVALUATE_EVERY_S)
 
 
 def select_nodes(info: InventoryInfo, limit: str | None) -> dict[str, str]:

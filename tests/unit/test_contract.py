@@ -24,6 +24,13 @@ def test_timestamp_round_trip_has_milliseconds_and_z() -> None:
     assert parse_timestamp(text) == when.replace(microsecond=123000)
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_timestamp("2026-11-23 21:37:15")
+    arabic_digits = "٢٠٢٦-11-23T21:37:15.123Z"
+    for wrong in ("2026-11-23T21:37:15.123Z\n", "2026-11-23T21:37:15.123Z ", arabic_digits):
+        with pytest.raises(ValueError, match="ISO 8601"):
+            parse_timestamp(wrong)
+    for impossible in ("2026-02-30T00:00:00.000Z", "2026-11-23T24:00:00.000Z"):
+        with pytest.raises(ValueError, match=r"out of range|must be in"):
+            parse_timestamp(impossible)
 
 
 def test_storage_key_follows_the_contract_and_is_stable() -> None:
