@@ -125,6 +125,7 @@ def merge(results: dict[str, Any], section: str, figures: dict[str, Any]) -> Non
     elif section == "pipeline":
         results.update(figures)
     elif section == "lab":  # the lab's figures lead; the loopback ones stay beside them
+        results["rollout"] = figures["rollout"]
         for key in ("latency_ms", "footprint"):
             loopback = results.get(key)
             results[key] = figures[key]

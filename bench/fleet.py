@@ -1,4 +1,5 @@
-"""4. End-to-end latency and 6. footprint on the lab fleet (opt-in: `python -m bench --lab`).
+"""4. End-to-end latency and 6. footprint on the lab fleet, and a rollout's time (opt-in:
+`python -m bench --lab`; the rollout is bench/rollout.py).
 
 The real deployment: systemd-nspawn hosts set up by site.yml, the services as systemd units,
 TLS between the edge's forwarder and the cloud broker over the lab bridge, SeaweedFS's S3
@@ -34,6 +35,7 @@ from lab.fleet import ssh_command
 from lab.inventory import LAB_BUCKET, LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
 from tests.support import ROOT, wait_until
 
+from bench import rollout
 from bench.common import Options, percentile, progress
 from facefleet.contract import parse_timestamp
 
@@ -250,12 +252,12 @@ def measure(fleet: Fleet, quick: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def lab_fleet() -> Iterator[Fleet]:
-    """The lab that is up and deployed, or one brought up (cloud-1 and edge-1), deployed and
-    taken down again around the measurement."""
+    """The lab that is up and deployed, or one brought up (cloud-1 and the four edges the
+    rollout takes), deployed and taken down again around the measurement."""
     own = not (INVENTORY.exists() and Fleet().active())
     if own:
-        progress("lab: bringing up cloud-1 and edge-1 (python -m lab up --edges 1)")
-        lab_command("up", "--edges", "1", timeout=900)
+        progress(f"lab: bringing up cloud-1 and {rollout.EDGES} edges (python -m lab up)")
+        lab_command("up", "--edges", str(rollout.EDGES), timeout=900)
     try:
         if own:
             progress("lab: deploying site.yml (several minutes)")
@@ -272,9 +274,14 @@ def lab_fleet() -> Iterator[Fleet]:
 def run(workdir: Path, options: Options) -> dict[str, Any]:
     with lab_fleet() as fleet:
         figures = measure(fleet, options.quick)
-    lat = figures["latency_ms"]
-    progress(
-        f"lab latency: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
-        f"p99 {lat['p99']:.0f} ms over {lat['faces']} faces at {RATE:g}/s"
-    )
+        lat = figures["latency_ms"]
+        progress(
+            f"lab latency: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+            f"p99 {lat['p99']:.0f} ms over {lat['faces']} faces at {RATE:g}/s"
+        )
+        figures["rollout"] = rollout.run(INVENTORY, workdir)
+        progress(
+            f"lab rollout: {figures['rollout']['seconds']['edges_4']} s to the last gate; "
+            f"phases {json.dumps(figures['rollout']['phases'])}"
+        )
     return figures

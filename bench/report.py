@@ -14,6 +14,10 @@ TARGETS = {
 }
 
 
+#: Issue #18: the four-edge rollout, from the start of site.yml to the last health gate.
+ROLLOUT_TARGET_S = 150.0
+
+
 def _get(results: dict[str, Any], dotted: str, default: Any = None) -> Any:
     value: Any = results
     for part in dotted.split("."):
@@ -213,6 +217,7 @@ def markdown(results: dict[str, Any]) -> str:
          f"FAST (former) {_num(fast)}", _ratio(secure, fast), "")
     )  # fmt: skip
     rows += scale_rows(_get(r, "scale", {}))
+    rows += rollout_rows(_get(r, "rollout", {}))
     lines = [
         "| measurement | facefleet | baseline | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -239,6 +244,39 @@ def markdown(results: dict[str, Any]) -> str:
     if r.get("load_average"):
         lines.append(f"Load average (1 min) at start and end: {r['load_average']}.")
     return "\n".join(lines) + "\n"
+
+
+def rollout_rows(rollout: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The lab's rollout to four edges, and what its per-host phases make of bigger fleets."""
+    if not rollout:
+        return []
+    seconds = _get(rollout, "seconds.edges_4")
+    verdict = "met" if seconds < ROLLOUT_TARGET_S else "NOT met"
+    defaults = rollout.get("defaults", {})
+    phases = rollout.get("phases", {})
+    rows = [
+        (
+            f"rollout, 4 edges, start -> last health gate, s (canary {defaults.get('canary')}, "
+            f"batches of {defaults.get('batch')}, forks {defaults.get('forks')})",
+            _num(seconds),
+            "",
+            "",
+            f"< {_num(ROLLOUT_TARGET_S, 0)} {verdict}",
+        ),
+        (
+            "rollout phases, s: before staging / staging per host / cloud / batch per host",
+            " / ".join(
+                _num(phases.get(k))
+                for k in ("before_staging_s", "staging_per_host_s", "cloud_s", "batch_per_host_s")
+            ),
+            "",
+            "",
+            "",
+        ),
+    ]
+    for devices, projected in (rollout.get("projection_s") or {}).items():
+        rows.append((f"rollout projected for {devices} edges, s", _num(projected, 0), "", "", ""))
+    return rows
 
 
 def scale_rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
