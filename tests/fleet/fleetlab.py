@@ -279,7 +279,7 @@ def start_publishers(lab: Lab, edges: list[str], python: str) -> None:
     for edge in edges:
         lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
         upload = subprocess.run(
-            ssh_command(lab.hosts[edge], f"cat > {PUBLISHER_DIR}/face_publisher.py"),
+            ssh_command(lab.address(edge), f"cat > {PUBLISHER_DIR}/face_publisher.py"),
             input=script,
             text=True,
             capture_output=True,
@@ -340,8 +340,11 @@ def deploy(
     *options: str,
     playbook: str = "site.yml",
     inventory: Path = INVENTORY,
+    niceness: int = 0,
     **extra_vars: Any,
 ) -> Deploy:
+    """ansible-playbook PLAYBOOK on `inventory` with the lab's source and bundle; with
+    `niceness`, the controller's side runs at that CPU niceness (a deploy beside a suite)."""
     started, started_at = time.monotonic(), time.time()
     number = next(_deploy_numbers)
     if number == 1:  # this run's deploys only
@@ -367,6 +370,7 @@ def deploy(
         text=True,
         timeout=1800,
         check=False,
+        preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
         env={
             **os.environ,
             "ANSIBLE_FORCE_COLOR": "0",
