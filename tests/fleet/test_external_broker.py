@@ -18,6 +18,7 @@ test_deploy_docs that runs there too, at a lower CPU priority; this suite checks
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -30,15 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
-from botocore.config import Config
 from lab.fleet import ssh_command
-from lab.inventory import LAB_S3_KEY_ID, LAB_S3_PORT, LAB_S3_SECRET
+from lab.inventory import LAB_S3_PORT
 
-from facefleet.mqtt import MqttSettings
-from tests.fleet.clients import BROKER_PORT, stored_faces
+from tests.fleet.clients import BROKER_PORT, broker_settings, s3_at, stored_faces
 from tests.fleet.fleetlab import (
     ALL_AT_ONCE,
     INVENTORY,
@@ -46,6 +44,7 @@ from tests.fleet.fleetlab import (
     Lab,
     deploy,
     start_publishers,
+    started_beside_or_now,
     stop_publishers,
 )
 from tests.support import ROOT, Collector
@@ -247,15 +246,11 @@ def start_beside(lab: Lab) -> Future[ExternalFleet]:
 @pytest.fixture(scope="module")
 def external(lab: Lab) -> Iterator[ExternalFleet]:
     """The deploy started beside test_faults, or now when that suite did not run."""
-    beside = lab.beside.pop(__name__.rsplit(".", 1)[-1], None)
-    try:
-        deployed = beside.result() if beside is not None else set_up_and_deploy(lab)
+    now = functools.partial(set_up_and_deploy, lab)
+    with started_beside_or_now(lab, __name__, now, FLEET_DIR, PKI) as deployed:
         lab.report["external_broker_s"] = {k: round(v, 1) for k, v in deployed.seconds.items()}
         print(f"external broker fleet: {lab.report['external_broker_s']}")
         yield deployed
-    finally:
-        shutil.rmtree(FLEET_DIR, ignore_errors=True)
-        shutil.rmtree(PKI, ignore_errors=True)
 
 
 def test_site_yml_deploys_an_external_broker_fleet_without_touching_the_broker(
@@ -283,28 +278,6 @@ def test_site_yml_deploys_an_external_broker_fleet_without_touching_the_broker(
     assert f'host = "{broker}"' in forwarder, forwarder
 
 
-def monitor_settings(lab: Lab, external: ExternalFleet) -> MqttSettings:
-    return MqttSettings(
-        host=lab.address(external.fleet.broker),
-        port=BROKER_PORT,
-        tls=True,
-        ca_file=str(PKI / "ca.crt"),
-        cert_file=str(PKI / "monitor.crt"),
-        key_file=str(PKI / "monitor.key"),
-    )
-
-
-def fleet_s3(lab: Lab, external: ExternalFleet) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=f"http://{lab.address(external.fleet.clouds[0])}:{LAB_S3_PORT}",
-        aws_access_key_id=LAB_S3_KEY_ID,
-        aws_secret_access_key=LAB_S3_SECRET,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20),
-    )
-
-
 def test_faces_through_the_external_broker_are_stored_once_by_both_processors(
     lab: Lab, external: ExternalFleet
 ) -> None:
@@ -321,7 +294,7 @@ def test_faces_through_the_external_broker_are_stored_once_by_both_processors(
         published, logs = stop_publishers(lab, [fleet.edge])
     acked = set(published[fleet.edge])
     assert len(acked) >= 20, logs
-    s3 = fleet_s3(lab, external)
+    s3 = s3_at(lab.address(fleet.clouds[0]))
     deadline = time.monotonic() + 180
     while True:
         stored = stored_faces(s3, fleet.edge)
@@ -349,7 +322,9 @@ def test_faces_through_the_external_broker_are_stored_once_by_both_processors(
 def processor_statuses(lab: Lab, external: ExternalFleet) -> dict[str, dict[str, Any]]:
     """The retained heartbeat of each cloud host's processor, read with the monitor identity."""
     topics = {f"facefleet/{cloud}/status/processor": cloud for cloud in external.fleet.clouds}
-    with Collector(monitor_settings(lab, external), *topics) as monitor:
+    with Collector(
+        broker_settings(lab.address(external.fleet.broker), PKI, "monitor"), *topics
+    ) as monitor:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not set(topics) <= monitor.topics():
             time.sleep(0.5)
