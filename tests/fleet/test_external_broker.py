@@ -9,8 +9,9 @@ operator would, with the example's names replaced (the broker's address for
 deploys a fleet of its own in external mode onto three more spare hosts: processors on two
 cloud hosts (one also runs the lab's S3 endpoint) and an edge. The broker's files must be
 byte for byte what the recipe wrote, faces published on the edge must each be stored once
-with both processors taking part (the shared subscription), and `facefleet fleet status` must
-call the fleet healthy.
+with both processors taking part (the shared subscription), `facefleet fleet status` must
+call the fleet healthy, and playbooks/decommission.yml must say that the broker's operator
+refuses the decommissioned edge there.
 
 The deploy starts beside test_faults (which mostly waits), after the README deploy of
 test_deploy_docs that runs there too, at a lower CPU priority; this suite checks it last.
@@ -19,6 +20,7 @@ test_deploy_docs that runs there too, at a lower CPU priority; this suite checks
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -346,3 +348,25 @@ def test_fleet_status_reports_the_external_broker_fleet_healthy(
         assert node in status.stdout
     # the broker's certificate is the operator's: no renewal advice for it
     assert "broker" not in status.stdout.splitlines()[-1], status.stdout
+
+
+def test_decommissioning_says_the_external_broker_must_refuse_the_device(
+    lab: Lab, external: ExternalFleet
+) -> None:
+    """The last use of this fleet: playbooks/decommission.yml on its edge revokes it in the
+    fleet PKI and says, in one line, that the broker's operator must refuse it there (the
+    broker is not facefleet's to edit: its files stay as the recipe wrote them)."""
+    assert external.deploy.returncode == 0, "the deploy failed (see the first test)"
+    edge = external.fleet.edge
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(external.inventory),
+         "playbooks/decommission.yml", "--limit", edge],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert f"{edge} decommissioned (" in result.stdout
+    said = " ".join(result.stdout.split())
+    assert f"refuse its certificate (CN {edge}) at the broker yourself" in said, result.stdout
+    assert broker_files(lab, external.fleet.broker) == external.broker_files
+    assert "decommissioned" in (PKI / "revocations.json").read_text()
