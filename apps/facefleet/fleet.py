@@ -296,13 +296,18 @@ def fleet_certificates(
     warn_days: float,
     ca_warn_days: float = CA_RENEW_DAYS,
     now: float | None = None,
+    *,
+    managed_broker: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """The fleet-wide certificates in the controller's PKI directory (the signing CA, the
     broker's, the monitor's): when each expires, days left, and whether it is within its
-    renewal window (site.yml did not run since)."""
+    renewal window (site.yml did not run since). An external broker's certificate is its
+    operator's (site.yml does not renew it), so it is left out then."""
     now = time.time() if now is None else now
     found = {}
     windows = {"ca": ca_warn_days, "broker": warn_days, monitor: warn_days}
+    if not managed_broker:
+        del windows["broker"]
     for name, window in windows.items():
         expires = not_after(pki_dir / f"{name}.crt") if pki_dir else None
         if expires is None:
@@ -369,7 +374,13 @@ def run_fleet(args: argparse.Namespace) -> int:
     settings = inventory_watcher_settings(info, args.pki_dir)
     pki_dir = args.pki_dir or info.pki_dir
     refused = pki.node_states(pki_dir) if pki_dir is not None else {}
-    certificates = fleet_certificates(pki_dir, info.identity, info.renew_days, info.ca_renew_days)
+    certificates = fleet_certificates(
+        pki_dir,
+        info.identity,
+        info.renew_days,
+        info.ca_renew_days,
+        managed_broker=info.broker_ca_file is None,
+    )
     started = time.monotonic()
     try:
         report = watch(

@@ -8,8 +8,11 @@ file; we read its JSON. The variable names are the contract with the Ansible rol
 `facefleet_cloud_broker_port` (8883), `facefleet_prefix` (facefleet), `facefleet_pki_dir`
 (a controller path holding `ca.crt`, `<identity>.crt`, `<identity>.key`; by default the one
 `site.yml` makes, see `default_pki_dir`), `facefleet_monitor_identity` (monitor),
-`facefleet_pki_renew_days` (30) and `facefleet_pki_ca_renew_days` (90). Expected nodes are
-the hosts of the groups `edge` and `cloud`, children included.
+`facefleet_pki_renew_days` (30) and `facefleet_pki_ca_renew_days` (90). With
+`facefleet_cloud_broker: external` the broker is the operator's: its endpoint is
+`facefleet_cloud_broker_host` (required, no default) and its server certificate is verified by
+`facefleet_cloud_broker_ca_file` (required) instead of the fleet CA. Expected nodes are the
+hosts of the groups `edge` and `cloud`, children included.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class InventoryInfo:
     renew_days: int = CERT_RENEW_DAYS
     #: facefleet_pki_ca_renew_days: the same for the CA
     ca_renew_days: int = CA_RENEW_DAYS
+    #: facefleet_cloud_broker_ca_file of an external broker: the CA that signed its server
+    #: certificate (None: the managed broker, whose certificate the fleet CA signed)
+    broker_ca_file: Path | None = None
 
     def pki_files(self, directory: Path | None = None) -> tuple[Path, Path, Path]:
         """CA, certificate and key of the monitor identity in `directory` (default: the
@@ -63,7 +69,7 @@ class InventoryInfo:
                 "facefleet_pki_dir"
             )
         files = (
-            directory / "ca.crt",
+            self.broker_ca_file or directory / "ca.crt",
             directory / f"{self.identity}.crt",
             directory / f"{self.identity}.key",
         )
@@ -199,7 +205,23 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
                 return value
         return None
 
+    engine = str(var("facefleet_cloud_broker") or "managed")
+    if engine not in ("managed", "external"):
+        raise ConfigError(
+            f"{inventory}: facefleet_cloud_broker is {engine!r}, not 'managed' or 'external'"
+        )
     host = var("facefleet_cloud_broker_host")
+    broker_ca_file = None
+    if engine == "external":
+        ca_value = var("facefleet_cloud_broker_ca_file")
+        if host is None or ca_value is None:
+            raise ConfigError(
+                f"{inventory}: facefleet_cloud_broker: external needs facefleet_cloud_broker_host "
+                "and facefleet_cloud_broker_ca_file (the broker's endpoint and the CA of its "
+                "server certificate)"
+            )
+        rendered = _render(str(ca_value), inventory, "facefleet_cloud_broker_ca_file")
+        broker_ca_file = Path(rendered).expanduser()
     if host is None:
         if not cloud:
             raise ConfigError(
@@ -244,6 +266,7 @@ def parse_inventory(data: dict[str, Any], inventory: Path) -> InventoryInfo:
         pki_dir_from="facefleet_pki_dir" if pki_value is not None else "default",
         renew_days=windows["facefleet_pki_renew_days"],
         ca_renew_days=windows["facefleet_pki_ca_renew_days"],
+        broker_ca_file=broker_ca_file,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -15,21 +16,31 @@ BROKER_PORT = 8883
 
 
 def cloud_settings(lab: Lab, identity: str) -> MqttSettings:
+    return broker_settings(lab.hosts[lab.cloud], PKI_DIR, identity)
+
+
+def broker_settings(address: str, pki_dir: Path, identity: str) -> MqttSettings:
+    """`identity` of the PKI in `pki_dir` on the broker at `address` (TLS, port 8883)."""
     return MqttSettings(
-        host=lab.hosts[lab.cloud],
+        host=address,
         port=BROKER_PORT,
         tls=True,
-        ca_file=str(PKI_DIR / "ca.crt"),
-        cert_file=str(PKI_DIR / f"{identity}.crt"),
-        key_file=str(PKI_DIR / f"{identity}.key"),
+        ca_file=str(pki_dir / "ca.crt"),
+        cert_file=str(pki_dir / f"{identity}.crt"),
+        key_file=str(pki_dir / f"{identity}.key"),
     )
 
 
 def lab_s3(lab: Lab) -> Any:
     """boto3 S3 client of the lab's S3 endpoint on the cloud host."""
+    return s3_at(lab.hosts[lab.cloud])
+
+
+def s3_at(address: str) -> Any:
+    """boto3 S3 client of a lab S3 endpoint (roles/lab_s3) on the host at `address`."""
     return boto3.client(
         "s3",
-        endpoint_url=f"http://{lab.hosts[lab.cloud]}:{LAB_S3_PORT}",
+        endpoint_url=f"http://{address}:{LAB_S3_PORT}",
         aws_access_key_id=LAB_S3_KEY_ID,
         aws_secret_access_key=LAB_S3_SECRET,
         region_name="us-east-1",

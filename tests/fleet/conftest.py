@@ -12,10 +12,12 @@ them runs in the background until a suite that changes the lab starts (see `know
 
 The suites run in the order of SUITES: the read-only checks of the deployment first, the
 rollout (which leaves the edges on another release) late, and the deploy-docs test (a fleet
-of its own on the spare hosts, deployed beside the fault suite) last. The emulated arm64
-edges join the lab in the background (built, booted and deployed while the first suites run)
-and are part of it from the first suite that sets WITH_THE_ARM64_EDGES. Each suite's duration,
-the boot and the deploys go to build/lab-timings.json and are printed at the end.
+of its own on the spare hosts, deployed beside the fault suite) and the external-broker test
+(another, on the other spare hosts, deployed after it beside the fault suite) last. The
+emulated arm64 edges join the lab in the background (built, booted and deployed while the
+first suites run) and are part of it from the first suite that sets WITH_THE_ARM64_EDGES.
+Each suite's duration, the boot and the deploys go to build/lab-timings.json and are printed
+at the end.
 """
 
 from __future__ import annotations
@@ -48,16 +50,25 @@ from tests.support import ROOT
 REPORT = ROOT / "build" / "fleet-report.json"
 TIMINGS = ROOT / "build" / "lab-timings.json"
 #: The lab's hosts: the cloud host, four x86_64 edges (the fault suite streams on the first two,
-#: the rollout uses all) and two spare hosts; then the emulated arm64 edges (fleetlab's
+#: the rollout uses all) and six spare hosts; then the emulated arm64 edges (fleetlab's
 #: ARM64_EDGES), added while the rest deploys, and part of the lab from test_jetson on.
 #: FACEFLEET_LAB_ARM64=0 leaves them and test_jetson out (a quicker run on a machine without
 #: qemu-user; not under CI=true).
 WITH_ARM64 = IN_CI or os.environ.get("FACEFLEET_LAB_ARM64", "1") != "0"
-TOPOLOGY = ("--edges", "4", "--spare-hosts", "2")
-#: test_deploy_docs deploys a fleet of its own on the two spare hosts, beside test_faults
-#: (its STARTS_BESIDE), and checks it last. test_jetson comes after test_faults, so that the
+TOPOLOGY = ("--edges", "4", "--spare-hosts", "6")
+#: test_deploy_docs deploys a fleet of its own on the first two spare hosts, beside test_faults
+#: (its STARTS_BESIDE), and checks it late; test_external_broker one on the other four (an
+#: external Mosquitto, two cloud hosts, an edge), beside test_faults too once the README's
+#: deploy is done, and checks it last. test_jetson comes after test_faults, so that the
 #: arm64 edges have the time of test_fleet and test_faults to build, boot and deploy.
-SUITES = ("test_fleet", "test_faults", "test_jetson", "test_rollout", "test_deploy_docs")
+SUITES = (
+    "test_fleet",
+    "test_faults",
+    "test_jetson",
+    "test_rollout",
+    "test_deploy_docs",
+    "test_external_broker",
+)
 
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:

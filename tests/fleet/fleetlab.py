@@ -7,6 +7,7 @@ each suite.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -16,10 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from lab.fleet import lab_hosts, ssh_command
@@ -48,6 +50,7 @@ ALL_AT_ONCE = {"facefleet_rollout_canary": 0, "facefleet_rollout_batch": "100%"}
 #: until they are deployed, then it replaces the lab's.
 ARM64_EDGES = ("--arm64-edges", "1", "--arm64-opencv-edges", "1")
 ARM64_INVENTORY = ROOT / ".lab" / "hosts-with-arm64.yml"
+T = TypeVar("T")
 RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -279,7 +282,7 @@ def start_publishers(lab: Lab, edges: list[str], python: str) -> None:
     for edge in edges:
         lab.out(edge, f"rm -rf {PUBLISHER_DIR} && mkdir -p {PUBLISHER_DIR}")
         upload = subprocess.run(
-            ssh_command(lab.hosts[edge], f"cat > {PUBLISHER_DIR}/face_publisher.py"),
+            ssh_command(lab.address(edge), f"cat > {PUBLISHER_DIR}/face_publisher.py"),
             input=script,
             text=True,
             capture_output=True,
@@ -308,6 +311,21 @@ def stop_publishers(lab: Lab, edges: list[str]) -> tuple[dict[str, list[str]], s
         journal = lab.out(edge, f"journalctl --no-pager -n 5 -u {PUBLISHER_UNIT}")
         logs.append(f"{edge}: {journal}")
     return published, "\n".join(logs)
+
+
+@contextlib.contextmanager
+def started_beside_or_now(
+    lab: Lab, module: str, now: Callable[[], T], *leftovers: Path
+) -> Iterator[T]:
+    """What the suite `module` started beside an earlier suite (`lab.beside`, see conftest's
+    `known_state`), waited for; or `now()` when that suite did not run. The `leftovers`
+    (directories it wrote) are removed at the end."""
+    beside = lab.beside.pop(module.rsplit(".", 1)[-1], None)
+    try:
+        yield beside.result() if beside is not None else now()
+    finally:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_lab(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -340,8 +358,11 @@ def deploy(
     *options: str,
     playbook: str = "site.yml",
     inventory: Path = INVENTORY,
+    niceness: int = 0,
     **extra_vars: Any,
 ) -> Deploy:
+    """ansible-playbook PLAYBOOK on `inventory` with the lab's source and bundle; with
+    `niceness`, the controller's side runs at that CPU niceness (a deploy beside a suite)."""
     started, started_at = time.monotonic(), time.time()
     number = next(_deploy_numbers)
     if number == 1:  # this run's deploys only
@@ -367,6 +388,7 @@ def deploy(
         text=True,
         timeout=1800,
         check=False,
+        preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
         env={
             **os.environ,
             "ANSIBLE_FORCE_COLOR": "0",

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fleet.fleetlab import INVENTORY, Lab
+from tests.fleet.fleetlab import INVENTORY, Lab, started_beside_or_now
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -209,12 +209,8 @@ def deploy_the_copy(lab: Lab, niceness: int = 0) -> DocsDeploy:
 @pytest.fixture(scope="module")
 def docs_deploy(lab: Lab) -> Iterator[DocsDeploy]:
     """The deploy started beside test_faults, or now when that suite did not run."""
-    beside = lab.beside.pop(__name__.rsplit(".", 1)[-1], None)
-    try:
-        yield beside.result() if beside is not None else deploy_the_copy(lab)
-    finally:
-        shutil.rmtree(COPY, ignore_errors=True)
-        shutil.rmtree(PKI, ignore_errors=True)
+    with started_beside_or_now(lab, __name__, lambda: deploy_the_copy(lab), COPY, PKI) as done:
+        yield done
 
 
 def test_the_readme_deploys_a_copy_of_the_example_inventory(
