@@ -51,8 +51,9 @@ def edge_host_vars(host: Host) -> dict[str, Any]:
     """An edge's own variables. Emulated (arm64) hosts play the clip at one frame every 20 s
     (under qemu-user one YuNet frame costs about 3 CPU-seconds, so at one per second each
     emulated detector would take a whole core from the suites),
-    get longer for their services to come up, and run them without PrivateUsers= (qemu-user
-    cannot set up a user namespace reliably). `jetson-cv-` hosts use Debian's OpenCV 4.6, which
+    get longer for their services to come up and for SSH to answer (sshd is emulated too: on a
+    busy machine its key exchange outlasted Ansible's 10 s), and run them without PrivateUsers=
+    (qemu-user cannot set up a user namespace reliably). `jetson-cv-` hosts use Debian's OpenCV 4.6, which
     runs the Haar cascade it ships (opencv-data) but not the YuNet models (they need OpenCV
     4.8), so the fleet's model file is unset for them."""
     out: dict[str, Any] = {"ansible_host": host.address}
@@ -60,6 +61,7 @@ def edge_host_vars(host: Host) -> dict[str, Any]:
         out |= {
             "detector_camera_fps": EMULATED_FPS,
             "facefleet_health_gate_timeout_s": 300,
+            "ansible_timeout": 60,
             "facefleet_private_users": False,
         }
     if host.image.flavour == "opencv":
