@@ -52,10 +52,10 @@ def edge_host_vars(host: Host) -> dict[str, Any]:
     (under qemu-user one YuNet frame costs about 3 CPU-seconds, so at one per second each
     emulated detector would take a whole core from the suites),
     get longer for their services to come up and for SSH to answer (sshd is emulated too: on a
-    busy machine its key exchange outlasted Ansible's 10 s), and run them without PrivateUsers=
-    (qemu-user cannot set up a user namespace reliably). `jetson-cv-` hosts use Debian's OpenCV 4.6, which
-    runs the Haar cascade it ships (opencv-data) but not the YuNet models (they need OpenCV
-    4.8), so the fleet's model file is unset for them."""
+    busy machine its key exchange outlasted Ansible's 10 s), and run them without
+    PrivateUsers= (qemu-user cannot set up a user namespace reliably). `jetson-cv-` hosts use
+    Debian's OpenCV 4.6, which runs the Haar cascade it ships (opencv-data) but not the YuNet
+    models (they need OpenCV 4.8), so the fleet's model file is unset for them."""
     out: dict[str, Any] = {"ansible_host": host.address}
     if host.image.emulated:
         out |= {
