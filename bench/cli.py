@@ -2,8 +2,8 @@
 
 Writes `results.json`, `results.md` (also printed) and PNG charts into `--out` (default:
 `bench/`). Sections: detector, uplink, relay (forwarder vs bridge), pipeline (latency and
-footprint on loopback), processor, spool (cost of secure delete); `--lab` adds lab (latency
-and footprint on the lab fleet, root); `--only drain` drains a backlog over a shaped uplink
+footprint on loopback), processor, spool (cost of secure delete); `--lab` adds lab (latency,
+footprint and a four-edge rollout on the lab fleet, root); `--only drain` drains a backlog over a shaped uplink
 on the lab (root). `--quick` runs tiny sizes (the smoke test); `--only`
 picks sections.
 """
@@ -49,7 +49,7 @@ SECTIONS: dict[str, Callable[[Path, Options], dict[str, Any]]] = {
     "lab": fleet.run,
     "drain": drain.run,
 }
-#: What `make bench` runs unless told otherwise; the lab needs root and about 6 more minutes
+#: What `make bench` runs unless told otherwise; the lab needs root and about 5 more minutes
 #: (`drain` about 15 more), a thousand simulated devices (`scale`) all of the machine for
 #: about 15.
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("lab", "drain", "scale"))

@@ -114,17 +114,6 @@ class RowTable(ScrollView, can_focus=True):
         def control(self) -> RowTable:
             return self.table
 
-    @dataclass
-    class RowHighlighted(Message):
-        """The cursor moved to another row (or the rows under it changed)."""
-
-        table: RowTable
-        key: str | None
-
-        @property
-        def control(self) -> RowTable:
-            return self.table
-
     def __init__(
         self, columns: Sequence[tuple[str, str]], *, zebra_stripes: bool = False, **kwargs: Any
     ) -> None:
@@ -174,7 +163,9 @@ class RowTable(ScrollView, can_focus=True):
         before = self._cells
         self._cells_of, self._cells = cells, {}
         top = round(self.scroll_offset.y)
-        on_screen = keys[top : top + self.size.height] if same_rows else []
+        # the rows at this scroll position (a moved cursor may scroll: render_line widens a
+        # column for a wider row that comes into view)
+        on_screen = keys[top : top + self.size.height]
         widths = self._fit(self.cells(key) for key in on_screen)
         if same_rows and widths == self._widths:
             for index, key in enumerate(on_screen, top):
@@ -194,8 +185,7 @@ class RowTable(ScrollView, can_focus=True):
         widths = [label.cell_len for label in self._labels]
         for row in rows:
             for column, cell in enumerate(row):
-                width = cell_width(cell)
-                widths[column] = max(widths[column], width)
+                widths[column] = max(widths[column], cell_width(cell))
         return widths
 
     def _resize(self) -> None:
@@ -203,10 +193,6 @@ class RowTable(ScrollView, can_focus=True):
             sum(self._widths) + 2 * PADDING * len(self._widths), len(self._keys) + 1
         )
         self.refresh()
-
-    def move_to(self, key: str) -> None:
-        if key in self._index:
-            self.cursor_row = self._index[key]
 
     # --- the cursor -------------------------------------------------------------------------
 
@@ -222,7 +208,6 @@ class RowTable(ScrollView, can_focus=True):
             self.scroll_to(y=new, animate=False, immediate=True)
         elif new >= top + rows_on_screen:
             self.scroll_to(y=new - rows_on_screen + 1, animate=False, immediate=True)
-        self.post_message(self.RowHighlighted(self, self.cursor_key))
 
     def action_move_cursor(self, step: int) -> None:
         self.cursor_row = self.cursor_row + step
