@@ -3,9 +3,9 @@
 Writes `results.json`, `results.md` (also printed) and PNG charts into `--out` (default:
 `bench/`). Sections: detector, uplink, relay (forwarder vs bridge), pipeline (latency and
 footprint on loopback), processor, spool (cost of secure delete); `--lab` adds lab (latency,
-footprint and a four-edge rollout on the lab fleet, root); `--only drain` drains a backlog over a shaped uplink
-on the lab (root). `--quick` runs tiny sizes (the smoke test); `--only`
-picks sections.
+footprint and a four-edge rollout on the lab fleet, root); `--only drain` drains a backlog
+over a shaped uplink on the lab (root); `--only scale` simulates a fleet against the real cloud
+side. `--quick` runs tiny sizes (the smoke test); `--only` picks sections.
 """
 
 from __future__ import annotations
