@@ -2,14 +2,16 @@
 
 The spool as the forwarder drives it, without brokers: batches of 16 faces of 32 KB appended in
 one transaction, and each batch deleted (as on its receipts) in the transaction of the next
-append, as the forwarder's writer does. `secure_delete = true` (the default: freed pages zeroed,
-the WAL truncated at most every second) against `false` (SQLite's FAST mode, the former setting),
-back to back in the same run; best of three each.
+append, as the forwarder's writer does. `secure_delete = true` (the default: a deleted face's
+bytes zeroed in its payload segment, freed pages zeroed, the WAL truncated at most every second)
+against `false` (SQLite's FAST mode, segments left as they are until they go), back to back in the
+same run; best of three each.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ def faces_per_s(path: Path, count: int, secure: bool) -> float:
     spool.close()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(path.with_suffix(".payloads"))
     return count // BATCH * BATCH / elapsed
 
 

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from facefleet.bufferedclient import BufferedClient
 from facefleet.config import ConfigError, read_secret
 from facefleet.contract import utc_timestamp
 from facefleet.wire import PackedProperties, install
@@ -86,8 +87,8 @@ def make_client(
     acknowledged before it is durable. Received PUBLISH packets are decoded by
     `facefleet.wire` (paho's own decoder costs more than the rest of our work per face).
     """
-    install()
-    client = mqtt.Client(
+    client_class = BufferedClient if install() else mqtt.Client
+    client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=settings.client_id or client_id,
         protocol=MQTTProtocolVersion.MQTTv5,

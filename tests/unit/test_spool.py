@@ -6,6 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from facefleet.forwarder import segments
 from facefleet.forwarder.spool import PAGE_SIZE, SCHEMA, Incoming, Recent, Spool, Spooled
 
 
@@ -57,9 +60,10 @@ def page_size(path: Path) -> int:
 
 
 def old_spool(path: Path, messages: int, dropped: int) -> None:
-    """A spool as forwarders before 64 KB pages made it: 4 KB pages, WAL."""
+    """A spool as forwarders before payload segments made it: 64 KB pages, WAL, each payload
+    inline in its row."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA page_size=65536")
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
         db.execute("INSERT INTO counters VALUES ('dropped', ?)", (dropped,))
@@ -71,11 +75,13 @@ def old_spool(path: Path, messages: int, dropped: int) -> None:
             )
 
 
-def test_a_new_spool_keeps_a_face_in_one_page(tmp_path: Path) -> None:
+def test_a_new_spool_has_small_pages_and_its_payloads_in_segments(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite", 10_000_000, "drop-oldest")
     spool.append_many([message(1, size=40_000)])
     spool.close()
     assert page_size(tmp_path / "s.sqlite") == PAGE_SIZE
+    assert (tmp_path / "s.sqlite").stat().st_size < 40_000
+    assert segment_files(tmp_path / "s.sqlite") == ["00000001.seg"]
 
 
 def test_an_old_spool_is_converted_when_empty_and_kept_as_it_is_otherwise(
@@ -90,10 +96,11 @@ def test_an_old_spool_is_converted_when_empty_and_kept_as_it_is_otherwise(
 
     old_spool(tmp_path / "full.sqlite", messages=5, dropped=0)
     spool = Spool(tmp_path / "full.sqlite", 10_000_000, "drop-oldest")
-    assert [len(r.payload) for r in spool.after(0, 10)] == [40000] * 5
+    spool.append_many([message(9, size=40_000)])  # new rows beside the inline ones
+    assert [r.payload[:1] for r in spool.after(0, 10)] == [bytes([n]) for n in (0, 1, 2, 3, 4, 9)]
     spool.delete_many(r.seq for r in spool.after(0, 10))
     spool.close()
-    assert page_size(tmp_path / "full.sqlite") == 4096  # converted when next opened empty
+    assert page_size(tmp_path / "full.sqlite") == 65536  # converted when next opened empty
     Spool(tmp_path / "full.sqlite", 10_000_000, "drop-oldest").close()
     assert page_size(tmp_path / "full.sqlite") == PAGE_SIZE
 
@@ -106,7 +113,8 @@ def face_with_marker(marker: bytes, size: int = 32 * 1024) -> Incoming:
 
 
 def spool_files_contain(path: Path, marker: bytes) -> bool:
-    files = [path, path.with_name(path.name + "-wal")]
+    """Whether the spool's database, WAL or payload segments hold `marker`."""
+    files = [path, path.with_name(path.name + "-wal"), *path.with_suffix(".payloads").iterdir()]
     return any(marker in f.read_bytes() for f in files if f.exists())
 
 
@@ -155,18 +163,79 @@ def test_expired_faces_are_counted_gone_and_scrubbed(tmp_path: Path) -> None:
 
 
 def test_wal_scrubs_are_spaced_but_deleted_bytes_go_once_one_is_due(tmp_path: Path) -> None:
+    """A deleted face's image bytes are zeroed at once; its row (the face's metadata) stays
+    in the WAL until the next scrub, at most `scrub_interval_s` later."""
     path = tmp_path / "s.sqlite"
     spool = Spool(path, 10_000_000, "drop-oldest", scrub_interval_s=0.5)
-    spool.append_many([face_with_marker(b"FIRST-MARKER"), face_with_marker(b"SECOND-MARKER")])
+    faces = [face_with_marker(f"{n}-IMAGE-MARKER".encode()) for n in ("FIRST", "SECOND")]
+    for n, face in zip(("FIRST", "SECOND"), faces):
+        face.properties["UserProperty"] = [["note", f"{n}-METADATA-MARKER"]]
+    spool.append_many(faces)
     first, second = spool.after(0, 2)
     spool.delete_many([first.seq])  # the first scrub is due at once
-    assert not spool_files_contain(path, b"FIRST-MARKER")
+    assert not spool_files_contain(path, b"FIRST-IMAGE-MARKER")
+    assert not spool_files_contain(path, b"FIRST-METADATA-MARKER")
     spool.delete_many([second.seq])  # within the interval: the WAL keeps its frames for now
-    assert spool_files_contain(path, b"SECOND-MARKER")
+    assert not spool_files_contain(path, b"SECOND-IMAGE-MARKER")
+    assert spool_files_contain(path, b"SECOND-METADATA-MARKER")
     time.sleep(0.6)
     spool.scrub()  # what the forwarder's writer does when idle
-    assert not spool_files_contain(path, b"SECOND-MARKER")
+    assert not spool_files_contain(path, b"SECOND-METADATA-MARKER")
     spool.close()
+
+
+def segment_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.with_suffix(".payloads").iterdir())
+
+
+def test_payload_segments_roll_over_and_go_once_nothing_points_into_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments, "SEGMENT_BYTES", 100_000)
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 10_000_000, "drop-oldest")
+    for batch in range(3):  # 4 x 32 KB per batch: each batch fills a segment
+        spool.append_many(face_with_marker(f"B{batch}F{n}".encode()) for n in range(4))
+    assert segment_files(path) == ["00000001.seg", "00000002.seg", "00000003.seg"]
+    rows = spool.after(0, 100)
+    assert [r.payload.count(b"B1F2") for r in rows] == [0] * 6 + [1] + [0] * 5
+    spool.delete_many(r.seq for r in rows[:4])
+    assert segment_files(path) == ["00000002.seg", "00000003.seg"]
+    spool.delete_many(r.seq for r in rows[8:])  # the current segment stays for new faces
+    assert segment_files(path) == ["00000002.seg", "00000003.seg"]
+    spool.close()
+    reopened = Spool(path, 10_000_000, "drop-oldest")  # new faces go to a new segment
+    assert segment_files(path) == ["00000002.seg"]
+    assert [r.seq for r in reopened.after(0, 100)] == [r.seq for r in rows[4:8]]
+    assert reopened.after(0, 100)[2].payload == rows[6].payload
+    reopened.close()
+
+
+def test_opening_zeroes_what_no_row_points_at_and_drops_rows_without_their_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 10_000_000, "drop-oldest")
+    spool.append_many([face_with_marker(b"KEPT-MARKER"), face_with_marker(b"GONE-MARKER")])
+    spool.close()
+    segment = path.with_suffix(".payloads") / "00000001.seg"
+    size = segment.stat().st_size
+    with segment.open("ab") as handle:  # a batch written whose transaction did not commit
+        handle.write(b"UNCOMMITTED-MARKER" * 100)
+    with contextlib.closing(sqlite3.connect(path)) as db:  # a delete whose zeroing was cut off
+        db.execute("DELETE FROM messages WHERE seq = 2")
+        db.commit()
+    reopened = Spool(path, 10_000_000, "drop-oldest")
+    assert segment.stat().st_size == size // 2
+    assert not spool_files_contain(path, b"UNCOMMITTED-MARKER")
+    assert not spool_files_contain(path, b"GONE-MARKER")
+    assert b"KEPT-MARKER" in reopened.after(0, 10)[0].payload
+    reopened.close()
+
+    segment.unlink()  # a file lost (a disk repaired): its rows cannot be sent
+    lost = Spool(path, 10_000_000, "drop-oldest")
+    assert (lost.depth, lost.dropped) == (0, 1)
+    lost.close()
 
 
 def face(face_id: str, size: int = 100) -> Incoming:

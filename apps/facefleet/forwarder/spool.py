@@ -1,4 +1,6 @@
-"""The forwarder's durable queue: SQLite in WAL mode with synchronous=FULL.
+"""The forwarder's durable queue: SQLite in WAL mode with synchronous=FULL, one row per message,
+the payloads in append-only segment files beside it (segments.py), each flushed to the disk
+before the transaction of the rows that point at it commits.
 
 A message is acknowledged to the edge broker only after the transaction that holds it has
 committed, and deleted only after the cloud side confirmed it (a processor's receipt for faces,
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facefleet.forwarder.segments import Location, Segments
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -42,13 +46,17 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-#: SQLite's largest page: a face (tens of KB) fits in one page instead of a chain of 4 KB
-#: overflow pages that every insert, read and delete walks one system call per page (20 %
-#: more 32 KB faces relayed per second). A spool made with another page size is converted
-#: when it is opened empty.
-PAGE_SIZE = 65536
+#: SQLite's default page: rows hold no payload (segments.py), so a commit writes a few small
+#: pages. Spools from before payload segments used 64 KB pages to hold a face in one page; a
+#: spool made with another page size is converted when it is opened empty (its rows with
+#: inline payloads are read and deleted as they are until then).
+PAGE_SIZE = 4096
 #: WAL pages between automatic checkpoints (64 MB).
 WAL_CHECKPOINT_PAGES = 1024
+
+
+#: What `after` and `get_many` read of a row (see `_row`).
+COLUMNS = "seq, topic, payload, retain, properties, segment, segment_offset, size"
 
 
 def _seq_chunks(seqs: Sequence[int]) -> Iterator[tuple[Sequence[int], str]]:
@@ -119,6 +127,9 @@ class Spool:
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(messages)")]
         if "face_id" not in columns:  # a spool from before face ids were kept
             self._db.execute("ALTER TABLE messages ADD COLUMN face_id TEXT")
+        if "segment" not in columns:  # from before payload segments: payloads are inline
+            self._db.execute("ALTER TABLE messages ADD COLUMN segment INTEGER")
+            self._db.execute("ALTER TABLE messages ADD COLUMN segment_offset INTEGER")
         self._db.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS messages_face_id ON messages (face_id)"
             " WHERE face_id IS NOT NULL"
@@ -134,6 +145,10 @@ class Spool:
         )
         self.dropped = self._counter("dropped")
         self.expired = self._counter("expired")
+        #: payloads deleted in the open transaction, released once it commits
+        self._released: list[Location] = []
+        self._segments = Segments(self.path.with_suffix(".payloads"), secure_delete)
+        self._open_segments()
         # Reads get their own connection: in WAL mode they see every committed row without
         # waiting for the writer's fsync, so the sender keeps publishing while a batch commits.
         self._read_lock = threading.Lock()
@@ -146,6 +161,28 @@ class Spool:
         self._db.execute("VACUUM")
         self._db.execute("PRAGMA journal_mode=WAL")
         log.info("spool %s converted to %d-byte pages", self.path, PAGE_SIZE)
+
+    def _open_segments(self) -> None:
+        """Tidy the payload segments by what the rows say; rows whose segment file is gone
+        (a disk repaired, a file removed by hand) cannot be sent: deleted, counted as dropped."""
+        live: dict[int, list[tuple[int, int]]] = {}
+        rows = self._db.execute(
+            "SELECT seq, segment, segment_offset, size FROM messages WHERE segment IS NOT NULL"
+        ).fetchall()
+        on_disk = set(self._segments.existing())
+        lost = [seq for seq, segment, _, _ in rows if segment not in on_disk]
+        for _, segment, offset, size in rows:
+            if segment in on_disk:
+                live.setdefault(segment, []).append((offset, size))
+        if lost:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._delete_rows(lost)
+            self._add_to_counter("dropped", len(lost))
+            self._db.execute("COMMIT")
+            self._released.clear()
+            self.dropped += len(lost)
+            log.error("spool: %d message(s) lost with their payload files: dropped", len(lost))
+        self._segments.tidy(live)
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -186,6 +223,7 @@ class Spool:
         added to `stored`, if given, as `after` will read it back (once committed)."""
         kept: list[bool] = []
         inserted: list[Spooled] = []
+        writes: list[tuple[int, int, bytes]] = []
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -213,20 +251,23 @@ class Spool:
                             kept.append(False)
                             continue
                         dropped += self._evict_oldest(self._bytes + size - self.max_bytes)
+                    segment, offset = self._segments.place(size)
                     cursor = self._db.execute(
-                        "INSERT INTO messages"
-                        " (topic, payload, retain, properties, size, received, face_id)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO messages (topic, payload, retain, properties, size,"
+                        " received, face_id, segment, segment_offset)"
+                        " VALUES (?, x'', ?, ?, ?, ?, ?, ?, ?)",
                         (
                             message.topic,
-                            message.payload,
                             int(message.retain),
                             json.dumps(message.properties),
                             size,
                             now,
                             message.face_id,
+                            segment,
+                            offset,
                         ),
                     )
+                    writes.append((segment, offset, message.payload))
                     self._depth += 1
                     self._bytes += size
                     kept.append(True)
@@ -238,11 +279,13 @@ class Spool:
                         )
                     )
                 self._add_to_counter("dropped", dropped)
+                self._segments.write(writes)  # on the disk before the rows that point at them
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._recount()
+                self._rollback()
+                self._segments.discard(writes)
                 raise
+            self._committed(segment for segment, _, _ in writes)
             if inserted:
                 self._last_seq = inserted[-1].seq
             if stored is not None:
@@ -279,9 +322,9 @@ class Spool:
                 self._add_to_counter("expired", removed)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._recount()
+                self._rollback()
                 raise
+            self._committed()
             if removed:
                 self.expired += removed
                 self._deleted()
@@ -300,19 +343,34 @@ class Spool:
         freed = evicted = 0
         while freed < need:
             rows = self._db.execute(
-                "SELECT seq, size FROM messages ORDER BY seq LIMIT 64"
+                "SELECT seq, size, segment, segment_offset FROM messages ORDER BY seq LIMIT 64"
             ).fetchall()
             if not rows:
                 break
-            for seq, size in rows:
+            for seq, size, segment, offset in rows:
                 if freed >= need:
                     break
                 self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+                if segment is not None:
+                    self._released.append((segment, offset, size))
                 freed += size
                 evicted += 1
         self._depth -= evicted
         self._bytes -= freed
         return evicted
+
+    def _rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._released.clear()
+        self._recount()
+
+    def _committed(self, added: Iterable[int] = ()) -> None:
+        """After a commit: the segments learn which payloads rows now point at and which
+        they no longer do (zeroed, under the read lock: a reader that found a row reads its
+        payload before the zeroing, a reader after it no longer finds the row)."""
+        with self._read_lock:
+            self._segments.committed(added, self._released)
+        self._released.clear()
 
     def _recount(self) -> None:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
@@ -322,11 +380,10 @@ class Spool:
         """Up to `limit` spooled messages with a sequence number above `seq`, oldest first."""
         with self._read_lock:
             rows = self._reader.execute(
-                "SELECT seq, topic, payload, retain, properties FROM messages"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
                 (seq, limit),
             ).fetchall()
-        return [self._row(r) for r in rows]
+            return [self._row(r) for r in rows]
 
     def get_many(self, seqs: list[int]) -> list[Spooled]:
         """The messages with these sequence numbers that are still spooled, oldest first."""
@@ -334,15 +391,18 @@ class Spool:
         with self._read_lock:
             for chunk, where in _seq_chunks(seqs):
                 rows = self._reader.execute(
-                    f"SELECT seq, topic, payload, retain, properties FROM messages {where}",  # noqa: S608
+                    f"SELECT {COLUMNS} FROM messages {where}",  # noqa: S608
                     chunk,
                 ).fetchall()
                 found += [self._row(r) for r in rows]
         return sorted(found, key=lambda m: m.seq)
 
-    @staticmethod
-    def _row(r: tuple[Any, ...]) -> Spooled:
-        return Spooled(r[0], r[1], bytes(r[2]), bool(r[3]), json.loads(r[4]))
+    def _row(self, r: tuple[Any, ...]) -> Spooled:
+        """A row of COLUMNS (under the read lock): its payload is inline (spooled before
+        payload segments) or in a segment."""
+        seq, topic, inline, retain, properties, segment, offset, size = r
+        payload = bytes(inline) if segment is None else self._segments.read((segment, offset, size))
+        return Spooled(seq, topic, payload, bool(retain), json.loads(properties))
 
     def delete_many(self, seqs: Iterable[int]) -> int:
         """Forget messages the cloud side confirmed; returns how many were still spooled."""
@@ -394,9 +454,9 @@ class Spool:
             removed = self._delete_rows(seqs)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
-            self._recount()
+            self._rollback()
             raise
+        self._committed()
         return removed
 
     def _delete_rows(self, seqs: Sequence[int]) -> int:
@@ -404,12 +464,15 @@ class Spool:
         removed = freed = 0
         for chunk, where in _seq_chunks(seqs):
             found = self._db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages {where}",  # noqa: S608
+                f"SELECT size, segment, segment_offset FROM messages {where}",  # noqa: S608
                 chunk,
-            ).fetchone()
+            ).fetchall()
             self._db.execute(f"DELETE FROM messages {where}", chunk)  # noqa: S608
-            removed += int(found[0])
-            freed += int(found[1])
+            removed += len(found)
+            for size, segment, offset in found:
+                freed += size
+                if segment is not None:
+                    self._released.append((segment, offset, size))
         self._depth -= removed
         self._bytes -= freed
         return removed
@@ -420,6 +483,7 @@ class Spool:
         with self._lock:
             self._scrub_locked(force=True)
             self._db.close()
+            self._segments.close()
 
 
 class Recent:
