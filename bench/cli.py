@@ -67,6 +67,8 @@ REQUIRED_KEYS = (
     "forwarder.cpu_us_per_msg",
     "bridge.cpu_us_per_msg",
     "edge.cpu_us_per_face",
+    "forwarder.machine_cpu_us_per_msg",
+    "bridge.machine_cpu_us_per_msg",
     "latency_ms.p50",
     "latency_ms.p99",
     "processor.faces_per_s.1",

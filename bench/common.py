@@ -120,6 +120,15 @@ class ProcSample:
         return 0.0
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and
+    iowait), every process and the kernel's own work (loopback networking, writeback)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def footprint(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
     """Average CPU (% of one core) over `seconds` and peak RSS (MB) of each process."""
     samples = {name: ProcSample(pid) for name, pid in pids.items()}

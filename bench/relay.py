@@ -16,7 +16,10 @@ direct case (publisher straight to the cloud broker, no relay) is measured for r
 CPU per message: process CPU seconds (user + system, /proc) from the first publish to
 `SETTLE_S` after the last arrival (the forwarder's receipts and deletes come after it), over N:
 the relaying process (the forwarder; for the bridge the edge broker, which is the bridge) and
-the whole edge without the detector (broker, logger and, where there is one, the forwarder).
+the whole edge without the detector (broker, logger and, where there is one, the forwarder);
+and the whole machine's (every process and the kernel, /proc/stat), with how many cores were
+busy until the last arrival: when that is all of them, the rate is set by the CPU all the
+processes of a run spend per message, the publisher, subscriber and brokers included.
 Outage: messages at a fixed rate before, during and after a cloud broker outage of fixed length
 (clean stop, restart on the same port with its persistence); lost = published - distinct
 arrived once the relay has drained (or a deadline passed).
@@ -38,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tests.support import ServiceProcess, wait_until
 
-from bench.common import Options, ProcSample, progress
+from bench.common import Options, ProcSample, machine_cpu_s, progress
 from facefleet.contract import Receipt, faces_topic, new_face_id, receipts_topic
 from facefleet.health import StatusWatch
 from facefleet.localbroker import MONITOR_IDENTITY, LocalBroker
@@ -259,13 +262,16 @@ def throughput(relay: Relay, count: int) -> dict[str, Any]:
     try:
         relay.warm_up(sub, pub)
         cpu0 = {name: p.cpu_s() for name, p in procs.items()}
+        machine0 = machine_cpu_s()
         began = time.monotonic()
         for seq in range(count):
             pub.publish(seq)
         wait_until(lambda: sub.count(range(count)) == count, 300, f"{relay.kind}: {count} relayed")
         seconds = max(sub.arrivals[s] for s in range(count)) - began
+        busy_cores = (machine_cpu_s() - machine0) / (time.monotonic() - began)
         time.sleep(SETTLE_S)
         cpu_us = {name: (p.cpu_s() - cpu0[name]) * 1e6 / count for name, p in procs.items()}
+        machine_us = (machine_cpu_s() - machine0) * 1e6 / count
     finally:
         pub.close()
         sub.close()
@@ -277,6 +283,8 @@ def throughput(relay: Relay, count: int) -> dict[str, Any]:
         "cpu_us_per_msg": round(cpu_us[relay.relaying], 1),
         "edge_cpu_us_per_face": round(sum(cpu_us.values()), 1),
         "edge_cpu_us_by_process": {name: round(us, 1) for name, us in cpu_us.items()},
+        "machine_cpu_us_per_msg": round(machine_us, 1),
+        "machine_busy_cores": round(busy_cores, 2),
     }
 
 
@@ -371,7 +379,9 @@ def run(workdir: Path, options: Options) -> dict[str, Any]:
                 f"relay {kind:9s}: {figures['msgs_per_s']:7.1f} msgs/s "
                 f"{figures['mb_per_s']:6.2f} MB/s ({count} x 32 KB, QoS 1, TLS uplink), "
                 f"{figures['cpu_us_per_msg']:.0f} us CPU/msg relaying, "
-                f"{figures['edge_cpu_us_per_face']:.0f} us CPU/face on the edge"
+                f"{figures['edge_cpu_us_per_face']:.0f} us CPU/face on the edge, "
+                f"{figures['machine_cpu_us_per_msg']:.0f} us/msg and "
+                f"{figures['machine_busy_cores']:.2f} cores busy on the machine"
             )
             lost = outage(relay, rate, before_s, outage_s, after_s)
             progress(

@@ -179,6 +179,11 @@ def markdown(results: dict[str, Any]) -> str:
     f, b = _get(r, "edge.cpu_us_per_face"), _get(r, "edge.with_bridge")
     rows.append(("edge CPU us per face (broker, logger, forwarder)", _num(f),
                  f"bridge {_num(b)}", _ratio(f, b), ""))  # fmt: skip
+    f, b = _get(r, "forwarder.machine_cpu_us_per_msg"), _get(r, "bridge.machine_cpu_us_per_msg")
+    busy = (_get(r, "forwarder.machine_busy_cores"), _get(r, "bridge.machine_busy_cores"))
+    rows.append(("machine CPU us per message, all processes (cores busy)",
+                 f"{_num(f)} ({_num(busy[0], 2)})", f"bridge {_num(b)} ({_num(busy[1], 2)})",
+                 _ratio(f, b), ""))  # fmt: skip
     outage = _get(r, "relay.outage_s")
     rows.append(
         (f"messages lost in a {_num(outage, 0)} s cloud outage",

@@ -6,13 +6,19 @@ and taking back the GIL that the forwarder's four threads share. And its loop re
 packet per wake-up from a device's broker (a round of select, write and housekeeping in Python
 per face). `BufferedClient` reads up to `READ_CHUNK` bytes at a time and hands paho the packets
 already in its buffer in the same round (paho's loop skips select while `pending()` says bytes
-are waiting, as it does for TLS).
+are waiting, as it does for TLS). And paho wakes its loop with a byte on a socket pair for every
+packet another thread queues: `batched` lets a thread queue many (the forwarder's acknowledgements
+of a spooled batch, its publishes of a window) and wake the loop once.
 
 Only for the paho versions `facefleet.wire` was checked against (`make_client` decides).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -57,11 +63,52 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
+class Waker:
+    """paho's wake-up socket (a byte written to it ends the loop's select), written once for
+    all the packets a thread queues in `held`."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._local = threading.local()
+
+    def send(self, data: bytes) -> int:
+        if getattr(self._local, "held", False):
+            self._local.due = True
+            return len(data)
+        return int(self._sock.send(data))
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._local.held, self._local.due = True, False
+        try:
+            yield
+        finally:
+            self._local.held = False
+            if self._local.due:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+                    self._sock.send(b"0")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def batched(client: mqtt.Client) -> AbstractContextManager[None]:
+    """Packets the calling thread queues inside wake the client's loop once, at the end."""
+    waker = getattr(client, "_sockpairW", None)
+    return waker.held() if isinstance(waker, Waker) else contextlib.nullcontext()
+
+
 class BufferedClient(mqtt.Client):
     """paho's client on a `BufferedSocket`, handling every packet already read in one round."""
 
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
+
+    def loop_start(self) -> MQTTErrorCode:
+        rc = super().loop_start()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._sockpairW = Waker(self._sockpairW)  # type: ignore[assignment]
+        return rc
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)

@@ -5,9 +5,11 @@ import select
 import socket
 import threading
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from facefleet.bufferedclient import READ_CHUNK, BufferedSocket
+from facefleet.bufferedclient import READ_CHUNK, BufferedSocket, Waker, batched
 
 
 def test_reads_come_from_one_chunk_and_errors_from_the_socket() -> None:
@@ -35,3 +37,28 @@ def test_reads_come_from_one_chunk_and_errors_from_the_socket() -> None:
     assert buffered.recv(1) == b""  # closed: as the socket says
     assert buffered.fileno() == left.fileno()
     buffered.close()
+
+
+def test_a_batch_wakes_the_loop_once_and_other_threads_as_before() -> None:
+    loop_side, waker_side = socket.socketpair()
+    loop_side.setblocking(False)
+    waker = Waker(waker_side)
+    with waker.held():
+        for _ in range(100):  # what paho does for each packet it queues
+            assert waker.send(b"x") == 1
+        other = threading.Thread(target=waker.send, args=(b"y",))  # not held there
+        other.start()
+        other.join()
+    assert loop_side.recv(1000) == b"y0"
+    with waker.held():
+        pass  # nothing queued: no wake-up
+    waker.send(b"x")
+    assert loop_side.recv(1000) == b"x"
+    waker.close()
+    loop_side.close()
+
+
+def test_batched_is_a_no_op_for_a_client_without_its_waker() -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    with batched(client):
+        pass

@@ -163,8 +163,10 @@ def test_expired_faces_are_counted_gone_and_scrubbed(tmp_path: Path) -> None:
 
 
 def test_wal_scrubs_are_spaced_but_deleted_bytes_go_once_one_is_due(tmp_path: Path) -> None:
-    """A deleted face's image bytes are zeroed at once; its row (the face's metadata) stays
-    in the WAL until the next scrub, at most `scrub_interval_s` later."""
+    """A face deleted without an fsync (the writer's deletes between appends) stays in the WAL
+    and its image bytes in their segment until the next scrub makes the delete durable, at
+    most `scrub_interval_s` later: zeroed before that, a power cut could bring back its row
+    without its image."""
     path = tmp_path / "s.sqlite"
     spool = Spool(path, 10_000_000, "drop-oldest", scrub_interval_s=0.5)
     faces = [face_with_marker(f"{n}-IMAGE-MARKER".encode()) for n in ("FIRST", "SECOND")]
@@ -175,12 +177,27 @@ def test_wal_scrubs_are_spaced_but_deleted_bytes_go_once_one_is_due(tmp_path: Pa
     spool.delete_many([first.seq])  # the first scrub is due at once
     assert not spool_files_contain(path, b"FIRST-IMAGE-MARKER")
     assert not spool_files_contain(path, b"FIRST-METADATA-MARKER")
-    spool.delete_many([second.seq])  # within the interval: the WAL keeps its frames for now
-    assert not spool_files_contain(path, b"SECOND-IMAGE-MARKER")
+    spool.delete_many([second.seq])  # within the interval: not on the disk for now
+    assert spool_files_contain(path, b"SECOND-IMAGE-MARKER")
     assert spool_files_contain(path, b"SECOND-METADATA-MARKER")
     time.sleep(0.6)
     spool.scrub()  # what the forwarder's writer does when idle
+    assert not spool_files_contain(path, b"SECOND-IMAGE-MARKER")
     assert not spool_files_contain(path, b"SECOND-METADATA-MARKER")
+    spool.close()
+
+
+def test_a_delete_is_durable_before_the_image_bytes_are_zeroed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 10_000_000, "drop-oldest", scrub_interval_s=60)
+    spool.append_many([face_with_marker(b"FIRST-MARKER"), face_with_marker(b"SECOND-MARKER")])
+    first, second = spool.after(0, 2)
+    spool.delete_many([first.seq])  # the first scrub is due at once: synced, zeroed
+    assert not spool_files_contain(path, b"FIRST-MARKER")
+    spool.delete_many([second.seq])  # committed without an fsync, no scrub due for a minute
+    assert spool_files_contain(path, b"SECOND-MARKER")
+    spool.append_many([message(1)])  # the next append's commit is synced, and the delete with it
+    assert not spool_files_contain(path, b"SECOND-MARKER")
     spool.close()
 
 

@@ -10,7 +10,9 @@ file goes once none of its faces is left. The SQLite row stays the truth: bytes 
 committed row points at (a batch that did not commit, a delete whose zeroing a crash
 interrupted) are zeroed or cut off when the spool is next opened (`tidy`).
 
-Not thread-safe: the spool serialises every call.
+The spool calls everything under its write lock, and `read` and `committed` also under its read
+lock (a payload is never zeroed or its file closed during a read); the files are opened under a
+lock of their own, as a read and a write may open one at the same time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +45,7 @@ class Segments:
         self.secure_delete = secure_delete
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fds: dict[int, int] = {}
+        self._open_lock = threading.Lock()
         self._live: Counter[int] = Counter()
         self._current = 0
         self._end = 0
@@ -105,7 +109,7 @@ class Segments:
                 raise OSError(f"short write to spool segment {self._path(segment)}")
             self._written.add(segment)
         for segment in self._written:
-            os.fdatasync(self._fds[segment])
+            os.fdatasync(self._fd(segment))
         self._written.clear()
 
     def read(self, location: Location) -> bytes:
@@ -139,23 +143,25 @@ class Segments:
                     self._zero(segment, [(offset, len(payload))])
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        with self._open_lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
             os.close(fd)
-        self._fds.clear()
 
     def _path(self, number: int) -> Path:
         return self.directory / f"{number:08d}.seg"
 
     def _fd(self, number: int) -> int:
-        fd = self._fds.get(number)
-        if fd is None:
-            path = self._path(number)
-            created = not path.exists()
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._fds[number] = fd
-            if created:  # the new file's name must survive a power cut too
-                self._sync_directory()
-        return fd
+        with self._open_lock:
+            fd = self._fds.get(number)
+            if fd is None:
+                path = self._path(number)
+                created = not path.exists()
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._fds[number] = fd
+                if created:  # the new file's name must survive a power cut too
+                    self._sync_directory()
+            return fd
 
     def _zero(self, number: int, spans: Sequence[tuple[int, int]]) -> None:
         fd = self._fd(number)
@@ -165,7 +171,8 @@ class Segments:
                 done += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), size - done)], offset + done)
 
     def _unlink(self, number: int) -> None:
-        fd = self._fds.pop(number, None)
+        with self._open_lock:
+            fd = self._fds.pop(number, None)
         if fd is not None:
             os.close(fd)
         self._path(number).unlink(missing_ok=True)

@@ -43,6 +43,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from facefleet.bufferedclient import batched
 from facefleet.config import ConfigError
 from facefleet.contract import (
     STALE_INTERVALS,
@@ -315,8 +316,9 @@ class Forwarder:
             if self.spool.dropped != dropped:  # drop-oldest may have evicted what is there
                 self.recent.resync(self.spool.last_seq)
             self.recent.add(stored)
-            for item in batch:
-                self.edge.ack(item.mid, item.qos)
+            with batched(self.edge):  # paho's loop woken once for the batch
+                for item in batch:
+                    self.edge.ack(item.mid, item.qos)
             self.wake.set()
             spooled = tuple(i.message.face_id for i in batch if i.message.face_id is not None)
             if spooled:
@@ -417,11 +419,13 @@ class Forwarder:
                 rows = self.recent.take(last_sent, wanted) if wanted > 0 else []
                 if rows is None:
                     rows = self.spool.after(last_sent, wanted)
-                for row in rows:
-                    face_id = receipt_id(row) if self.use_receipts else None
-                    self.delivery.sent(self._publish(row), row.seq, len(row.payload), face_id)
-                    last_sent = row.seq
-                    sent += 1
+                with batched(self.cloud):  # paho's loop woken once for the window
+                    for row in rows:
+                        face_id = receipt_id(row) if self.use_receipts else None
+                        mid = self._publish(row)
+                        self.delivery.sent(mid, row.seq, len(row.payload), face_id)
+                        last_sent = row.seq
+                        sent += 1
                 tokens -= sent
             self.wake.wait(0.05 if rate > 0 else 0.5)
 

@@ -15,10 +15,10 @@ class SpoolSettings:
     `drop-oldest` evicts the oldest spooled messages, `drop-newest` refuses the new one; both
     are counted in the heartbeat (`dropped`) and logged. Faces spooled longer than
     `max_age_s` (0: no limit) are deleted undelivered, counted (`expired`) and logged: the
-    retention of personal data on the device. `secure_delete` zeroes the payload of every deleted
-    message in its segment file at once, and its row in the spool file and, within
-    `scrub_interval_s`, in its WAL (false: the bytes stay until their segment file goes or the
-    freed pages are reused)."""
+    retention of personal data on the device. `secure_delete` zeroes the payload of every
+    deleted message in its segment file once the delete is on the disk, and its row in the
+    spool file and, within `scrub_interval_s`, in its WAL (false: the bytes stay until their
+    segment file goes or the freed pages are reused)."""
 
     path: str = "/var/lib/facefleet/forwarder/spool.sqlite"
     max_bytes: int = 1024 * 1024 * 1024

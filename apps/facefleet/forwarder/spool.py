@@ -145,8 +145,11 @@ class Spool:
         )
         self.dropped = self._counter("dropped")
         self.expired = self._counter("expired")
-        #: payloads deleted in the open transaction, released once it commits
+        #: payloads whose rows the open transaction deletes, and those whose rows a commit
+        #: without fsync deleted: released (zeroed) once the delete is on the disk, so that a
+        #: power cut cannot bring back a row whose payload is gone
         self._released: list[Location] = []
+        self._unsynced: list[Location] = []
         self._segments = Segments(self.path.with_suffix(".payloads"), secure_delete)
         self._open_segments()
         # Reads get their own connection: in WAL mode they see every committed row without
@@ -364,13 +367,18 @@ class Spool:
         self._released.clear()
         self._recount()
 
-    def _committed(self, added: Iterable[int] = ()) -> None:
-        """After a commit: the segments learn which payloads rows now point at and which
-        they no longer do (zeroed, under the read lock: a reader that found a row reads its
+    def _committed(self, added: Iterable[int] = (), durable: bool = True) -> None:
+        """After a commit: the segments learn which payloads rows now point at and, once the
+        commit is durable (with it, every earlier one: the WAL is written in order), which
+        they no longer do (zeroed under the read lock: a reader that found a row reads its
         payload before the zeroing, a reader after it no longer finds the row)."""
-        with self._read_lock:
-            self._segments.committed(added, self._released)
+        self._unsynced += self._released
         self._released.clear()
+        released = self._unsynced if durable else []
+        with self._read_lock:
+            self._segments.committed(added, released)
+        if durable:
+            self._unsynced = []
 
     def _recount(self) -> None:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
@@ -447,6 +455,8 @@ class Spool:
         busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         self._scrubbed_at = now
         self._unscrubbed = bool(busy)
+        if not busy:  # the checkpoint synced the database: every delete is on the disk
+            self._committed()
 
     def _delete_locked(self, seqs: list[int]) -> int:
         self._db.execute("BEGIN IMMEDIATE")
@@ -456,7 +466,7 @@ class Spool:
         except BaseException:
             self._rollback()
             raise
-        self._committed()
+        self._committed(durable=False)
         return removed
 
     def _delete_rows(self, seqs: Sequence[int]) -> int:
