@@ -17,15 +17,12 @@ lock of their own, as a read and a write may open one at the same time.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 #: A new segment is started once the current one holds this many bytes (about 500 faces of
 #: 32 KB): a face left unconfirmed keeps its segment's file, zeroed around it, on the disk.
