@@ -49,6 +49,9 @@ def test_parse_camera_uris() -> None:
 def test_parse_paths(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
+    with pytest.raises(ValueError, match="no images in this folder"):  # it would end at once
+        parse_source(str(tmp_path))
+    (tmp_path / "frame.png").write_bytes(b"")
     assert parse_source(str(tmp_path)) == SourceSpec("folder", str(tmp_path))
     assert parse_source(str(video)) == SourceSpec("file", str(video))
     assert parse_source(f"file://{video}") == SourceSpec("file", str(video))

@@ -27,7 +27,7 @@ from facefleet.detector.backends import (
 )
 from facefleet.detector.geometry import Image
 from facefleet.detector.settings import DetectionSettings, choose_detector
-from facefleet.detector.sources import IMAGE_SUFFIXES
+from facefleet.detector.sources import folder_images
 from facefleet.shared import YUNET_MODEL, default_yunet_model
 
 EXIT_UNREADABLE = 1
@@ -53,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def images_in(path: Path) -> list[Path]:
     """The images to read: PATH itself, or the images of the folder PATH (at least one)."""
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise ConfigError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
-        return images
+        try:
+            return folder_images(path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if path.exists():
         return [path]
     raise ConfigError(f"{path}: no such image or folder")

@@ -86,6 +86,7 @@ def parse_source(uri: str) -> SourceSpec:
         raise ValueError(f"unsupported source scheme {scheme!r}")
     path = Path(text).expanduser()
     if path.is_dir():
+        folder_images(path)  # an empty folder would end at once, without a word
         return SourceSpec("folder", str(path))
     if path.is_file():
         return SourceSpec("file", str(path))
@@ -378,10 +379,22 @@ def synthetic_frames(scene: SyntheticScene) -> Generator[Image, None, None]:
         yield scene.frame(index)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (by their suffix), in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """`image_files`, at least one; ValueError with a one-line reason otherwise."""
+    images = image_files(folder)
+    if not images:
+        raise ValueError(f"{folder}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
 def folder_frames(folder: Path) -> Generator[Image, None, None]:
     """Images of a folder in name order; unreadable ones are logged and skipped."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    for path in files:
+    for path in image_files(folder):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             log.warning("%s: not a readable image, skipped", path)
