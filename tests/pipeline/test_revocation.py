@@ -93,7 +93,7 @@ class Watched(Client):
 
 def spooled_faces(spool: Path) -> int:
     with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT COUNT(*) FROM messages WHERE topic LIKE '%/faces'").fetchone()
+        row = db.execute("SELECT COUNT(*) FROM queue WHERE topic LIKE '%/faces'").fetchone()
     return int(row[0])
 
 

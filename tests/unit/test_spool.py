@@ -9,7 +9,21 @@ from pathlib import Path
 import pytest
 
 from facefleet.forwarder import segments
-from facefleet.forwarder.spool import PAGE_SIZE, SCHEMA, Incoming, Recent, Spool, Spooled
+from facefleet.forwarder.spool import PAGE_SIZE, Incoming, Recent, Spool, Spooled
+
+#: The spool's tables in releases before payload segments (before face ids, too).
+LEGACY_SCHEMA = """
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received REAL NOT NULL
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
 
 
 def message(n: int, size: int = 100) -> Incoming:
@@ -65,7 +79,7 @@ def old_spool(path: Path, messages: int, dropped: int) -> None:
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA page_size=65536")
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
+        db.executescript(LEGACY_SCHEMA)
         db.execute("INSERT INTO counters VALUES ('dropped', ?)", (dropped,))
         for n in range(messages):
             db.execute(
@@ -96,8 +110,14 @@ def test_an_old_spool_is_converted_when_empty_and_kept_as_it_is_otherwise(
 
     old_spool(tmp_path / "full.sqlite", messages=5, dropped=0)
     spool = Spool(tmp_path / "full.sqlite", 10_000_000, "drop-oldest")
-    spool.append_many([message(9, size=40_000)])  # new rows beside the inline ones
-    assert [r.payload[:1] for r in spool.after(0, 10)] == [bytes([n]) for n in (0, 1, 2, 3, 4, 9)]
+    spool.append_many([message(9, size=40_000)])  # after the rows moved into the queue
+    assert [r.payload for r in spool.after(0, 10)] == [
+        *(bytes([n]) * 40000 for n in range(5)),
+        bytes([9]) * 40000,
+    ]
+    assert spool.depth == 6
+    with contextlib.closing(sqlite3.connect(tmp_path / "full.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (0,)
     spool.delete_many(r.seq for r in spool.after(0, 10))
     spool.close()
     assert page_size(tmp_path / "full.sqlite") == 65536  # converted when next opened empty
@@ -240,7 +260,7 @@ def test_opening_zeroes_what_no_row_points_at_and_drops_rows_without_their_file(
     with segment.open("ab") as handle:  # a batch written whose transaction did not commit
         handle.write(b"UNCOMMITTED-MARKER" * 100)
     with contextlib.closing(sqlite3.connect(path)) as db:  # a delete whose zeroing was cut off
-        db.execute("DELETE FROM messages WHERE seq = 2")
+        db.execute("DELETE FROM queue WHERE seq = 2")
         db.commit()
     reopened = Spool(path, 10_000_000, "drop-oldest")
     assert segment.stat().st_size == size // 2
@@ -272,10 +292,10 @@ def test_a_face_id_is_spooled_once(tmp_path: Path) -> None:
     assert spool.depth == 3
 
 
-def test_a_spool_from_before_face_ids_gains_the_column(tmp_path: Path) -> None:
+def test_a_spool_from_before_face_ids_is_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA)
+    db.executescript(LEGACY_SCHEMA)
     db.execute(
         "INSERT INTO messages (topic, payload, retain, properties, size, received)"
         " VALUES ('facefleet/e/faces', x'00', 0, '{}', 1, 0)"
@@ -286,6 +306,38 @@ def test_a_spool_from_before_face_ids_gains_the_column(tmp_path: Path) -> None:
     assert spool.depth == 1
     assert spool.append_many([face("a"), face("a")]) == [True, True]
     assert spool.depth == 2
+
+
+def test_after_a_rollback_an_older_release_sees_none_of_the_queue_and_its_rows_come_back(
+    tmp_path: Path,
+) -> None:
+    """An older release reads payloads from its own table: rows of this one would go out
+    without their images. What it spools there moves into the queue after the next upgrade,
+    behind what waited, a face queued already counted once."""
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 1_000_000, "drop-oldest")
+    spool.append_many([face("a", 40), face("b", 40)])
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # what an older release does
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL,"
+            " properties TEXT NOT NULL, size INTEGER NOT NULL, received REAL NOT NULL,"
+            " face_id TEXT)"
+        )
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (0,)
+        for face_id in ("c", "a"):  # "a" again: the detector republished it meanwhile
+            db.execute(
+                "INSERT INTO messages (topic, payload, retain, properties, size, received,"
+                " face_id) VALUES ('facefleet/e/faces', ?, 0, '{}', 3, 0, ?)",
+                (face_id.encode() * 3, face_id),
+            )
+        db.commit()
+    upgraded = Spool(path, 1_000_000, "drop-oldest")
+    rows = upgraded.after(0, 10)
+    assert [r.payload for r in rows] == [b"f" * 40, b"f" * 40, b"ccc"]
+    assert (upgraded.depth, upgraded.duplicates) == (3, 1)
+    upgraded.close()
 
 
 def test_append_reports_what_it_stored_as_read_back(tmp_path: Path) -> None:

@@ -30,33 +30,40 @@ from facefleet.forwarder.segments import Location, Segments
 log = logging.getLogger(__name__)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
     retain INTEGER NOT NULL,
     properties TEXT NOT NULL,
     size INTEGER NOT NULL,
-    received REAL NOT NULL
+    received REAL NOT NULL,
+    face_id TEXT,
+    segment INTEGER NOT NULL,
+    segment_offset INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS queue_face_id ON queue (face_id) WHERE face_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
+#: The table of releases before payload segments (each payload inline in its row). Their rows
+#: move into `queue` when the spool is opened; an older release, after a rollback, keeps
+#: using this table and never sees the rows of `queue` (it would send them without their
+#: images), which wait there for the next upgrade.
+LEGACY_TABLE = "messages"
 
 
 #: SQLite's default page: rows hold no payload (segments.py), so a commit writes a few small
 #: pages. Spools from before payload segments used 64 KB pages to hold a face in one page; a
-#: spool made with another page size is converted when it is opened empty (its rows with
-#: inline payloads are read and deleted as they are until then).
+#: spool made with another page size is converted when it is opened empty.
 PAGE_SIZE = 4096
 #: WAL pages between automatic checkpoints (64 MB).
 WAL_CHECKPOINT_PAGES = 1024
 
 
 #: What `after` and `get_many` read of a row (see `_row`).
-COLUMNS = "seq, topic, payload, retain, properties, segment, segment_offset, size"
+COLUMNS = "seq, topic, retain, properties, segment, segment_offset, size"
 
 
 def _seq_chunks(seqs: Sequence[int]) -> Iterator[tuple[Sequence[int], str]]:
@@ -113,9 +120,10 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         # Faces are personal data: a deleted (delivered, expired, evicted) face must not stay
-        # readable in the file. secure_delete=ON zeroes every freed page; the WAL still holds
-        # the frames that wrote the face, so `scrub` truncates it, at most every
-        # `scrub_interval_s` (a truncation per delete batch cost four fifths of the throughput).
+        # readable. Its image is zeroed in its segment (segments.py); secure_delete=ON zeroes
+        # the freed pages of its row (its metadata); the WAL still holds the frames that wrote
+        # the row, so `scrub` truncates it, at most every `scrub_interval_s` (a truncation per
+        # delete batch cost four fifths of the throughput when the images were in the rows).
         # secure_delete=False is the former FAST mode (the benchmark's baseline): freed pages
         # keep old bytes until new messages reuse them.
         self._db.execute(f"PRAGMA secure_delete={'ON' if secure_delete else 'FAST'}")
@@ -124,25 +132,15 @@ class Spool:
         self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * PAGE_SIZE}")
         self._db.executescript(SCHEMA)
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(messages)")]
-        if "face_id" not in columns:  # a spool from before face ids were kept
-            self._db.execute("ALTER TABLE messages ADD COLUMN face_id TEXT")
-        if "segment" not in columns:  # from before payload segments: payloads are inline
-            self._db.execute("ALTER TABLE messages ADD COLUMN segment INTEGER")
-            self._db.execute("ALTER TABLE messages ADD COLUMN segment_offset INTEGER")
-        self._db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS messages_face_id ON messages (face_id)"
-            " WHERE face_id IS NOT NULL"
-        )
         self.duplicates = 0  # faces offered again while still spooled (since this start)
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
-        self._depth, self._bytes = int(row[0]), int(row[1])
-        if not self._depth and self._db.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
+        self._recount()
+        legacy = self._legacy_columns()
+        if (
+            not self._depth
+            and not (legacy and self._db.execute(f"SELECT 1 FROM {LEGACY_TABLE}").fetchone())  # noqa: S608
+            and self._db.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE
+        ):
             self._convert_page_size()
-        #: the highest sequence number spooled so far (0: none yet)
-        self._last_seq = int(
-            self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-        )
         self.dropped = self._counter("dropped")
         self.expired = self._counter("expired")
         #: payloads whose rows the open transaction deletes, and those whose rows a commit
@@ -156,6 +154,77 @@ class Spool:
         # waiting for the writer's fsync, so the sender keeps publishing while a batch commits.
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if legacy:
+            self._adopt_legacy(legacy)
+        #: the highest sequence number spooled so far (0: none yet)
+        self._last_seq = int(
+            self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM queue").fetchone()[0]
+        )
+
+    def _legacy_columns(self) -> set[str]:
+        """The columns of an older release's table (empty: there is none)."""
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({LEGACY_TABLE})")}
+
+    def _adopt_legacy(self, columns: set[str]) -> None:
+        """Move the rows of LEGACY_TABLE into the queue, oldest first, their payloads into
+        segments (a face already queued is counted as a duplicate, not queued twice)."""
+        face_id = "face_id" if "face_id" in columns else "NULL"
+        moved = 0
+        while rows := self._db.execute(
+            f"SELECT seq, topic, payload, retain, properties, received, {face_id}"  # noqa: S608
+            f" FROM {LEGACY_TABLE} ORDER BY seq LIMIT 64"
+        ).fetchall():
+            writes: list[tuple[int, int, bytes]] = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for _, topic, payload, retain, properties, received, face in rows:
+                    if self._queued(face):
+                        continue
+                    data = bytes(payload)
+                    writes.append(self._insert(topic, data, retain, properties, received, face)[1])
+                for chunk, where in _seq_chunks([row[0] for row in rows]):
+                    self._db.execute(f"DELETE FROM {LEGACY_TABLE} {where}", chunk)  # noqa: S608
+                self._segments.write(writes)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self._segments.discard(writes)
+                raise
+            self._committed(segment for segment, _, _ in writes)
+            moved += len(rows)
+        if moved:
+            log.info("spool: %d message(s) of an older release moved into the queue", moved)
+
+    def _queued(self, face_id: str | None) -> bool:
+        """Whether a face with this id is queued (counted as a duplicate if so)."""
+        if face_id is None:
+            return False
+        if self._db.execute("SELECT 1 FROM queue WHERE face_id = ?", (face_id,)).fetchone():
+            self.duplicates += 1
+            return True
+        return False
+
+    def _insert(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        properties: str,
+        received: float,
+        face_id: str | None,
+    ) -> tuple[int, tuple[int, int, bytes]]:
+        """A row for a payload placed in the current segment (inside the caller's
+        transaction); returns its sequence number and the write it needs before the commit."""
+        segment, offset = self._segments.place(len(payload))
+        cursor = self._db.execute(
+            "INSERT INTO queue (topic, retain, properties, size, received, face_id, segment,"
+            " segment_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (topic, int(retain), properties, len(payload), received, face_id, segment, offset),
+        )
+        self._depth += 1
+        self._bytes += len(payload)
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid, (segment, offset, payload)
 
     def _convert_page_size(self) -> None:
         """Rebuild an empty spool made with another page size (VACUUM keeps the counters)."""
@@ -169,9 +238,7 @@ class Spool:
         """Tidy the payload segments by what the rows say; rows whose segment file is gone
         (a disk repaired, a file removed by hand) cannot be sent: deleted, counted as dropped."""
         live: dict[int, list[tuple[int, int]]] = {}
-        rows = self._db.execute(
-            "SELECT seq, segment, segment_offset, size FROM messages WHERE segment IS NOT NULL"
-        ).fetchall()
+        rows = self._db.execute("SELECT seq, segment, segment_offset, size FROM queue").fetchall()
         on_disk = set(self._segments.existing())
         lost = [seq for seq, segment, _, _ in rows if segment not in on_disk]
         for _, segment, offset, size in rows:
@@ -206,11 +273,8 @@ class Spool:
 
     def oldest_age_s(self) -> float:
         with self._read_lock:
-            # the first row in spool order, not MIN(received): that reads every record, and
-            # `received` sits behind the payload's overflow pages (the whole spool per call)
-            row = self._reader.execute(
-                "SELECT received FROM messages ORDER BY seq LIMIT 1"
-            ).fetchone()
+            # the first row in spool order, not MIN(received), which reads every row
+            row = self._reader.execute("SELECT received FROM queue ORDER BY seq LIMIT 1").fetchone()
         return round(time.time() - row[0], 1) if row and row[0] is not None else 0.0
 
     def append_many(
@@ -234,13 +298,7 @@ class Spool:
                 self._delete_rows(delete)
                 dropped = 0
                 for message in messages:
-                    if (
-                        message.face_id is not None
-                        and self._db.execute(
-                            "SELECT 1 FROM messages WHERE face_id = ?", (message.face_id,)
-                        ).fetchone()
-                    ):
-                        self.duplicates += 1
+                    if self._queued(message.face_id):
                         kept.append(True)
                         continue
                     size = len(message.payload)
@@ -254,28 +312,16 @@ class Spool:
                             kept.append(False)
                             continue
                         dropped += self._evict_oldest(self._bytes + size - self.max_bytes)
-                    segment, offset = self._segments.place(size)
-                    cursor = self._db.execute(
-                        "INSERT INTO messages (topic, payload, retain, properties, size,"
-                        " received, face_id, segment, segment_offset)"
-                        " VALUES (?, x'', ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            message.topic,
-                            int(message.retain),
-                            json.dumps(message.properties),
-                            size,
-                            now,
-                            message.face_id,
-                            segment,
-                            offset,
-                        ),
+                    seq, write = self._insert(
+                        message.topic,
+                        message.payload,
+                        message.retain,
+                        json.dumps(message.properties),
+                        now,
+                        message.face_id,
                     )
-                    writes.append((segment, offset, message.payload))
-                    self._depth += 1
-                    self._bytes += size
+                    writes.append(write)
                     kept.append(True)
-                    seq = cursor.lastrowid
-                    assert seq is not None
                     inserted.append(
                         Spooled(
                             seq, message.topic, message.payload, message.retain, message.properties
@@ -316,7 +362,7 @@ class Spool:
                 seqs = [
                     int(row[0])
                     for row in self._db.execute(
-                        "SELECT seq FROM messages WHERE received < ? AND topic LIKE '%/faces'"
+                        "SELECT seq FROM queue WHERE received < ? AND topic LIKE '%/faces'"
                         " ORDER BY seq",
                         (received_before,),
                     )
@@ -346,16 +392,15 @@ class Spool:
         freed = evicted = 0
         while freed < need:
             rows = self._db.execute(
-                "SELECT seq, size, segment, segment_offset FROM messages ORDER BY seq LIMIT 64"
+                "SELECT seq, size, segment, segment_offset FROM queue ORDER BY seq LIMIT 64"
             ).fetchall()
             if not rows:
                 break
             for seq, size, segment, offset in rows:
                 if freed >= need:
                     break
-                self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-                if segment is not None:
-                    self._released.append((segment, offset, size))
+                self._db.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+                self._released.append((segment, offset, size))
                 freed += size
                 evicted += 1
         self._depth -= evicted
@@ -381,14 +426,14 @@ class Spool:
             self._unsynced = []
 
     def _recount(self) -> None:
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
 
     def after(self, seq: int, limit: int) -> list[Spooled]:
         """Up to `limit` spooled messages with a sequence number above `seq`, oldest first."""
         with self._read_lock:
             rows = self._reader.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM queue WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
                 (seq, limit),
             ).fetchall()
             return [self._row(r) for r in rows]
@@ -399,17 +444,16 @@ class Spool:
         with self._read_lock:
             for chunk, where in _seq_chunks(seqs):
                 rows = self._reader.execute(
-                    f"SELECT {COLUMNS} FROM messages {where}",  # noqa: S608
+                    f"SELECT {COLUMNS} FROM queue {where}",  # noqa: S608
                     chunk,
                 ).fetchall()
                 found += [self._row(r) for r in rows]
         return sorted(found, key=lambda m: m.seq)
 
     def _row(self, r: tuple[Any, ...]) -> Spooled:
-        """A row of COLUMNS (under the read lock): its payload is inline (spooled before
-        payload segments) or in a segment."""
-        seq, topic, inline, retain, properties, segment, offset, size = r
-        payload = bytes(inline) if segment is None else self._segments.read((segment, offset, size))
+        """A row of COLUMNS with its payload (under the read lock)."""
+        seq, topic, retain, properties, segment, offset, size = r
+        payload = self._segments.read((segment, offset, size))
         return Spooled(seq, topic, payload, bool(retain), json.loads(properties))
 
     def delete_many(self, seqs: Iterable[int]) -> int:
@@ -474,15 +518,14 @@ class Spool:
         removed = freed = 0
         for chunk, where in _seq_chunks(seqs):
             found = self._db.execute(
-                f"SELECT size, segment, segment_offset FROM messages {where}",  # noqa: S608
+                f"SELECT size, segment, segment_offset FROM queue {where}",  # noqa: S608
                 chunk,
             ).fetchall()
-            self._db.execute(f"DELETE FROM messages {where}", chunk)  # noqa: S608
+            self._db.execute(f"DELETE FROM queue {where}", chunk)  # noqa: S608
             removed += len(found)
             for size, segment, offset in found:
                 freed += size
-                if segment is not None:
-                    self._released.append((segment, offset, size))
+                self._released.append((segment, offset, size))
         self._depth -= removed
         self._bytes -= freed
         return removed
