@@ -169,7 +169,9 @@ class Spool:
         """Move the rows of LEGACY_TABLE into the queue, oldest first, their payloads into
         segments (a face already queued is counted as a duplicate, not queued twice)."""
         face_id = "face_id" if "face_id" in columns else "NULL"
-        moved = 0
+        count = self._db.execute(f"SELECT COUNT(*) FROM {LEGACY_TABLE}").fetchone()[0]  # noqa: S608
+        if count:  # every payload is copied once: it takes a while for a full spool
+            log.info("spool: moving %d message(s) of an older release into the queue", count)
         while rows := self._db.execute(
             f"SELECT seq, topic, payload, retain, properties, received, {face_id}"  # noqa: S608
             f" FROM {LEGACY_TABLE} ORDER BY seq LIMIT 64"
@@ -191,9 +193,6 @@ class Spool:
                 self._segments.discard(writes)
                 raise
             self._committed(segment for segment, _, _ in writes)
-            moved += len(rows)
-        if moved:
-            log.info("spool: %d message(s) of an older release moved into the queue", moved)
 
     def _queued(self, face_id: str | None) -> bool:
         """Whether a face with this id is queued (counted as a duplicate if so)."""
