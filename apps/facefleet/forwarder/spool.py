@@ -14,6 +14,7 @@ bytes; what the `when_full` policy drops is counted in a table that survives res
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facefleet.forwarder.segments import Location, Segments
+from facefleet.forwarder.segments import Location, Placed, Segments
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,8 @@ class Spool:
             f"SELECT seq, topic, payload, retain, properties, received, {face_id}"  # noqa: S608
             f" FROM {LEGACY_TABLE} ORDER BY seq LIMIT 64"
         ).fetchall():
-            writes: list[tuple[int, int, bytes]] = []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            writes: list[Placed] = []
+            with self._transaction(writes):
                 for _, topic, payload, retain, properties, received, face in rows:
                     if self._queued(face):
                         continue
@@ -186,13 +186,6 @@ class Spool:
                     writes.append(self._insert(topic, data, retain, properties, received, face)[1])
                 for chunk, where in _seq_chunks([row[0] for row in rows]):
                     self._db.execute(f"DELETE FROM {LEGACY_TABLE} {where}", chunk)  # noqa: S608
-                self._segments.write(writes)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                self._segments.discard(writes)
-                raise
-            self._committed(segment for segment, _, _ in writes)
 
     def _queued(self, face_id: str | None) -> bool:
         """Whether a face with this id is queued (counted as a duplicate if so)."""
@@ -211,7 +204,7 @@ class Spool:
         properties: str,
         received: float,
         face_id: str | None,
-    ) -> tuple[int, tuple[int, int, bytes]]:
+    ) -> tuple[int, Placed]:
         """A row for a payload placed in the current segment (inside the caller's
         transaction); returns its sequence number and the write it needs before the commit."""
         segment, offset = self._segments.place(len(payload))
@@ -289,11 +282,10 @@ class Spool:
         added to `stored`, if given, as `after` will read it back (once committed)."""
         kept: list[bool] = []
         inserted: list[Spooled] = []
-        writes: list[tuple[int, int, bytes]] = []
+        writes: list[Placed] = []
         now = time.time()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(writes):
                 self._delete_rows(delete)
                 dropped = 0
                 for message in messages:
@@ -327,13 +319,6 @@ class Spool:
                         )
                     )
                 self._add_to_counter("dropped", dropped)
-                self._segments.write(writes)  # on the disk before the rows that point at them
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                self._segments.discard(writes)
-                raise
-            self._committed(segment for segment, _, _ in writes)
             if inserted:
                 self._last_seq = inserted[-1].seq
             if stored is not None:
@@ -356,8 +341,7 @@ class Spool:
         (Unix time): the retention of personal data on the device. Counted in `expired`,
         which survives restarts like `dropped`; returns how many went now."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction([]):
                 seqs = [
                     int(row[0])
                     for row in self._db.execute(
@@ -368,11 +352,6 @@ class Spool:
                 ]
                 removed = self._delete_rows(seqs)
                 self._add_to_counter("expired", removed)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            self._committed()
             if removed:
                 self.expired += removed
                 self._deleted()
@@ -405,6 +384,22 @@ class Spool:
         self._depth -= evicted
         self._bytes -= freed
         return evicted
+
+    @contextlib.contextmanager
+    def _transaction(self, writes: list[Placed]) -> Iterator[None]:
+        """A write transaction around the body; the payloads the body placed (`writes`) are
+        on the disk before the rows that point at them commit. On failure it is rolled back
+        and they are discarded; after the commit the segments learn what changed."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._segments.write(writes)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self._segments.discard(writes)
+            raise
+        self._committed(segment for segment, _, _ in writes)
 
     def _rollback(self) -> None:
         self._db.execute("ROLLBACK")
