@@ -34,8 +34,6 @@ _IOV_MAX = 1024
 
 #: Where a payload is: (segment number, offset, size).
 Location = tuple[int, int, int]
-#: A payload to write where it was placed: (segment number, offset, bytes).
-Placed = tuple[int, int, bytes]
 
 
 class Segments:
@@ -91,7 +89,7 @@ class Segments:
         self._end += size
         return self._current, offset
 
-    def write(self, payloads: Iterable[Placed]) -> None:
+    def write(self, payloads: Iterable[tuple[int, int, bytes]]) -> None:
         """Write placed payloads, (segment, offset, bytes) in placement order, and flush them
         to the disk: once this returns they survive a power cut."""
         runs: list[tuple[int, int, list[bytes]]] = []
@@ -134,7 +132,7 @@ class Segments:
             if segment != self._current and self._live[segment] <= 0:
                 self._unlink(segment)
 
-    def discard(self, payloads: Iterable[Placed]) -> None:
+    def discard(self, payloads: Iterable[tuple[int, int, bytes]]) -> None:
         """Payloads written for a transaction that did not commit."""
         if self.secure_delete:
             for segment, offset, payload in payloads:

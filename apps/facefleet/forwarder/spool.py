@@ -14,7 +14,6 @@ bytes; what the `when_full` policy drops is counted in a table that survives res
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facefleet.forwarder.segments import Location, Placed, Segments
+from facefleet.forwarder.segments import Location, Segments
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +176,9 @@ class Spool:
             f"SELECT seq, topic, payload, retain, properties, received, {face_id}"  # noqa: S608
             f" FROM {LEGACY_TABLE} ORDER BY seq LIMIT 64"
         ).fetchall():
-            writes: list[Placed] = []
-            with self._transaction(writes):
+            writes: list[tuple[int, int, bytes]] = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
                 for _, topic, payload, retain, properties, received, face in rows:
                     if self._queued(face):
                         continue
@@ -186,6 +186,13 @@ class Spool:
                     writes.append(self._insert(topic, data, retain, properties, received, face)[1])
                 for chunk, where in _seq_chunks([row[0] for row in rows]):
                     self._db.execute(f"DELETE FROM {LEGACY_TABLE} {where}", chunk)  # noqa: S608
+                self._segments.write(writes)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self._segments.discard(writes)
+                raise
+            self._committed(segment for segment, _, _ in writes)
 
     def _queued(self, face_id: str | None) -> bool:
         """Whether a face with this id is queued (counted as a duplicate if so)."""
@@ -204,7 +211,7 @@ class Spool:
         properties: str,
         received: float,
         face_id: str | None,
-    ) -> tuple[int, Placed]:
+    ) -> tuple[int, tuple[int, int, bytes]]:
         """A row for a payload placed in the current segment (inside the caller's
         transaction); returns its sequence number and the write it needs before the commit."""
         segment, offset = self._segments.place(len(payload))
@@ -282,10 +289,11 @@ class Spool:
         added to `stored`, if given, as `after` will read it back (once committed)."""
         kept: list[bool] = []
         inserted: list[Spooled] = []
-        writes: list[Placed] = []
+        writes: list[tuple[int, int, bytes]] = []
         now = time.time()
         with self._lock:
-            with self._transaction(writes):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
                 self._delete_rows(delete)
                 dropped = 0
                 for message in messages:
@@ -319,6 +327,13 @@ class Spool:
                         )
                     )
                 self._add_to_counter("dropped", dropped)
+                self._segments.write(writes)  # on the disk before the rows that point at them
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self._segments.discard(writes)
+                raise
+            self._committed(segment for segment, _, _ in writes)
             if inserted:
                 self._last_seq = inserted[-1].seq
             if stored is not None:
@@ -341,7 +356,8 @@ class Spool:
         (Unix time): the retention of personal data on the device. Counted in `expired`,
         which survives restarts like `dropped`; returns how many went now."""
         with self._lock:
-            with self._transaction([]):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
                 seqs = [
                     int(row[0])
                     for row in self._db.execute(
@@ -352,6 +368,11 @@ class Spool:
                 ]
                 removed = self._delete_rows(seqs)
                 self._add_to_counter("expired", removed)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self._committed()
             if removed:
                 self.expired += removed
                 self._deleted()
@@ -384,22 +405,6 @@ class Spool:
         self._depth -= evicted
         self._bytes -= freed
         return evicted
-
-    @contextlib.contextmanager
-    def _transaction(self, writes: list[Placed]) -> Iterator[None]:
-        """A write transaction around the body; the payloads the body placed (`writes`) are
-        on the disk before the rows that point at them commit. On failure it is rolled back
-        and they are discarded; after the commit the segments learn what changed."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._segments.write(writes)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            self._segments.discard(writes)
-            raise
-        self._committed(segment for segment, _, _ in writes)
 
     def _rollback(self) -> None:
         self._db.execute("ROLLBACK")
